@@ -1,0 +1,65 @@
+# mamba: `make` builds ./mamba (with the CUDA engine when nvcc is found), `make cpu` forces a
+# CPU-only build, `make test` installs what is missing and runs the suite (plain and under
+# AddressSanitizer + UndefinedBehaviorSanitizer), `make test-gpu` runs the GPU suite.
+CC ?= cc
+CXX ?= c++
+NVCC ?= nvcc
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
+CUDA_ARCH ?= -arch=sm_90
+
+OPT ?= -O3 -march=native
+CFLAGS ?= $(OPT) -g -Wall -Wextra -Wshadow -fopenmp
+CFLAGS += -std=c11
+CXXFLAGS ?= $(OPT) -g -Wall -Wextra
+CXXFLAGS += -std=c++17
+LDLIBS = -lsentencepiece -lcjson -lutf8proc -lpcre2-8 -lstdc++ -lm
+SANITIZE = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -fopenmp
+
+HOST_SRC = mamba.c tokenizer.c
+HEADERS = model.h tokenizer.h
+
+ifneq ($(CUDA_HOME),)
+  GPU_OBJ = build/kernels.o
+  GPU_FLAGS = -DMAMBA_CUDA
+  GPU_LIBS = -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcudart -lcublas -Wl,-rpath,$(CUDA_HOME)/lib64
+endif
+
+.PHONY: all cpu test test-gpu asan deps clean
+all: mamba
+
+mamba: $(HOST_SRC) $(HEADERS) build/sp_wrapper.o $(GPU_OBJ)
+	$(CC) $(CFLAGS) $(GPU_FLAGS) -o $@ $(HOST_SRC) build/sp_wrapper.o $(GPU_OBJ) $(LDLIBS) $(GPU_LIBS)
+
+cpu:
+	$(MAKE) CUDA_HOME= mamba
+
+build/sp_wrapper.o: sp_wrapper.cc tokenizer.h model.h | build
+	$(CXX) $(CXXFLAGS) -c -o $@ sp_wrapper.cc
+
+build/kernels.o: kernels.cu $(HEADERS) | build
+	$(NVCC) $(CUDA_ARCH) -O3 -std=c++17 -Xcompiler -Wall -c -o $@ kernels.cu
+
+# The sanitized build is CPU-only: ASan and the CUDA runtime do not mix.
+mamba-asan: $(HOST_SRC) $(HEADERS) sp_wrapper.cc
+	mkdir -p build/asan
+	$(CXX) -std=c++17 $(SANITIZE) -c -o build/asan/sp_wrapper.o sp_wrapper.cc
+	$(CC) -std=c11 -Wall -Wextra $(SANITIZE) -o $@ $(HOST_SRC) build/asan/sp_wrapper.o $(LDLIBS)
+
+tests/cmp_logits: tests/cmp_logits.c
+	$(CC) -O2 -std=c11 -Wall -Wextra -o $@ $< -lm
+
+build:
+	mkdir -p build
+
+deps:
+	@bash tests/deps.sh
+
+test: deps
+	$(MAKE) mamba mamba-asan tests/cmp_logits
+	MAMBA_BINARIES="./mamba ./mamba-asan" bash tests/run.sh
+
+test-gpu:
+	bash tests/gpu.sh
+
+clean:
+	rm -rf build mamba mamba-asan tests/cmp_logits

@@ -1,0 +1,1686 @@
+/* mamba.c: a single-binary inference engine for Mamba-1 language models.
+ *
+ *   mamba [run] [-m MODEL] [options] [PROMPT]     generate text (the default command)
+ *   mamba convert HF_DIR OUT.bin [--dtype ...]     import a Hugging Face checkpoint
+ *   mamba info MODEL                               print a checkpoint's config
+ *   mamba tokenize [...] [TEXT]                    text → ids, or ids → text with --decode
+ *   mamba perplexity [-m MODEL] FILE               NLL, perplexity and bits per byte
+ *   mamba init --shape NAME OUT.bin                a random model of a published shape
+ *   mamba bench [-m MODEL] [...]                   throughput
+ *
+ * The CPU engine here is the reference: fp32 math, OpenMP over rows and channels, the Mamba
+ * block in recurrent mode with a constant-size state per sequence. kernels.cu is the GPU one. */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include "model.h"
+#include "tokenizer.h"
+#ifdef MAMBA_CUDA
+#include "gpu.h"
+#endif
+
+/* ----------------------------------------------------------------------------------------
+ * Errors: one line on stderr, a non-zero exit, and no half-written output file. */
+
+static char g_partial_output[PATH_MAX];   /* temp file that convert/init must not leave behind */
+
+static void remove_partial_output(void) {
+    if (g_partial_output[0]) unlink(g_partial_output);
+}
+
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("mamba: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) die("out of memory allocating %zu bytes", n);
+    return p;
+}
+
+static void *xcalloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) die("out of memory allocating %zu × %zu bytes", count, size);
+    return p;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static const char *dtype_name(DType t) {
+    return t == DTYPE_F32 ? "f32" : t == DTYPE_F16 ? "f16" : "bf16";
+}
+
+static int parse_dtype(const char *s, DType *out) {
+    if (!strcmp(s, "f32")) *out = DTYPE_F32;
+    else if (!strcmp(s, "f16")) *out = DTYPE_F16;
+    else if (!strcmp(s, "bf16")) *out = DTYPE_BF16;
+    else return -1;
+    return 0;
+}
+
+/* Strict number parsing for flags: the whole string must be a number inside [lo, hi]. */
+static long parse_long(const char *flag, const char *s, long lo, long hi) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        die("%s expects an integer in [%ld, %ld], got '%s'", flag, lo, hi, s);
+    return v;
+}
+
+static double parse_double(const char *flag, const char *s, double lo, double hi) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi))
+        die("%s expects a number in [%g, %g], got '%s'", flag, lo, hi, s);
+    return v;
+}
+
+/* Reads a whole file (or stdin for "-") into a NUL-terminated buffer, refusing more than
+ * max_bytes so that nothing outside can make us allocate without limit. */
+static char *read_file(const char *path, size_t max_bytes, size_t *len_out) {
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!f) die("cannot open %s: %s", path, strerror(errno));
+    size_t cap = 1 << 16, len = 0;
+    char *buf = xmalloc(cap + 1);
+    size_t got;
+    while ((got = fread(buf + len, 1, cap - len, f)) > 0) {
+        len += got;
+        if (len > max_bytes) die("%s is larger than the limit of %zu bytes", path, max_bytes);
+        if (len == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap + 1);
+            if (!buf) die("out of memory reading %s", path);
+        }
+    }
+    if (ferror(f)) die("cannot read %s: %s", path, strerror(errno));
+    if (f != stdin) fclose(f);
+    buf[len] = '\0';
+    *len_out = len;
+    return buf;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * The checkpoint: tensor specs, loading and validation. */
+
+/* What a checkpoint of a given config must contain, in file order. */
+typedef struct {
+    char name[MAMBA_NAME_BYTES];
+    uint32_t rows, cols;      /* 1-D tensors: cols == 1 */
+    int ndim;
+    int big;                  /* stored in config.dtype; otherwise f32 */
+} TensorSpec;
+
+enum { LAYER_TENSORS = 10 };
+static const char *const LAYER_TENSOR_NAMES[LAYER_TENSORS] = {
+    "norm", "in_proj", "conv_w", "conv_b", "x_proj", "dt_proj", "dt_bias", "A_log", "D", "out_proj",
+};
+
+static int n_model_tensors(const Config *c) {
+    return 1 + LAYER_TENSORS * c->n_layer + 1 + !c->tied_head;
+}
+
+static void set_spec(TensorSpec *s, const char *name, uint32_t rows, uint32_t cols, int ndim, int big) {
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->rows = rows, s->cols = cols, s->ndim = ndim, s->big = big;
+}
+
+/* Fills specs[n_model_tensors(c)]. */
+static void model_tensor_specs(const Config *c, TensorSpec *specs) {
+    int k = 0, di = c->d_inner, dm = c->d_model, ns = c->d_state;
+    set_spec(&specs[k++], "embedding", c->padded_vocab, dm, 2, 1);
+    for (int l = 0; l < c->n_layer; l++) {
+        const uint32_t shapes[LAYER_TENSORS][3] = {     /* rows, cols, ndim */
+            {dm, 1, 1}, {2 * di, dm, 2}, {di, c->d_conv, 2}, {di, 1, 1},
+            {c->dt_rank + 2 * ns, di, 2}, {di, c->dt_rank, 2}, {di, 1, 1}, {di, ns, 2}, {di, 1, 1}, {dm, di, 2},
+        };
+        const int big[LAYER_TENSORS] = {0, 1, 0, 0, 1, 1, 0, 0, 0, 1};
+        for (int t = 0; t < LAYER_TENSORS; t++) {
+            char name[MAMBA_NAME_BYTES];
+            snprintf(name, sizeof name, "layers.%d.%s", l, LAYER_TENSOR_NAMES[t]);
+            set_spec(&specs[k++], name, shapes[t][0], shapes[t][1], shapes[t][2], big[t]);
+        }
+    }
+    set_spec(&specs[k++], "norm_f", dm, 1, 1, 0);
+    if (!c->tied_head) set_spec(&specs[k++], "lm_head", c->padded_vocab, dm, 2, 1);
+}
+
+static DType spec_dtype(const Config *c, const TensorSpec *s) { return s->big ? c->dtype : DTYPE_F32; }
+
+/* Bounds on every dimension, so that products of them cannot overflow 64 bits and a hostile
+ * header cannot ask for absurd allocations. */
+static const char *config_problem(const Config *c) {
+    if (c->n_layer < 1 || c->n_layer > 1024) return "n_layer must be in [1, 1024]";
+    if (c->d_model < 1 || c->d_model > 65536) return "d_model must be in [1, 65536]";
+    if (c->d_inner < 1 || c->d_inner > 262144) return "d_inner must be in [1, 262144]";
+    if (c->d_state < 1 || c->d_state > 1024) return "d_state must be in [1, 1024]";
+    if (c->d_conv < 1 || c->d_conv > 64) return "d_conv must be in [1, 64]";
+    if (c->dt_rank < 1 || c->dt_rank > c->d_inner) return "dt_rank must be in [1, d_inner]";
+    if (c->vocab_size < 1 || c->vocab_size > (1 << 24)) return "vocab_size must be in [1, 2^24]";
+    if (c->padded_vocab < c->vocab_size || c->padded_vocab > (1 << 24))
+        return "padded_vocab must be in [vocab_size, 2^24]";
+    if (!(c->norm_eps > 0 && c->norm_eps < 1)) return "norm_eps must be in (0, 1)";
+    if (c->dtype != DTYPE_F32 && c->dtype != DTYPE_F16 && c->dtype != DTYPE_BF16) return "unknown weight dtype";
+    if (c->tied_head != 0 && c->tied_head != 1) return "tied_head must be 0 or 1";
+    return NULL;
+}
+
+typedef struct {
+    Config config;
+    Weights weights;
+    TokenizerKind tokenizer_kind;
+    const void *tokenizer_blob;
+    size_t tokenizer_bytes;
+    int bos_id, eos_id, pad_id;
+    const uint8_t *map;
+    size_t map_bytes;
+    uint64_t weight_bytes;    /* bytes of all tensors, what one decode step reads */
+} Model;
+
+static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+static const void *checked_tensor(const Model *m, const TensorEntry *e, const TensorSpec *s, const char *path) {
+    const Config *c = &m->config;
+    DType want = spec_dtype(c, s);
+    if (memchr(e->name, '\0', sizeof e->name) == NULL || strcmp(e->name, s->name))
+        die("%s: tensor table entry '%.64s' where '%s' was expected", path, e->name, s->name);
+    if (e->dtype != want) die("%s: tensor %s has dtype %u, expected %s", path, s->name, e->dtype, dtype_name(want));
+    if (e->ndim != (uint32_t)s->ndim || e->shape[0] != s->rows || e->shape[1] != s->cols)
+        die("%s: tensor %s has shape [%u, %u], the config implies [%u, %u]", path, s->name, e->shape[0],
+            e->shape[1], s->rows, s->cols);
+    uint64_t bytes = (uint64_t)s->rows * s->cols * dtype_size(want);
+    if (e->bytes != bytes) die("%s: tensor %s claims %llu bytes, its shape needs %llu", path, s->name,
+                               (unsigned long long)e->bytes, (unsigned long long)bytes);
+    if (e->offset % MAMBA_ALIGN) die("%s: tensor %s is not %d-byte aligned", path, s->name, MAMBA_ALIGN);
+    if (e->offset > m->map_bytes || e->bytes > m->map_bytes - e->offset)
+        die("%s: tensor %s lies outside the file", path, s->name);
+    return m->map + e->offset;
+}
+
+static void model_load(Model *m, const char *path) {
+    memset(m, 0, sizeof *m);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die("cannot open model %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) die("model %s is not a regular file", path);
+    if ((uint64_t)st.st_size < MAMBA_HEADER_BYTES)
+        die("model %s is truncated: %lld bytes, smaller than the header", path, (long long)st.st_size);
+    m->map_bytes = st.st_size;
+    m->map = mmap(NULL, m->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m->map == MAP_FAILED) die("cannot map model %s: %s", path, strerror(errno));
+    close(fd);
+
+    FileHeader h;
+    memcpy(&h, m->map, sizeof h);
+    if (memcmp(h.magic, MAMBA_MAGIC, 8)) die("%s is not a mamba checkpoint (bad magic)", path);
+    if (h.version != MAMBA_FORMAT_VERSION)
+        die("%s has format version %u; this mamba reads version %d", path, h.version, MAMBA_FORMAT_VERSION);
+    if (h.header_bytes != MAMBA_HEADER_BYTES) die("%s: header size %u, expected %d", path, h.header_bytes, MAMBA_HEADER_BYTES);
+    if (h.file_bytes != m->map_bytes)
+        die("%s: header says %llu bytes but the file has %zu (truncated or padded)", path,
+            (unsigned long long)h.file_bytes, m->map_bytes);
+
+    Config *c = &m->config;
+    *c = (Config){.n_layer = (int)h.n_layer, .d_model = (int)h.d_model, .d_inner = (int)h.d_inner,
+                  .d_state = (int)h.d_state, .d_conv = (int)h.d_conv, .dt_rank = (int)h.dt_rank,
+                  .vocab_size = (int)h.vocab_size, .padded_vocab = (int)h.padded_vocab,
+                  .norm_eps = h.norm_eps, .dtype = (DType)h.dtype, .tied_head = (int)h.tied_head};
+    if (h.n_layer > 1024 || h.d_model > 65536 || h.d_inner > 262144 || h.d_state > 1024 || h.d_conv > 64 ||
+        h.dt_rank > 262144 || h.vocab_size > (1u << 24) || h.padded_vocab > (1u << 24) || h.dtype > 2 || h.tied_head > 1)
+        die("%s: config out of range", path);
+    const char *problem = config_problem(c);
+    if (problem) die("%s: bad config: %s", path, problem);
+
+    int n = n_model_tensors(c);
+    if (h.n_tensors != (uint32_t)n) die("%s: %u tensors in the table, the config needs %d", path, h.n_tensors, n);
+    if (h.table_offset < MAMBA_HEADER_BYTES || h.table_offset > m->map_bytes ||
+        (uint64_t)n * sizeof(TensorEntry) > m->map_bytes - h.table_offset)
+        die("%s: tensor table lies outside the file", path);
+    if (h.table_offset % 8) die("%s: tensor table is misaligned", path);
+
+    TensorSpec *specs = xmalloc(n * sizeof *specs);
+    model_tensor_specs(c, specs);
+    const TensorEntry *table = (const TensorEntry *)(m->map + h.table_offset);
+    const void **ptr = xmalloc(n * sizeof *ptr);
+    for (int i = 0; i < n; i++) {
+        ptr[i] = checked_tensor(m, &table[i], &specs[i], path);
+        m->weight_bytes += table[i].bytes;
+    }
+
+    Weights *w = &m->weights;
+    int k = 0;
+    w->embedding = ptr[k++];
+    w->layers = xcalloc(c->n_layer, sizeof *w->layers);
+    for (int l = 0; l < c->n_layer; l++) {
+        LayerWeights *L = &w->layers[l];
+        L->norm = ptr[k++], L->in_proj = ptr[k++], L->conv_w = ptr[k++], L->conv_b = ptr[k++];
+        L->x_proj = ptr[k++], L->dt_proj = ptr[k++], L->dt_bias = ptr[k++], L->A_log = ptr[k++];
+        L->D = ptr[k++], L->out_proj = ptr[k++];
+    }
+    w->norm_f = ptr[k++];
+    w->lm_head = c->tied_head ? w->embedding : ptr[k++];
+    free(specs);
+    free(ptr);
+
+    if (h.tokenizer_kind > TOKENIZER_HF_JSON) die("%s: unknown tokenizer kind %u", path, h.tokenizer_kind);
+    m->tokenizer_kind = (TokenizerKind)h.tokenizer_kind;
+    if (m->tokenizer_kind != TOKENIZER_NONE) {
+        if (h.tokenizer_offset > m->map_bytes || h.tokenizer_bytes > m->map_bytes - h.tokenizer_offset ||
+            h.tokenizer_bytes == 0)
+            die("%s: embedded tokenizer lies outside the file", path);
+        m->tokenizer_blob = m->map + h.tokenizer_offset;
+        m->tokenizer_bytes = h.tokenizer_bytes;
+    }
+    if (h.bos_id < -1 || h.bos_id >= (int32_t)h.vocab_size || h.eos_id < -1 || h.eos_id >= (int32_t)h.vocab_size ||
+        h.pad_id < -1 || h.pad_id >= (int32_t)h.vocab_size)
+        die("%s: special token ids out of range", path);
+    m->bos_id = h.bos_id, m->eos_id = h.eos_id, m->pad_id = h.pad_id;
+}
+
+static uint64_t model_param_count(const Config *c) {
+    int n = n_model_tensors(c);
+    TensorSpec *specs = xmalloc(n * sizeof *specs);
+    model_tensor_specs(c, specs);
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) total += (uint64_t)specs[i].rows * specs[i].cols;
+    free(specs);
+    return total;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Writing a checkpoint (convert, init): to a temporary file beside the target, fsynced and
+ * renamed into place, so an interrupted or failed write never leaves a file that looks valid. */
+
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);   /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1);                                              /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+/* Round to nearest even; sets *overflow when a finite value is beyond f16's range. */
+static uint16_t f32_to_f16(float f, int *overflow) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (a >= 0x477ff000u) {                         /* ≥ 65520 rounds to infinity */
+        if (a < 0x7f800000u) *overflow = 1;
+        return (uint16_t)(sign | 0x7c00u);
+    }
+    if (a < 0x38800000u) {                          /* below 2^-14: f16 subnormal, in units of 2^-24 */
+        float v;
+        memcpy(&v, &a, 4);
+        return (uint16_t)(sign | (uint32_t)lrintf(v * 16777216.0f));
+    }
+    uint32_t h = (((a >> 23) - 112) << 10) | ((a >> 13) & 0x3ffu), rest = a & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1))) h++;                    /* a carry bumps the exponent */
+    return (uint16_t)(sign | h);
+}
+
+static void on_signal_remove_partial(int sig) {
+    if (g_partial_output[0]) unlink(g_partial_output);
+    _exit(128 + sig);
+}
+
+static void fwrite_or_die(const void *p, size_t n, FILE *f, const char *path) {
+    if (n && fwrite(p, 1, n, f) != n) die("cannot write %s: %s", path, strerror(errno));
+}
+
+static void pad_to(FILE *f, uint64_t *pos, uint64_t target, const char *path) {
+    static const uint8_t zeros[MAMBA_ALIGN];
+    while (*pos < target) {
+        size_t n = target - *pos < sizeof zeros ? (size_t)(target - *pos) : sizeof zeros;
+        fwrite_or_die(zeros, n, f, path);
+        *pos += n;
+    }
+}
+
+/* Produces tensor i (of spec s) as rows*cols floats. */
+typedef void (*TensorSource)(void *ctx, int i, const TensorSpec *s, float *out);
+
+typedef struct {
+    TokenizerKind kind;
+    const void *blob;
+    size_t bytes;
+    int bos_id, eos_id, pad_id;
+} TokenizerInfo;
+
+static void write_checkpoint(const char *path, const Config *c, TensorSource source, void *ctx,
+                             const TokenizerInfo *tok) {
+    int n = n_model_tensors(c);
+    TensorSpec *specs = xmalloc(n * sizeof *specs);
+    model_tensor_specs(c, specs);
+    TensorEntry *table = xcalloc(n, sizeof *table);
+    uint64_t pos = align_up(MAMBA_HEADER_BYTES + (uint64_t)n * sizeof *table, MAMBA_ALIGN);
+    for (int i = 0; i < n; i++) {
+        DType t = spec_dtype(c, &specs[i]);
+        memcpy(table[i].name, specs[i].name, sizeof table[i].name);
+        table[i].dtype = t, table[i].ndim = specs[i].ndim;
+        table[i].shape[0] = specs[i].rows, table[i].shape[1] = specs[i].cols;
+        table[i].offset = pos;
+        table[i].bytes = (uint64_t)specs[i].rows * specs[i].cols * dtype_size(t);
+        pos = align_up(pos + table[i].bytes, MAMBA_ALIGN);
+    }
+    FileHeader h = {0};
+    memcpy(h.magic, MAMBA_MAGIC, 8);
+    h.version = MAMBA_FORMAT_VERSION, h.header_bytes = MAMBA_HEADER_BYTES;
+    h.n_layer = c->n_layer, h.d_model = c->d_model, h.d_inner = c->d_inner, h.d_state = c->d_state;
+    h.d_conv = c->d_conv, h.dt_rank = c->dt_rank, h.vocab_size = c->vocab_size, h.padded_vocab = c->padded_vocab;
+    h.norm_eps = c->norm_eps, h.dtype = c->dtype, h.tied_head = c->tied_head;
+    h.tokenizer_kind = tok->blob ? tok->kind : TOKENIZER_NONE;
+    h.bos_id = tok->bos_id, h.eos_id = tok->eos_id, h.pad_id = tok->pad_id;
+    h.n_tensors = n, h.table_offset = MAMBA_HEADER_BYTES;
+    h.tokenizer_offset = tok->blob ? pos : 0, h.tokenizer_bytes = tok->blob ? tok->bytes : 0;
+    h.file_bytes = pos + h.tokenizer_bytes;
+
+    /* The temporary file lives in the target's folder so that rename() is atomic. */
+    int written = snprintf(g_partial_output, sizeof g_partial_output, "%s.partial-XXXXXX", path);
+    if (written < 0 || (size_t)written >= sizeof g_partial_output) die("output path too long: %s", path);
+    struct sigaction sa = {.sa_handler = on_signal_remove_partial};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGXFSZ, &sa, NULL);
+    int fd = mkstemp(g_partial_output);
+    if (fd < 0) {
+        g_partial_output[0] = '\0';
+        die("cannot create a file beside %s: %s", path, strerror(errno));
+    }
+    FILE *f = fdopen(fd, "wb");
+    if (!f) die("cannot open %s: %s", g_partial_output, strerror(errno));
+    fwrite_or_die(&h, sizeof h, f, path);
+    fwrite_or_die(table, n * sizeof *table, f, path);
+    uint64_t at = MAMBA_HEADER_BYTES + (uint64_t)n * sizeof *table;
+    for (int i = 0; i < n; i++) {
+        const TensorSpec *s = &specs[i];
+        size_t count = (size_t)s->rows * s->cols;
+        float *values = xmalloc(count * sizeof *values);
+        source(ctx, i, s, values);
+        pad_to(f, &at, table[i].offset, path);
+        DType t = spec_dtype(c, s);
+        if (t == DTYPE_F32) {
+            fwrite_or_die(values, count * 4, f, path);
+        } else {
+            uint16_t *half = xmalloc(count * sizeof *half);
+            int overflow = 0;
+            for (size_t j = 0; j < count; j++)
+                half[j] = t == DTYPE_BF16 ? f32_to_bf16(values[j]) : f32_to_f16(values[j], &overflow);
+            if (overflow) die("tensor %s has values beyond the f16 range; use --dtype bf16 or f32", s->name);
+            fwrite_or_die(half, count * 2, f, path);
+            free(half);
+        }
+        at += table[i].bytes;
+        free(values);
+    }
+    pad_to(f, &at, pos, path);
+    if (tok->blob) fwrite_or_die(tok->blob, tok->bytes, f, path);
+    if (fflush(f) || fsync(fileno(f))) die("cannot write %s: %s", path, strerror(errno));
+    if (fclose(f)) die("cannot write %s: %s", path, strerror(errno));
+    if (rename(g_partial_output, path)) die("cannot rename the output to %s: %s", path, strerror(errno));
+    g_partial_output[0] = '\0';
+    free(specs);
+    free(table);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * mamba convert: Hugging Face Mamba checkpoints (config.json + safetensors). */
+
+#define MAX_JSON_BYTES (64u << 20)        /* config.json, index and safetensors headers */
+
+typedef struct {
+    char *name;
+    DType dtype;
+    int ndim;
+    uint64_t shape[4];
+    const uint8_t *data;
+    uint64_t bytes;
+} SafeTensor;
+
+typedef struct {
+    SafeTensor *tensors;
+    int n, cap;
+    const char *dir;
+} TensorSet;
+
+static cJSON *parse_json_file(const char *path, const char *what) {
+    size_t len;
+    char *text = read_file(path, MAX_JSON_BYTES, &len);
+    cJSON *json = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!json) die("%s %s is not valid JSON", what, path);
+    return json;
+}
+
+/* Maps one .safetensors file and appends its tensors; every offset is checked against the
+ * file before use. */
+static void load_safetensors(TensorSet *set, const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die("cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) die("%s is not a regular file", path);
+    uint64_t size = st.st_size;
+    if (size < 8) die("%s is truncated: no safetensors header", path);
+    const uint8_t *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) die("cannot map %s: %s", path, strerror(errno));
+    close(fd);
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; i--) header_len = header_len << 8 | map[i];
+    if (header_len > size - 8 || header_len > MAX_JSON_BYTES)
+        die("%s: safetensors header length %llu exceeds the file", path, (unsigned long long)header_len);
+    cJSON *header = cJSON_ParseWithLength((const char *)map + 8, header_len);
+    if (!cJSON_IsObject(header)) die("%s: safetensors header is not a JSON object", path);
+    const uint8_t *data = map + 8 + header_len;
+    uint64_t data_bytes = size - 8 - header_len;
+    for (cJSON *item = header->child; item; item = item->next) {
+        if (!strcmp(item->string, "__metadata__")) continue;
+        cJSON *dtype = cJSON_GetObjectItemCaseSensitive(item, "dtype");
+        cJSON *shape = cJSON_GetObjectItemCaseSensitive(item, "shape");
+        cJSON *offsets = cJSON_GetObjectItemCaseSensitive(item, "data_offsets");
+        if (!cJSON_IsString(dtype) || !cJSON_IsArray(shape) || !cJSON_IsArray(offsets) ||
+            cJSON_GetArraySize(offsets) != 2)
+            die("%s: tensor %s has a malformed entry", path, item->string);
+        SafeTensor t = {.ndim = cJSON_GetArraySize(shape)};
+        if (!strcmp(dtype->valuestring, "F32")) t.dtype = DTYPE_F32;
+        else if (!strcmp(dtype->valuestring, "F16")) t.dtype = DTYPE_F16;
+        else if (!strcmp(dtype->valuestring, "BF16")) t.dtype = DTYPE_BF16;
+        else t.dtype = (DType)-1;                   /* refused only if the tensor is used */
+        if (t.ndim > 4) die("%s: tensor %s has %d dimensions", path, item->string, t.ndim);
+        uint64_t count = 1;
+        for (int d = 0; d < t.ndim; d++) {
+            double v = cJSON_GetArrayItem(shape, d)->valuedouble;
+            if (!cJSON_IsNumber(cJSON_GetArrayItem(shape, d)) || v < 0 || v > 1e12 || v != floor(v))
+                die("%s: tensor %s has a bad shape", path, item->string);
+            t.shape[d] = (uint64_t)v;
+            count *= t.shape[d];
+            if (count > (1ull << 40)) die("%s: tensor %s is implausibly large", path, item->string);
+        }
+        double begin = cJSON_GetArrayItem(offsets, 0)->valuedouble, end = cJSON_GetArrayItem(offsets, 1)->valuedouble;
+        if (!cJSON_IsNumber(cJSON_GetArrayItem(offsets, 0)) || !cJSON_IsNumber(cJSON_GetArrayItem(offsets, 1)) ||
+            begin < 0 || end < begin || end > (double)data_bytes || begin != floor(begin) || end != floor(end))
+            die("%s: tensor %s has data offsets outside the file", path, item->string);
+        t.data = data + (uint64_t)begin;
+        t.bytes = (uint64_t)end - (uint64_t)begin;
+        if ((int)t.dtype >= 0 && t.bytes != count * dtype_size(t.dtype))
+            die("%s: tensor %s has %llu bytes but its shape needs %llu", path, item->string,
+                (unsigned long long)t.bytes, (unsigned long long)(count * dtype_size(t.dtype)));
+        t.name = strdup(item->string);
+        if (set->n == set->cap) {
+            set->cap = set->cap ? 2 * set->cap : 64;
+            set->tensors = realloc(set->tensors, set->cap * sizeof *set->tensors);
+            if (!set->tensors) die("out of memory");
+        }
+        set->tensors[set->n++] = t;
+    }
+    cJSON_Delete(header);
+}
+
+static const SafeTensor *find_tensor(const TensorSet *set, const char *name) {
+    for (int i = 0; i < set->n; i++)
+        if (!strcmp(set->tensors[i].name, name)) return &set->tensors[i];
+    return NULL;
+}
+
+/* Reads a checkpoint directory: one model.safetensors, or shards listed by the index. */
+static void load_hf_tensors(TensorSet *set, const char *dir) {
+    char path[PATH_MAX];
+    set->dir = dir;
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    if (access(path, F_OK) == 0) {
+        cJSON *index = parse_json_file(path, "safetensors index");
+        cJSON *map = cJSON_GetObjectItemCaseSensitive(index, "weight_map");
+        if (!cJSON_IsObject(map)) die("%s has no weight_map object", path);
+        char **seen = NULL;
+        int n_seen = 0;
+        for (cJSON *e = map->child; e; e = e->next) {
+            if (!cJSON_IsString(e) || strchr(e->valuestring, '/') || !strcmp(e->valuestring, "..") || !e->valuestring[0])
+                die("%s: weight_map entry %s names a bad file", path, e->string);
+            int known = 0;
+            for (int i = 0; i < n_seen; i++) known |= !strcmp(seen[i], e->valuestring);
+            if (known) continue;
+            seen = realloc(seen, (n_seen + 1) * sizeof *seen);
+            if (!seen) die("out of memory");
+            seen[n_seen++] = e->valuestring;
+            char shard[PATH_MAX];
+            snprintf(shard, sizeof shard, "%s/%s", dir, e->valuestring);
+            load_safetensors(set, shard);
+        }
+        for (cJSON *e = map->child; e; e = e->next)
+            if (!find_tensor(set, e->string)) die("%s lists tensor %s, which its shard lacks", path, e->string);
+        free(seen);
+        cJSON_Delete(index);
+        return;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (access(path, F_OK) == 0) {
+        load_safetensors(set, path);
+        return;
+    }
+    snprintf(path, sizeof path, "%s/pytorch_model.bin", dir);
+    if (access(path, F_OK) == 0)
+        die("%s holds pytorch_model.bin only; save it as safetensors first (save_pretrained)", dir);
+    die("%s has neither model.safetensors nor model.safetensors.index.json", dir);
+}
+
+static double json_number(const cJSON *obj, const char *key, double fallback, int required, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v) {
+        if (required) die("%s lacks \"%s\"", path, key);
+        return fallback;
+    }
+    if (!cJSON_IsNumber(v)) die("%s: \"%s\" is not a number", path, key);
+    return v->valuedouble;
+}
+
+static int json_int(const cJSON *obj, const char *key, int fallback, int required, const char *path) {
+    double v = json_number(obj, key, fallback, required, path);
+    if (v != floor(v) || v < -1 || v > (1 << 30)) die("%s: \"%s\" is not a valid integer", path, key);
+    return (int)v;
+}
+
+static int json_bool(const cJSON *obj, const char *key, int fallback, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v) return fallback;
+    if (!cJSON_IsBool(v)) die("%s: \"%s\" is not true or false", path, key);
+    return cJSON_IsTrue(v);
+}
+
+/* dt_rank is a number or "auto" = ceil(d_model / 16). */
+static int json_dt_rank(const cJSON *obj, const char *key, int d_model, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v || (cJSON_IsString(v) && !strcmp(v->valuestring, "auto"))) return (d_model + 15) / 16;
+    return json_int(obj, key, 0, 1, path);
+}
+
+/* Two spellings of the config: transformers' MambaConfig (hidden_size, ...) and the original
+ * state-spaces one (d_model, ssm_cfg, pad_vocab_size_multiple). Returns the vocab padding
+ * multiple (1 for transformers, whose vocab_size already counts the embedding rows). */
+static int config_from_json(const cJSON *j, const char *path, Config *c, TokenizerInfo *tok) {
+    int multiple = 1;
+    *c = (Config){0};
+    if (cJSON_GetObjectItemCaseSensitive(j, "hidden_size")) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(j, "model_type");
+        if (type && (!cJSON_IsString(type) || strcmp(type->valuestring, "mamba")))
+            die("%s: model_type is %s, not \"mamba\" (only Mamba-1 is supported)", path,
+                cJSON_IsString(type) ? type->valuestring : "not a string");
+        c->d_model = json_int(j, "hidden_size", 0, 1, path);
+        c->n_layer = json_int(j, "num_hidden_layers", 0, 1, path);
+        c->vocab_size = json_int(j, "vocab_size", 0, 1, path);
+        c->d_state = json_int(j, "state_size", 16, 0, path);
+        c->d_conv = json_int(j, "conv_kernel", 4, 0, path);
+        int expand = json_int(j, "expand", 2, 0, path);
+        c->d_inner = json_int(j, "intermediate_size", expand * c->d_model, 0, path);
+        c->dt_rank = json_dt_rank(j, "time_step_rank", c->d_model, path);
+        c->norm_eps = (float)json_number(j, "layer_norm_epsilon", 1e-5, 0, path);
+        c->tied_head = json_bool(j, "tie_word_embeddings", 1, path);
+        if (json_bool(j, "use_bias", 0, path)) die("%s: use_bias=true (biased in/out projections) is not supported", path);
+        if (!json_bool(j, "use_conv_bias", 1, path)) die("%s: use_conv_bias=false is not supported", path);
+    } else if (cJSON_GetObjectItemCaseSensitive(j, "d_model")) {
+        c->d_model = json_int(j, "d_model", 0, 1, path);
+        c->n_layer = json_int(j, "n_layer", 0, 1, path);
+        c->vocab_size = json_int(j, "vocab_size", 0, 1, path);
+        multiple = json_int(j, "pad_vocab_size_multiple", 8, 0, path);
+        if (multiple < 1) die("%s: pad_vocab_size_multiple must be ≥ 1", path);
+        c->tied_head = json_bool(j, "tie_embeddings", 1, path);
+        if (!json_bool(j, "rms_norm", 1, path)) die("%s: rms_norm=false (LayerNorm) is not supported", path);
+        const cJSON *ssm = cJSON_GetObjectItemCaseSensitive(j, "ssm_cfg");
+        if (ssm && !cJSON_IsObject(ssm)) die("%s: ssm_cfg is not an object", path);
+        const cJSON *layer = ssm ? cJSON_GetObjectItemCaseSensitive(ssm, "layer") : NULL;
+        if (layer && (!cJSON_IsString(layer) || strcmp(layer->valuestring, "Mamba1")))
+            die("%s: ssm_cfg.layer is not Mamba1 (only Mamba-1 is supported)", path);
+        c->d_state = json_int(ssm, "d_state", 16, 0, path);
+        c->d_conv = json_int(ssm, "d_conv", 4, 0, path);
+        c->d_inner = json_int(ssm, "expand", 2, 0, path) * c->d_model;
+        c->dt_rank = json_dt_rank(ssm, "dt_rank", c->d_model, path);
+        if (json_bool(ssm, "bias", 0, path)) die("%s: ssm_cfg.bias=true is not supported", path);
+        if (!json_bool(ssm, "conv_bias", 1, path)) die("%s: ssm_cfg.conv_bias=false is not supported", path);
+        c->norm_eps = 1e-5f;
+    } else {
+        die("%s has neither hidden_size (transformers) nor d_model (state-spaces)", path);
+    }
+    c->padded_vocab = (int)align_up((uint64_t)c->vocab_size, (uint64_t)multiple);
+    tok->bos_id = json_int(j, "bos_token_id", -1, 0, path);
+    tok->eos_id = json_int(j, "eos_token_id", -1, 0, path);
+    tok->pad_id = json_int(j, "pad_token_id", -1, 0, path);
+    return multiple;
+}
+
+/* Source names of each of our tensors; the two conventions differ only in the embedding. */
+static void source_names(const TensorSpec *s, char names[2][128]) {
+    int layer;
+    char part[32];
+    names[1][0] = '\0';
+    if (!strcmp(s->name, "embedding")) {
+        strcpy(names[0], "backbone.embeddings.weight");
+        strcpy(names[1], "backbone.embedding.weight");
+    } else if (!strcmp(s->name, "norm_f")) {
+        strcpy(names[0], "backbone.norm_f.weight");
+    } else if (!strcmp(s->name, "lm_head")) {
+        strcpy(names[0], "lm_head.weight");
+    } else if (sscanf(s->name, "layers.%d.%31s", &layer, part) == 2) {
+        static const char *const hf[LAYER_TENSORS] = {
+            "norm.weight", "mixer.in_proj.weight", "mixer.conv1d.weight", "mixer.conv1d.bias", "mixer.x_proj.weight",
+            "mixer.dt_proj.weight", "mixer.dt_proj.bias", "mixer.A_log", "mixer.D", "mixer.out_proj.weight",
+        };
+        for (int t = 0; t < LAYER_TENSORS; t++)
+            if (!strcmp(part, LAYER_TENSOR_NAMES[t])) snprintf(names[0], 128, "backbone.layers.%d.%s", layer, hf[t]);
+    }
+}
+
+static const SafeTensor *lookup_source(const TensorSet *set, const TensorSpec *s) {
+    char names[2][128];
+    source_names(s, names);
+    const SafeTensor *t = find_tensor(set, names[0]);
+    if (!t && names[1][0]) t = find_tensor(set, names[1]);
+    if (!t) die("%s: missing tensor %s", set->dir, names[0]);
+    if ((int)t->dtype < 0) die("%s: tensor %s has an unsupported dtype (F32, F16 and BF16 are read)", set->dir, t->name);
+    /* Unit dimensions are ignored: conv1d.weight is [d_inner, 1, d_conv] in PyTorch. */
+    uint64_t got[4], want[2] = {s->rows, s->cols};
+    int n_got = 0, n_want = 0;
+    for (int d = 0; d < t->ndim; d++)
+        if (t->shape[d] != 1) got[n_got++] = t->shape[d];
+    for (int d = 0; d < 2; d++)
+        if (want[d] != 1) want[n_want++] = want[d];
+    int same = n_got == n_want;
+    for (int d = 0; same && d < n_got; d++) same = got[d] == want[d];
+    if (!same) {
+        char text[96] = "";
+        for (int d = 0; d < t->ndim; d++)
+            snprintf(text + strlen(text), sizeof text - strlen(text), "%s%llu", d ? ", " : "", (unsigned long long)t->shape[d]);
+        if (s->ndim == 1) die("tensor %s has shape [%s] but the config implies [%u]", t->name, text, s->rows);
+        die("tensor %s has shape [%s] but the config implies [%u, %u]", t->name, text, s->rows, s->cols);
+    }
+    return t;
+}
+
+typedef struct {
+    const TensorSet *set;
+} ConvertSource;
+
+static void convert_tensor(void *ctx, int i, const TensorSpec *s, float *out) {
+    (void)i;
+    const SafeTensor *t = lookup_source(((ConvertSource *)ctx)->set, s);
+    size_t count = (size_t)s->rows * s->cols;
+    for (size_t j = 0; j < count; j++) {
+        uint16_t half;
+        if (t->dtype == DTYPE_F32) {
+            memcpy(&out[j], t->data + 4 * j, 4);
+        } else {
+            memcpy(&half, t->data + 2 * j, 2);
+            out[j] = t->dtype == DTYPE_BF16 ? bf16_to_f32(half) : f16_to_f32(half);
+        }
+        if (!isfinite(out[j])) die("tensor %s contains NaN or infinity at element %zu", t->name, j);
+    }
+}
+
+/* The tokenizer blob embedded in the output: tokenizer.json wins over tokenizer.model. */
+static void find_tokenizer(const char *dir, TokenizerInfo *tok) {
+    static const struct { const char *file; TokenizerKind kind; } candidates[] = {
+        {"tokenizer.json", TOKENIZER_HF_JSON}, {"tokenizer.model", TOKENIZER_SENTENCEPIECE}};
+    for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, candidates[i].file);
+        if (access(path, F_OK)) continue;
+        char err[256];
+        Tokenizer *t = tokenizer_load_file(path, err, sizeof err);
+        if (!t) die("%s: %s", path, err);
+        if (tok->bos_id < 0) tok->bos_id = tokenizer_bos_id(t);
+        if (tok->eos_id < 0) tok->eos_id = tokenizer_eos_id(t);
+        if (tok->pad_id < 0) tok->pad_id = tokenizer_pad_id(t);
+        tokenizer_free(t);
+        tok->blob = read_file(path, 256u << 20, &tok->bytes);
+        tok->kind = candidates[i].kind;
+        return;
+    }
+}
+
+static void cmd_convert(int argc, char **argv) {
+    const char *dir = NULL, *out = NULL;
+    DType dtype = DTYPE_BF16;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--dtype")) {
+            if (i + 1 >= argc) die("--dtype needs a value: f32, f16 or bf16");
+            if (parse_dtype(argv[++i], &dtype)) die("--dtype must be f32, f16 or bf16, got '%s'", argv[i]);
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            die("convert: unknown option %s", argv[i]);
+        } else if (!dir) dir = argv[i];
+        else if (!out) out = argv[i];
+        else die("convert: unexpected argument %s", argv[i]);
+    }
+    if (!dir || !out) die("usage: mamba convert HF_DIR OUT.bin [--dtype f32|f16|bf16]");
+    struct stat st;
+    if (stat(dir, &st) || !S_ISDIR(st.st_mode)) die("%s is not a readable directory", dir);
+
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (access(path, R_OK)) die("cannot read %s: %s", path, strerror(errno));
+    cJSON *json = parse_json_file(path, "config");
+    Config c;
+    TokenizerInfo tok = {0};
+    int multiple = config_from_json(json, path, &c, &tok);
+    cJSON_Delete(json);
+    c.dtype = dtype;
+
+    TensorSet set = {0};
+    load_hf_tensors(&set, dir);
+    /* The embedding's row count is the padded vocab; it must agree with the config. */
+    TensorSpec probe;
+    set_spec(&probe, "embedding", 0, 0, 2, 1);
+    char names[2][128];
+    source_names(&probe, names);
+    const SafeTensor *emb = find_tensor(&set, names[0]);
+    if (!emb) emb = find_tensor(&set, names[1]);
+    if (!emb) die("%s: missing tensor %s", dir, names[0]);
+    if (emb->ndim == 2 && emb->shape[0] != (uint64_t)c.padded_vocab)
+        die("tensor %s has %llu rows but the config implies %d (vocab_size %d padded to a multiple of %d)", emb->name,
+            (unsigned long long)emb->shape[0], c.padded_vocab, c.vocab_size, multiple);
+    const char *problem = config_problem(&c);
+    if (problem) die("%s: bad config: %s", path, problem);
+
+    find_tokenizer(dir, &tok);
+    ConvertSource src = {&set};
+    write_checkpoint(out, &c, convert_tensor, &src, &tok);
+    fprintf(stderr, "wrote %s: %d layers, d_model %d, vocab %d, %s, %llu parameters\n", out, c.n_layer, c.d_model,
+            c.vocab_size, dtype_name(dtype), (unsigned long long)model_param_count(&c));
+}
+
+/* ----------------------------------------------------------------------------------------
+ * The CPU reference engine: one token at a time through every Mamba block. */
+
+typedef struct {
+    float *x;        /* [d_model] residual stream */
+    float *xn;       /* [d_model] normalized input of a block, then the block's output */
+    float *xz;       /* [2*d_inner] in_proj output: x then the gate z */
+    float *u;        /* [d_inner] conv1d + SiLU output, the SSM input */
+    float *dbc;      /* [dt_rank + 2*d_state] x_proj output: dt (low rank), B, C */
+    float *delta;    /* [d_inner] Δ after dt_proj and softplus */
+    float *y;        /* [d_inner] SSM output, gated */
+    float *logits;   /* [padded_vocab] */
+    float *A;        /* [n_layer, d_inner, d_state] A = -exp(A_log), computed once */
+    SeqState seq;
+} CpuEngine;
+
+static void cpu_engine_reset(CpuEngine *e, const Config *c) {
+    memset(e->seq.conv, 0, (size_t)c->n_layer * c->d_inner * c->d_conv * sizeof(float));
+    memset(e->seq.ssm, 0, (size_t)c->n_layer * c->d_inner * c->d_state * sizeof(float));
+}
+
+static void cpu_engine_init(CpuEngine *e, const Model *m) {
+    const Config *c = &m->config;
+    size_t di = c->d_inner, per_layer_A = di * c->d_state;
+    e->x = xcalloc(c->d_model, sizeof(float));
+    e->xn = xcalloc(c->d_model, sizeof(float));
+    e->xz = xcalloc(2 * di, sizeof(float));
+    e->u = xcalloc(di, sizeof(float));
+    e->dbc = xcalloc(c->dt_rank + 2 * c->d_state, sizeof(float));
+    e->delta = xcalloc(di, sizeof(float));
+    e->y = xcalloc(di, sizeof(float));
+    e->logits = xcalloc(c->padded_vocab, sizeof(float));
+    e->A = xcalloc(c->n_layer * per_layer_A, sizeof(float));
+    for (int l = 0; l < c->n_layer; l++)
+        for (size_t i = 0; i < per_layer_A; i++) e->A[l * per_layer_A + i] = -expf(m->weights.layers[l].A_log[i]);
+    e->seq.conv = xcalloc((size_t)c->n_layer * di * c->d_conv, sizeof(float));
+    e->seq.ssm = xcalloc((size_t)c->n_layer * per_layer_A, sizeof(float));
+}
+
+static void cpu_engine_free(CpuEngine *e) {
+    free(e->x), free(e->xn), free(e->xz), free(e->u), free(e->dbc), free(e->delta), free(e->y);
+    free(e->logits), free(e->A), free(e->seq.conv), free(e->seq.ssm);
+}
+
+/* out[r] = Σ_c W[r, c] · x[c] for a row-major [rows, cols] matrix stored as dtype. */
+static void matvec(float *out, const void *W, DType dtype, const float *x, int rows, int cols) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        float sum = 0.0f;
+        if (dtype == DTYPE_F32) {
+            const float *w = (const float *)W + (size_t)r * cols;
+#pragma omp simd reduction(+ : sum)
+            for (int j = 0; j < cols; j++) sum += w[j] * x[j];
+        } else if (dtype == DTYPE_BF16) {
+            const uint16_t *w = (const uint16_t *)W + (size_t)r * cols;
+#pragma omp simd reduction(+ : sum)
+            for (int j = 0; j < cols; j++) sum += bf16_to_f32(w[j]) * x[j];
+        } else {
+            const uint16_t *w = (const uint16_t *)W + (size_t)r * cols;
+            int j = 0;
+#if defined(__F16C__) && defined(__AVX__)
+            __m256 acc = _mm256_setzero_ps();
+            for (; j + 8 <= cols; j += 8)
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + j))),
+                                                       _mm256_loadu_ps(x + j)));
+            float lanes[8];
+            _mm256_storeu_ps(lanes, acc);
+            for (int k = 0; k < 8; k++) sum += lanes[k];
+#endif
+            for (; j < cols; j++) sum += f16_to_f32(w[j]) * x[j];
+        }
+        out[r] = sum;
+    }
+}
+
+/* Row `row` of a [rows, cols] matrix as floats (the embedding lookup). */
+static void matrix_row(float *out, const void *W, DType dtype, int row, int cols) {
+    for (int j = 0; j < cols; j++) {
+        size_t at = (size_t)row * cols + j;
+        out[j] = dtype == DTYPE_F32  ? ((const float *)W)[at]
+                 : dtype == DTYPE_BF16 ? bf16_to_f32(((const uint16_t *)W)[at])
+                                       : f16_to_f32(((const uint16_t *)W)[at]);
+    }
+}
+
+/* RMSNorm: out = x / sqrt(mean(x²) + eps) · weight */
+static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float scale = 1.0f / sqrtf(ss / n + eps);
+    for (int i = 0; i < n; i++) out[i] = weight[i] * (x[i] * scale);
+}
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* PyTorch's softplus, which is linear above 20. */
+static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+/* One Mamba mixer in recurrent mode; reads e->xn, leaves its output in e->xn. */
+static void mamba_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l) {
+    int di = c->d_inner, ns = c->d_state, nk = c->d_conv, dt_rank = c->dt_rank;
+    /* in_proj: (x, z) = W_in · xn */
+    matvec(e->xz, w->in_proj, c->dtype, e->xn, 2 * di, c->d_model);
+    const float *xin = e->xz, *z = e->xz + di;
+    /* causal depthwise conv1d over the last d_conv inputs of each channel, then SiLU */
+    float *conv = e->seq.conv + (size_t)l * di * nk;
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < di; ch++) {
+        float *window = conv + (size_t)ch * nk;
+        memmove(window, window + 1, (nk - 1) * sizeof(float));
+        window[nk - 1] = xin[ch];
+        float s = w->conv_b[ch];
+        for (int k = 0; k < nk; k++) s += w->conv_w[ch * nk + k] * window[k];
+        e->u[ch] = silu(s);
+    }
+    /* x_proj: (dt, B, C) = W_x · u; dt_proj: Δ = softplus(W_dt · dt + b_dt) */
+    matvec(e->dbc, w->x_proj, c->dtype, e->u, dt_rank + 2 * ns, di);
+    matvec(e->delta, w->dt_proj, c->dtype, e->dbc, di, dt_rank);
+    const float *B = e->dbc + dt_rank, *C = B + ns;
+    float *ssm = e->seq.ssm + (size_t)l * di * ns;
+    const float *A = e->A + (size_t)l * di * ns;
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < di; ch++) {
+        float dt = softplus(e->delta[ch] + w->dt_bias[ch]), x = e->u[ch];
+        float *h = ssm + (size_t)ch * ns;
+        float y = 0.0f;
+        for (int n = 0; n < ns; n++) {
+            /* discretize (zero-order hold on A, Euler on B) and step: h = exp(Δ·A)·h + Δ·B·x */
+            h[n] = expf(dt * A[ch * ns + n]) * h[n] + dt * B[n] * x;
+            /* read out: y = C·h */
+            y += h[n] * C[n];
+        }
+        /* skip connection D·x, then the gate SiLU(z) */
+        e->y[ch] = (y + w->D[ch] * x) * silu(z[ch]);
+    }
+    /* out_proj back to d_model */
+    matvec(e->xn, w->out_proj, c->dtype, e->y, c->d_model, di);
+}
+
+/* Runs one token; returns the logits (padded_vocab floats). */
+static const float *cpu_engine_forward(CpuEngine *e, const Model *m, int token) {
+    const Config *c = &m->config;
+    matrix_row(e->x, m->weights.embedding, c->dtype, token, c->d_model);
+    for (int l = 0; l < c->n_layer; l++) {
+        const LayerWeights *w = &m->weights.layers[l];
+        rmsnorm(e->xn, e->x, w->norm, c->d_model, c->norm_eps);
+        mamba_block(e, c, w, l);
+        for (int i = 0; i < c->d_model; i++) e->x[i] += e->xn[i];      /* residual */
+    }
+    rmsnorm(e->xn, e->x, m->weights.norm_f, c->d_model, c->norm_eps);
+    matvec(e->logits, m->weights.lm_head, c->dtype, e->xn, c->padded_vocab, c->d_model);
+    return e->logits;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * The sampler: repetition penalty, then greedy or temperature + top-k + top-p. */
+
+typedef struct {
+    float temperature;     /* 0: greedy */
+    int top_k;             /* 0: off */
+    float top_p;           /* 1: off */
+    float repeat_penalty;  /* 1: off */
+    int repeat_last_n;     /* how many recent tokens the penalty looks at */
+    uint64_t rng;          /* xorshift64* state, from --seed */
+} SamplerConfig;
+
+typedef struct {
+    float p;
+    int id;
+} Candidate;
+
+typedef struct {
+    SamplerConfig cfg;
+    int vocab;
+    float *scratch;        /* [vocab] */
+    Candidate *cand;       /* [vocab] */
+} Sampler;
+
+static void sampler_init(Sampler *s, const SamplerConfig *cfg, int vocab) {
+    s->cfg = *cfg;
+    s->vocab = vocab;
+    s->scratch = xmalloc(vocab * sizeof *s->scratch);
+    s->cand = xmalloc(vocab * sizeof *s->cand);
+    if (s->cfg.rng == 0) s->cfg.rng = 0x9E3779B97F4A7C15ull;   /* xorshift must not start at 0 */
+}
+
+static void sampler_free(Sampler *s) { free(s->scratch), free(s->cand); }
+
+static float random_f32(uint64_t *state) {   /* uniform in [0, 1) */
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (float)((*state * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;
+}
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static int compare_candidates(const void *a, const void *b) {
+    float pa = ((const Candidate *)a)->p, pb = ((const Candidate *)b)->p;
+    if (pa != pb) return pa > pb ? -1 : 1;
+    return ((const Candidate *)a)->id - ((const Candidate *)b)->id;
+}
+
+/* Picks the next id from logits[vocab] given the ids produced so far. */
+static int sample(Sampler *s, const float *logits, const int *history, int n_history) {
+    float *x = s->scratch;
+    int n = s->vocab;
+    memcpy(x, logits, n * sizeof *x);
+    /* repetition penalty (as in CTRL): push recently seen tokens down */
+    if (s->cfg.repeat_penalty != 1.0f) {
+        int from = n_history > s->cfg.repeat_last_n ? n_history - s->cfg.repeat_last_n : 0;
+        for (int i = from; i < n_history; i++) {
+            int id = history[i];
+            if (id < 0 || id >= n) continue;
+            /* a token seen twice is penalized once: mark it by comparing with the original */
+            if (x[id] != logits[id]) continue;
+            x[id] = x[id] > 0 ? x[id] / s->cfg.repeat_penalty : x[id] * s->cfg.repeat_penalty;
+        }
+    }
+    if (s->cfg.temperature == 0.0f) return argmax(x, n);
+
+    /* softmax of logits / temperature */
+    float max = x[argmax(x, n)], sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf((x[i] - max) / s->cfg.temperature);
+        sum += x[i];
+    }
+    int m = 0;
+    int k = s->cfg.top_k > 0 && s->cfg.top_k < n ? s->cfg.top_k : n;
+    if (k < n || s->cfg.top_p < 1.0f) {
+        /* only the k most likely can survive; with top-p alone, tokens below (1-p)/(n-1) cannot
+         * be in the nucleus, so skip them before sorting */
+        float cutoff = k == n ? (1.0f - s->cfg.top_p) / (n - 1) * sum : 0.0f;
+        for (int i = 0; i < n; i++)
+            if (x[i] >= cutoff || x[i] == 1.0f) s->cand[m++] = (Candidate){x[i], i};   /* 1.0: the most likely */
+        qsort(s->cand, m, sizeof *s->cand, compare_candidates);
+        if (m > k) m = k;
+        float kept = 0.0f;
+        for (int i = 0; i < m; i++) kept += s->cand[i].p;
+        if (s->cfg.top_p < 1.0f) {
+            float mass = 0.0f;
+            for (int i = 0; i < m; i++) {
+                mass += s->cand[i].p;
+                if (mass >= s->cfg.top_p * kept) {
+                    m = i + 1;
+                    kept = mass;
+                    break;
+                }
+            }
+        }
+        float r = random_f32(&s->cfg.rng) * kept, acc = 0.0f;
+        for (int i = 0; i < m; i++) {
+            acc += s->cand[i].p;
+            if (r < acc) return s->cand[i].id;
+        }
+        return s->cand[m - 1].id;
+    }
+    float r = random_f32(&s->cfg.rng) * sum, acc = 0.0f;
+    for (int i = 0; i < n; i++) {
+        acc += x[i];
+        if (r < acc) return i;
+    }
+    return n - 1;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Engines behind one interface: the CPU reference, or the GPU when there is one. */
+
+typedef enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA } DeviceChoice;
+
+typedef struct {
+    const Model *model;
+    CpuEngine cpu;
+} Engine;
+
+static void engine_open(Engine *e, const Model *m, DeviceChoice device) {
+    memset(e, 0, sizeof *e);
+    e->model = m;
+    if (device == DEVICE_CUDA) die("this mamba was built without CUDA; use --device cpu");
+    cpu_engine_init(&e->cpu, m);
+}
+
+static void engine_close(Engine *e) { cpu_engine_free(&e->cpu); }
+
+static void engine_reset(Engine *e) { cpu_engine_reset(&e->cpu, &e->model->config); }
+
+static const float *engine_forward(Engine *e, int token) { return cpu_engine_forward(&e->cpu, e->model, token); }
+
+static const char *engine_name(const Engine *e) {
+    (void)e;
+    return "cpu";
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Generation. */
+
+typedef struct {
+    const char *model_path;
+    const char *tokenizer_path;
+    char *prompt;              /* text, or NULL */
+    const char *prompt_ids;    /* "1,2,3", or NULL */
+    const char *logits_out;
+    DeviceChoice device;
+    int steps;
+    int ignore_eos, stats, print_ids, echo, threads;
+    SamplerConfig sampler;
+} RunOptions;
+
+/* Writes to stdout; a reader that went away (| head) ends the program quietly. */
+static void emit(const char *s, size_t n) {
+    if ((n && fwrite(s, 1, n, stdout) != n) || fflush(stdout)) {
+        if (errno == EPIPE) exit(0);
+        die("cannot write to stdout: %s", strerror(errno));
+    }
+}
+
+static Tokenizer *open_tokenizer(const Model *m, const char *override_path) {
+    char err[512];
+    Tokenizer *t = NULL;
+    if (override_path) {
+        t = tokenizer_load_file(override_path, err, sizeof err);
+        if (!t) die("tokenizer %s: %s", override_path, err);
+    } else if (m->tokenizer_kind != TOKENIZER_NONE) {
+        t = tokenizer_load_bytes(m->tokenizer_kind, m->tokenizer_blob, m->tokenizer_bytes, err, sizeof err);
+        if (!t) die("embedded tokenizer: %s", err);
+    } else {
+        return NULL;
+    }
+    if (tokenizer_vocab_size(t) > m->config.padded_vocab)
+        die("the tokenizer has %d ids but the model only %d", tokenizer_vocab_size(t), m->config.padded_vocab);
+    return t;
+}
+
+/* Parses "1,2,3" (commas and/or spaces) into ids, each checked against the vocabulary. */
+static int *parse_id_list(const char *text, int vocab, size_t *n_out) {
+    size_t n = 0, cap = 16;
+    int *ids = xmalloc(cap * sizeof *ids);
+    const char *p = text;
+    for (;;) {
+        while (*p == ',' || isspace((unsigned char)*p)) p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || (*end && *end != ',' && !isspace((unsigned char)*end)))
+            die("token ids must be integers separated by commas or spaces, got '%.40s'", p);
+        if (v < 0 || v >= vocab) die("token id %ld is out of range: the vocabulary has %d ids", v, vocab);
+        if (n == cap) ids = realloc(ids, (cap *= 2) * sizeof *ids);
+        if (!ids) die("out of memory");
+        ids[n++] = (int)v;
+        p = end;
+    }
+    if (n == 0) die("no token ids given");
+    *n_out = n;
+    return ids;
+}
+
+static void write_logits_row(FILE *f, const float *logits, int vocab, const char *path) {
+    if (f && fwrite(logits, sizeof(float), vocab, f) != (size_t)vocab) die("cannot write %s: %s", path, strerror(errno));
+}
+
+static int *prompt_to_ids(const RunOptions *o, const Model *m, const Tokenizer *tok, size_t *n) {
+    if (o->prompt_ids) return parse_id_list(o->prompt_ids, m->config.vocab_size, n);
+    int bos = m->bos_id >= 0 ? m->bos_id : tok ? tokenizer_bos_id(tok) : -1;
+    if (!o->prompt || !o->prompt[0]) {
+        /* no prompt: generate from BOS alone, as a model trained with it expects */
+        if (bos < 0) die("no prompt: give one as an argument, with -i, --prompt-ids, or on standard input");
+        int *ids = xmalloc(sizeof *ids);
+        ids[0] = bos;
+        *n = 1;
+        return ids;
+    }
+    if (!tok) die("this model has no tokenizer: use --prompt-ids, or --tokenizer FILE");
+    char err[512];
+    int *ids;
+    if (tokenizer_encode(tok, o->prompt, strlen(o->prompt), tokenizer_wants_bos(tok), &ids, n, err, sizeof err))
+        die("cannot tokenize the prompt: %s", err);
+    if (*n == 0) die("the prompt encodes to no tokens");
+    for (size_t i = 0; i < *n; i++)
+        if (ids[i] >= m->config.vocab_size) die("the tokenizer produced id %d, beyond the model's vocabulary", ids[i]);
+    return ids;
+}
+
+static void generate(const RunOptions *o) {
+    Model m;
+    model_load(&m, o->model_path);
+    Tokenizer *tok = open_tokenizer(&m, o->tokenizer_path);
+    if (!tok && !o->print_ids) die("this model has no tokenizer to print text: use --print-ids, or --tokenizer FILE");
+    size_t n_prompt;
+    int *prompt = prompt_to_ids(o, &m, tok, &n_prompt);
+    int eos = m.eos_id >= 0 ? m.eos_id : tok ? tokenizer_eos_id(tok) : -1;
+
+    FILE *logits_file = NULL;
+    if (o->logits_out && !(logits_file = fopen(o->logits_out, "wb")))
+        die("cannot open %s: %s", o->logits_out, strerror(errno));
+
+    Engine engine;
+    engine_open(&engine, &m, o->device);
+    Sampler sampler;
+    sampler_init(&sampler, &o->sampler, m.config.vocab_size);
+    int *history = xmalloc((n_prompt + o->steps) * sizeof *history);
+    memcpy(history, prompt, n_prompt * sizeof *history);
+    int n_history = (int)n_prompt;
+
+    TokenDecoder *decoder = tok ? decoder_new(tok) : NULL;
+    for (size_t i = 0; i < n_prompt; i++) {
+        const char *text = decoder ? decoder_push(decoder, prompt[i]) : "";
+        if (o->echo && !o->print_ids) emit(text, strlen(text));
+    }
+
+    double t_start = now_seconds();
+    const float *logits = NULL;
+    for (size_t i = 0; i < n_prompt; i++) {
+        logits = engine_forward(&engine, prompt[i]);
+        write_logits_row(logits_file, logits, m.config.vocab_size, o->logits_out);
+    }
+    double t_prompt = now_seconds(), t_first = t_prompt;
+    int generated = 0;
+    while (generated < o->steps) {
+        int next = sample(&sampler, logits, history, n_history);
+        if (next == eos && !o->ignore_eos) break;
+        history[n_history++] = next;
+        if (++generated == 1) t_first = now_seconds();
+        if (o->print_ids) {
+            char buf[16];
+            int len = snprintf(buf, sizeof buf, "%s%d", generated > 1 ? " " : "", next);
+            emit(buf, len);
+        } else {
+            const char *text = decoder_push(decoder, next);
+            emit(text, strlen(text));
+        }
+        if (generated < o->steps) {
+            logits = engine_forward(&engine, next);
+            write_logits_row(logits_file, logits, m.config.vocab_size, o->logits_out);
+        }
+    }
+    double t_end = now_seconds();
+    if (o->print_ids) emit("\n", 1);
+    else if (decoder) {
+        const char *rest = decoder_finish(decoder);
+        emit(rest, strlen(rest));
+        emit("\n", 1);
+    }
+    if (logits_file && fclose(logits_file)) die("cannot write %s: %s", o->logits_out, strerror(errno));
+    if (o->stats) {
+        double prompt_s = t_prompt - t_start, gen_s = t_end - t_prompt;
+        fprintf(stderr, "device: %s\n", engine_name(&engine));
+        fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tokens/s)\n", n_prompt, prompt_s, n_prompt / prompt_s);
+        fprintf(stderr, "generated: %d tokens in %.3f s (%.1f tokens/s)\n", generated, gen_s,
+                generated > 1 ? (generated - 1) / gen_s : 0.0);
+        fprintf(stderr, "time to first token: %.3f s\n", t_first - t_start);
+        fprintf(stderr, "seed: %llu\n", (unsigned long long)o->sampler.rng);
+    }
+    if (decoder) decoder_free(decoder);
+    if (tok) tokenizer_free(tok);
+    free(history), free(prompt);
+    sampler_free(&sampler);
+    engine_close(&engine);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Options shared by the commands. */
+
+#define MAX_PROMPT_BYTES (256u << 20)
+
+static const char *default_model_path(void) {
+    static char path[PATH_MAX + 32];
+    const char *env = getenv("MAMBA_MODEL");
+    if (env && *env) return env;
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return "weights/model.bin";
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = '\0';
+    snprintf(path, sizeof path, "%s/weights/model.bin", exe);
+    return path;
+}
+
+static DeviceChoice parse_device(const char *s) {
+    if (!strcmp(s, "auto")) return DEVICE_AUTO;
+    if (!strcmp(s, "cpu")) return DEVICE_CPU;
+    if (!strcmp(s, "cuda")) return DEVICE_CUDA;
+    die("--device must be auto, cpu or cuda, got '%s'", s);
+    return DEVICE_AUTO;
+}
+
+static void set_threads(const char *value) {
+    int n = (int)parse_long("--threads", value, 1, 1024);
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+/* The value of option argv[*i], advancing *i; dies when it is missing. */
+static const char *option_value(int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) die("%s needs a value", argv[*i]);
+    return argv[++*i];
+}
+
+/* Appends a word to a space-joined string (the prompt given as several arguments). */
+static char *append_word(char *text, const char *word) {
+    size_t old = text ? strlen(text) : 0, add = strlen(word);
+    char *out = realloc(text, old + add + 2);
+    if (!out) die("out of memory");
+    if (old) out[old++] = ' ';
+    memcpy(out + old, word, add + 1);
+    return out;
+}
+
+/* The prompt from standard input, when none was given and stdin is not a terminal. One
+ * trailing newline (as echo adds) is dropped. */
+static char *read_stdin_prompt(void) {
+    size_t len;
+    char *text = read_file("-", MAX_PROMPT_BYTES, &len);
+    if (memchr(text, '\0', len)) die("the prompt on standard input contains a NUL byte");
+    if (len && text[len - 1] == '\n') text[--len] = '\0';
+    return text;
+}
+
+static void cmd_run(int argc, char **argv) {
+    RunOptions o = {.steps = 256, .echo = 1, .device = DEVICE_AUTO,
+                    .sampler = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .repeat_penalty = 1.0f,
+                                .repeat_last_n = 64}};
+    int seeded = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) o.model_path = option_value(argc, argv, &i);
+        else if (!strcmp(a, "-i") || !strcmp(a, "--prompt")) o.prompt = append_word(o.prompt, option_value(argc, argv, &i));
+        else if (!strcmp(a, "--prompt-ids")) o.prompt_ids = option_value(argc, argv, &i);
+        else if (!strcmp(a, "--tokenizer")) o.tokenizer_path = option_value(argc, argv, &i);
+        else if (!strcmp(a, "-n") || !strcmp(a, "--steps")) o.steps = (int)parse_long(a, option_value(argc, argv, &i), 0, 100000000);
+        else if (!strcmp(a, "-t") || !strcmp(a, "--temperature")) o.sampler.temperature = (float)parse_double(a, option_value(argc, argv, &i), 0, 100);
+        else if (!strcmp(a, "-k") || !strcmp(a, "--top-k")) o.sampler.top_k = (int)parse_long(a, option_value(argc, argv, &i), 0, 1 << 24);
+        else if (!strcmp(a, "-p") || !strcmp(a, "--top-p")) o.sampler.top_p = (float)parse_double(a, option_value(argc, argv, &i), 1e-6, 1);
+        else if (!strcmp(a, "--repeat-penalty")) o.sampler.repeat_penalty = (float)parse_double(a, option_value(argc, argv, &i), 1e-3, 100);
+        else if (!strcmp(a, "--repeat-last-n")) o.sampler.repeat_last_n = (int)parse_long(a, option_value(argc, argv, &i), 0, 1 << 20);
+        else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) o.sampler.rng = (uint64_t)parse_long(a, option_value(argc, argv, &i), 0, LONG_MAX), seeded = 1;
+        else if (!strcmp(a, "--device")) o.device = parse_device(option_value(argc, argv, &i));
+        else if (!strcmp(a, "--threads")) set_threads(option_value(argc, argv, &i));
+        else if (!strcmp(a, "--logits-out")) o.logits_out = option_value(argc, argv, &i);
+        else if (!strcmp(a, "--ignore-eos")) o.ignore_eos = 1;
+        else if (!strcmp(a, "--stats")) o.stats = 1;
+        else if (!strcmp(a, "--print-ids")) o.print_ids = 1;
+        else if (!strcmp(a, "--no-echo")) o.echo = 0;
+        else if (a[0] == '-' && a[1]) die("unknown option %s (see mamba --help)", a);
+        else o.prompt = append_word(o.prompt, a);
+    }
+    if (o.prompt && o.prompt_ids) die("give the prompt as text or as --prompt-ids, not both");
+    if (!o.prompt && !o.prompt_ids && !isatty(STDIN_FILENO)) o.prompt = read_stdin_prompt();
+    if (!seeded) o.sampler.rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    if (!o.model_path) o.model_path = default_model_path();
+    generate(&o);
+    free(o.prompt);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * mamba tokenize: text → ids, or ids → text with --decode. */
+
+static void cmd_tokenize(int argc, char **argv) {
+    const char *model_path = NULL, *tok_path = NULL;
+    char *text = NULL;
+    int decode = 0, bos = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = option_value(argc, argv, &i);
+        else if (!strcmp(a, "--tokenizer")) tok_path = option_value(argc, argv, &i);
+        else if (!strcmp(a, "--decode")) decode = 1;
+        else if (!strcmp(a, "--bos")) bos = 1;
+        else if (a[0] == '-' && a[1]) die("tokenize: unknown option %s", a);
+        else text = append_word(text, a);
+    }
+    char err[512];
+    Tokenizer *tok;
+    Model m;
+    if (tok_path) {
+        if (!(tok = tokenizer_load_file(tok_path, err, sizeof err))) die("tokenizer %s: %s", tok_path, err);
+    } else {
+        model_load(&m, model_path ? model_path : default_model_path());
+        if (!(tok = open_tokenizer(&m, NULL))) die("this model has no embedded tokenizer; use --tokenizer FILE");
+    }
+    size_t len;
+    if (!text) text = read_file("-", MAX_PROMPT_BYTES, &len);
+    else len = strlen(text);
+    if (decode) {
+        size_t n;
+        int *ids = parse_id_list(text, tokenizer_vocab_size(tok), &n);
+        TokenDecoder *d = decoder_new(tok);
+        for (size_t i = 0; i < n; i++) {
+            const char *s = decoder_push(d, ids[i]);
+            emit(s, strlen(s));
+        }
+        const char *rest = decoder_finish(d);
+        emit(rest, strlen(rest));
+        decoder_free(d);
+        free(ids);
+    } else {
+        int *ids;
+        size_t n;
+        if (tokenizer_encode(tok, text, len, bos, &ids, &n, err, sizeof err)) die("cannot tokenize: %s", err);
+        for (size_t i = 0; i < n; i++) {
+            char buf[16];
+            int k = snprintf(buf, sizeof buf, "%s%d", i ? " " : "", ids[i]);
+            emit(buf, k);
+        }
+        emit("\n", 1);
+        free(ids);
+    }
+    tokenizer_free(tok);
+    free(text);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * mamba perplexity: the text is encoded whole, cut into windows of ctx-1 ids, and each window
+ * is scored from a fresh state after BOS, so every token is predicted exactly once. */
+
+static double log_softmax_at(const float *logits, int n, int target) {
+    float max = logits[argmax(logits, n)];
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += exp((double)logits[i] - max);
+    return (double)logits[target] - max - log(sum);
+}
+
+static void cmd_perplexity(int argc, char **argv) {
+    const char *model_path = NULL, *tok_path = NULL, *file = NULL;
+    int ctx = 1024, json = 0;
+    long max_tokens = 0;
+    DeviceChoice device = DEVICE_AUTO;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = option_value(argc, argv, &i);
+        else if (!strcmp(a, "--tokenizer")) tok_path = option_value(argc, argv, &i);
+        else if (!strcmp(a, "--ctx")) ctx = (int)parse_long(a, option_value(argc, argv, &i), 2, 1 << 24);
+        else if (!strcmp(a, "--max-tokens")) max_tokens = parse_long(a, option_value(argc, argv, &i), 1, LONG_MAX);
+        else if (!strcmp(a, "--device")) device = parse_device(option_value(argc, argv, &i));
+        else if (!strcmp(a, "--threads")) set_threads(option_value(argc, argv, &i));
+        else if (!strcmp(a, "--json")) json = 1;
+        else if (a[0] == '-' && a[1]) die("perplexity: unknown option %s", a);
+        else if (!file) file = a;
+        else die("perplexity: unexpected argument %s", a);
+    }
+    if (!file) die("usage: mamba perplexity [-m MODEL] [--ctx N] FILE");
+    Model m;
+    model_load(&m, model_path ? model_path : default_model_path());
+    Tokenizer *tok = open_tokenizer(&m, tok_path);
+    if (!tok) die("perplexity needs a tokenizer: this model has none embedded; use --tokenizer FILE");
+    size_t bytes;
+    char *text = read_file(file, 1u << 30, &bytes);
+    int *ids;
+    size_t n_ids;
+    char err[512];
+    if (tokenizer_encode(tok, text, bytes, 0, &ids, &n_ids, err, sizeof err)) die("cannot tokenize %s: %s", file, err);
+    if (max_tokens && n_ids > (size_t)max_tokens) n_ids = (size_t)max_tokens;
+    if (n_ids == 0) die("%s encodes to no tokens", file);
+    for (size_t i = 0; i < n_ids; i++)
+        if (ids[i] >= m.config.vocab_size) die("the tokenizer produced id %d, beyond the model's vocabulary", ids[i]);
+    int bos = m.bos_id >= 0 ? m.bos_id : tokenizer_bos_id(tok);
+    if (bos < 0) die("perplexity needs a BOS token to start each window, and this model has none");
+
+    Engine engine;
+    engine_open(&engine, &m, device);
+    double nll = 0.0, t0 = now_seconds(), last_report = t0;
+    int window = ctx - 1, progress = isatty(STDERR_FILENO);
+    for (size_t start = 0; start < n_ids; start += window) {
+        engine_reset(&engine);
+        const float *logits = engine_forward(&engine, bos);
+        size_t end = start + window < n_ids ? start + window : n_ids;
+        for (size_t i = start; i < end; i++) {
+            nll -= log_softmax_at(logits, m.config.vocab_size, ids[i]);
+            if (i + 1 < end) logits = engine_forward(&engine, ids[i]);
+        }
+        double t = now_seconds();
+        if (progress && t - last_report > 1.0) {
+            fprintf(stderr, "\rperplexity: %zu/%zu tokens, %.0f tokens/s", end, n_ids, end / (t - t0));
+            last_report = t;
+        }
+    }
+    if (progress) fputc('\n', stderr);
+    /* bits per byte counts the bytes of the scored text: all of it unless --max-tokens cut it */
+    size_t scored_bytes = bytes;
+    if (max_tokens && n_ids == (size_t)max_tokens) {
+        TokenDecoder *d = decoder_new(tok);
+        scored_bytes = 0;
+        for (size_t i = 0; i < n_ids; i++) scored_bytes += strlen(decoder_push(d, ids[i]));
+        scored_bytes += strlen(decoder_finish(d));
+        decoder_free(d);
+    }
+    double mean = nll / n_ids, bpb = nll / log(2.0) / scored_bytes;
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "tokens", (double)n_ids);
+        cJSON_AddNumberToObject(o, "bytes", (double)scored_bytes);
+        cJSON_AddNumberToObject(o, "ctx", ctx);
+        cJSON_AddNumberToObject(o, "mean_nll", mean);
+        cJSON_AddNumberToObject(o, "perplexity", exp(mean));
+        cJSON_AddNumberToObject(o, "bits_per_byte", bpb);
+        cJSON_AddNumberToObject(o, "seconds", now_seconds() - t0);
+        char *s = cJSON_PrintUnformatted(o);
+        emit(s, strlen(s));
+        emit("\n", 1);
+        free(s);
+        cJSON_Delete(o);
+    } else {
+        printf("tokens: %zu\nbytes: %zu\nctx: %d\nmean NLL: %.6f nats/token\nperplexity: %.4f\nbits per byte: %.4f\n",
+               n_ids, scored_bytes, ctx, mean, exp(mean), bpb);
+    }
+    engine_close(&engine);
+    tokenizer_free(tok);
+    free(ids), free(text);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * mamba info */
+
+static void cmd_info(int argc, char **argv) {
+    if (argc != 1) die("usage: mamba info MODEL");
+    Model m;
+    model_load(&m, argv[0]);
+    const Config *c = &m.config;
+    static const char *const tok_names[] = {"none", "sentencepiece", "tokenizer.json"};
+    printf("n_layer: %d\nd_model: %d\nd_inner: %d\nd_state: %d\nd_conv: %d\ndt_rank: %d\n", c->n_layer, c->d_model,
+           c->d_inner, c->d_state, c->d_conv, c->dt_rank);
+    printf("vocab_size: %d\npadded_vocab: %d\nnorm_eps: %g\ndtype: %s\ntied_head: %s\n", c->vocab_size,
+           c->padded_vocab, c->norm_eps, dtype_name(c->dtype), c->tied_head ? "yes" : "no");
+    printf("parameters: %llu\nweight_bytes: %llu\ntokenizer: %s (%zu bytes)\nbos_id: %d\neos_id: %d\npad_id: %d\n",
+           (unsigned long long)model_param_count(c), (unsigned long long)m.weight_bytes, tok_names[m.tokenizer_kind],
+           m.tokenizer_bytes, m.bos_id, m.eos_id, m.pad_id);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * mamba init: a random model of a published Mamba-1 shape, for benchmarks without downloads.
+ * Weights are scaled like a trained model's so that activations stay finite and logits spread. */
+
+typedef struct {
+    const char *name;
+    int d_model, n_layer, vocab;
+} Shape;
+
+static const Shape SHAPES[] = {
+    {"tiny", 64, 2, 512},       {"130m", 768, 24, 50280},   {"370m", 1024, 48, 50280},
+    {"790m", 1536, 48, 50280},  {"1.4b", 2048, 48, 50280},  {"2.8b", 2560, 64, 50280},
+};
+
+typedef struct {
+    const Config *config;
+    uint64_t seed;
+} InitSource;
+
+/* A counter-based generator (splitmix64), so every element is reproducible on its own and the
+ * fill parallelizes without shared state. */
+static uint64_t splitmix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static float uniform_at(uint64_t seed, uint64_t i) {     /* uniform in (-1, 1) */
+    return ((splitmix64(seed ^ splitmix64(i)) >> 40) + 0.5f) / 8388608.0f - 1.0f;
+}
+
+static void init_tensor(void *ctx, int index, const TensorSpec *s, float *out) {
+    const InitSource *src = ctx;
+    const Config *c = src->config;
+    uint64_t seed = splitmix64(src->seed + (uint64_t)index * 0x632BE59BD9B4E019ull);
+    size_t count = (size_t)s->rows * s->cols;
+    const char *kind = strrchr(s->name, '.') ? strrchr(s->name, '.') + 1 : s->name;
+    /* uniform(-a, a) has std a/√3: matrices get std 1/√fan_in (out_proj also 1/√n_layer) */
+    float scale = sqrtf(3.0f / s->cols);
+    if (!strcmp(kind, "out_proj")) scale /= sqrtf((float)c->n_layer);
+    if (!strcmp(kind, "embedding") || !strcmp(kind, "lm_head")) scale = sqrtf(3.0f) * 2.0f / sqrtf((float)c->d_model);
+    enum { MATRIX, A_LOG, NEAR_ONE, DT_BIAS, CONV_W, CONV_B } what = MATRIX;
+    if (!strcmp(kind, "A_log")) what = A_LOG;
+    else if (!strcmp(kind, "D") || !strcmp(kind, "norm") || !strcmp(kind, "norm_f")) what = NEAR_ONE;
+    else if (!strcmp(kind, "dt_bias")) what = DT_BIAS;
+    else if (!strcmp(kind, "conv_w")) what = CONV_W;
+    else if (!strcmp(kind, "conv_b")) what = CONV_B;
+    const float log_lo = logf(1e-3f), log_hi = logf(1e-1f), conv_scale = 1.0f / sqrtf((float)c->d_conv);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < count; i++) {
+        float r = uniform_at(seed, i);
+        switch (what) {
+        case A_LOG: out[i] = logf((float)(i % s->cols + 1)); break;         /* S4D-real init: A = -(1..N) */
+        case NEAR_ONE: out[i] = 1.0f + 0.1f * r; break;
+        case DT_BIAS: {                                                      /* softplus⁻¹ of a log-uniform Δ */
+            float dt = expf(log_lo + (r + 1.0f) * 0.5f * (log_hi - log_lo));
+            out[i] = dt + logf(-expm1f(-dt));
+            break;
+        }
+        case CONV_W: out[i] = conv_scale * r; break;
+        case CONV_B: out[i] = 0.1f * r; break;
+        default: out[i] = scale * r;
+        }
+    }
+}
+
+static void cmd_init(int argc, char **argv) {
+    const char *shape = NULL, *out = NULL;
+    DType dtype = DTYPE_BF16;
+    uint64_t seed = 1;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--shape")) shape = option_value(argc, argv, &i);
+        else if (!strcmp(a, "--dtype")) {
+            if (parse_dtype(option_value(argc, argv, &i), &dtype)) die("--dtype must be f32, f16 or bf16, got '%s'", argv[i]);
+        } else if (!strcmp(a, "--seed")) seed = (uint64_t)parse_long(a, option_value(argc, argv, &i), 0, LONG_MAX);
+        else if (a[0] == '-' && a[1]) die("init: unknown option %s", a);
+        else if (!out) out = a;
+        else die("init: unexpected argument %s", a);
+    }
+    if (!shape || !out) die("usage: mamba init --shape tiny|130m|370m|790m|1.4b|2.8b [--dtype bf16] [--seed N] OUT.bin");
+    const Shape *sh = NULL;
+    for (size_t i = 0; i < sizeof SHAPES / sizeof *SHAPES; i++)
+        if (!strcmp(SHAPES[i].name, shape)) sh = &SHAPES[i];
+    if (!sh) die("--shape must be one of tiny, 130m, 370m, 790m, 1.4b, 2.8b; got '%s'", shape);
+    Config c = {.n_layer = sh->n_layer, .d_model = sh->d_model, .d_inner = 2 * sh->d_model, .d_state = 16,
+                .d_conv = 4, .dt_rank = (sh->d_model + 15) / 16, .vocab_size = sh->vocab, .padded_vocab = sh->vocab,
+                .norm_eps = 1e-5f, .dtype = dtype, .tied_head = 1};
+    InitSource src = {&c, seed};
+    TokenizerInfo tok = {.bos_id = -1, .eos_id = -1, .pad_id = -1};
+    write_checkpoint(out, &c, init_tensor, &src, &tok);
+    fprintf(stderr, "wrote %s: shape %s, %s, %llu parameters, seed %llu\n", out, sh->name, dtype_name(dtype),
+            (unsigned long long)model_param_count(&c), (unsigned long long)seed);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * main */
+
+static void usage(void) {
+    fputs("usage:\n"
+          "  mamba [run] [-m MODEL] [options] [PROMPT]   generate (prompt from stdin when not given)\n"
+          "      -n N             tokens to generate (256)        -t T   temperature, 0 = greedy (0.8)\n"
+          "      -k K             top-k, 0 = off (40)             -p P   top-p (0.95)\n"
+          "      --repeat-penalty R (1.0 = off)   --repeat-last-n N (64)   -s, --seed N\n"
+          "      -i TEXT          prompt   --prompt-ids 1,2,3      --tokenizer FILE\n"
+          "      --ignore-eos  --print-ids  --no-echo  --stats  --logits-out FILE\n"
+          "      --device auto|cpu|cuda   --threads N\n"
+          "  mamba convert HF_DIR OUT.bin [--dtype f32|f16|bf16]\n"
+          "  mamba info MODEL\n"
+          "  mamba tokenize [-m MODEL | --tokenizer FILE] [--bos] [--decode] [TEXT]\n"
+          "  mamba perplexity [-m MODEL] [--ctx N] [--max-tokens N] [--json] FILE\n"
+          "  mamba init --shape tiny|130m|370m|790m|1.4b|2.8b [--dtype bf16] [--seed N] OUT.bin\n",
+          stdout);
+}
+
+int main(int argc, char **argv) {
+    atexit(remove_partial_output);
+    signal(SIGPIPE, SIG_IGN);          /* a closed stdout shows up as EPIPE, handled in emit() */
+    const char *cmd = argc > 1 ? argv[1] : "run";
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) usage();
+    else if (!strcmp(cmd, "convert")) cmd_convert(argc - 2, argv + 2);
+    else if (!strcmp(cmd, "info")) cmd_info(argc - 2, argv + 2);
+    else if (!strcmp(cmd, "tokenize")) cmd_tokenize(argc - 2, argv + 2);
+    else if (!strcmp(cmd, "perplexity")) cmd_perplexity(argc - 2, argv + 2);
+    else if (!strcmp(cmd, "init")) cmd_init(argc - 2, argv + 2);
+    else if (!strcmp(cmd, "run")) cmd_run(argc - 2, argv + 2);
+    else cmd_run(argc - 1, argv + 1);
+    if (fflush(stdout) && errno != EPIPE) die("cannot write to stdout: %s", strerror(errno));
+    return 0;
+}

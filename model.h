@@ -1,0 +1,132 @@
+/* model.h: the mamba checkpoint format, the model config, weights and per-sequence state.
+ *
+ * File layout (all integers little-endian, see docs/FORMAT.md):
+ *   [FileHeader, MAMBA_HEADER_BYTES]
+ *   [TensorEntry × n_tensors]            the tensor table, in the fixed order of model_tensor_specs()
+ *   [tensor data, each at a MAMBA_ALIGN-aligned offset]
+ *   [optional tokenizer blob]            SentencePiece model or tokenizer.json bytes
+ * Large matrices (embedding, in_proj, x_proj, dt_proj, out_proj, lm_head) are stored in the
+ * header's dtype; the small per-channel tensors (norms, conv, biases, A_log, D) are always f32,
+ * because rounding A_log or D to 16 bits visibly changes the recurrence. */
+#ifndef MAMBA_MODEL_H
+#define MAMBA_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MAMBA_MAGIC "MAMBAbin"          /* 8 bytes, no terminator in the file */
+#define MAMBA_FORMAT_VERSION 1
+#define MAMBA_HEADER_BYTES 256
+#define MAMBA_ALIGN 256                 /* tensor offsets: fine for mmap, SIMD and cudaMemcpy */
+#define MAMBA_NAME_BYTES 64
+
+typedef enum { DTYPE_F32 = 0, DTYPE_F16 = 1, DTYPE_BF16 = 2 } DType;
+
+typedef enum {
+    TOKENIZER_NONE = 0,
+    TOKENIZER_SENTENCEPIECE = 1,        /* serialized sentencepiece ModelProto */
+    TOKENIZER_HF_JSON = 2,              /* Hugging Face tokenizer.json */
+} TokenizerKind;
+
+/* The Mamba-1 hyperparameters. */
+typedef struct {
+    int n_layer;
+    int d_model;
+    int d_inner;       /* expand * d_model */
+    int d_state;       /* N, the SSM state size per channel */
+    int d_conv;        /* causal conv1d kernel width */
+    int dt_rank;       /* rank of the Δ projection */
+    int vocab_size;    /* ids a tokenizer may produce and the sampler may pick */
+    int padded_vocab;  /* rows of the embedding and LM head (≥ vocab_size) */
+    float norm_eps;
+    DType dtype;       /* dtype of the large matrices */
+    int tied_head;     /* 1: LM head is the embedding matrix */
+} Config;
+
+/* On-disk header, exactly MAMBA_HEADER_BYTES long. */
+typedef struct {
+    char magic[8];
+    uint32_t version;
+    uint32_t header_bytes;
+    uint32_t n_layer, d_model, d_inner, d_state, d_conv, dt_rank;
+    uint32_t vocab_size, padded_vocab;
+    float norm_eps;
+    uint32_t dtype;
+    uint32_t tied_head;
+    uint32_t tokenizer_kind;
+    int32_t bos_id, eos_id, pad_id;     /* -1 when the model has none */
+    uint32_t n_tensors;
+    uint64_t table_offset;
+    uint64_t tokenizer_offset, tokenizer_bytes;
+    uint64_t file_bytes;                /* total length; a shorter file is truncated */
+    uint8_t reserved[MAMBA_HEADER_BYTES - 112];
+} FileHeader;
+
+/* One row of the tensor table. */
+typedef struct {
+    char name[MAMBA_NAME_BYTES];        /* NUL-terminated, e.g. "layers.3.in_proj" */
+    uint32_t dtype;
+    uint32_t ndim;
+    uint32_t shape[2];                  /* ndim 1: shape[1] == 1 */
+    uint64_t offset;                    /* from the start of the file, MAMBA_ALIGN-aligned */
+    uint64_t bytes;
+} TensorEntry;
+
+#ifdef __cplusplus
+#define MAMBA_STATIC_ASSERT static_assert
+#else
+#define MAMBA_STATIC_ASSERT _Static_assert
+#endif
+MAMBA_STATIC_ASSERT(sizeof(FileHeader) == MAMBA_HEADER_BYTES, "FileHeader must be MAMBA_HEADER_BYTES long");
+MAMBA_STATIC_ASSERT(sizeof(TensorEntry) == 96, "TensorEntry is 96 bytes on disk");
+
+/* Weights of one Mamba block; pointers into the mapped file. Matrices are row-major
+ * [out, in] in config.dtype; everything else is f32. */
+typedef struct {
+    const float *norm;        /* [d_model] RMSNorm weight */
+    const void *in_proj;      /* [2*d_inner, d_model] → (x, z) */
+    const float *conv_w;      /* [d_inner, d_conv] depthwise causal conv */
+    const float *conv_b;      /* [d_inner] */
+    const void *x_proj;       /* [dt_rank + 2*d_state, d_inner] → (dt, B, C) */
+    const void *dt_proj;      /* [d_inner, dt_rank] */
+    const float *dt_bias;     /* [d_inner] */
+    const float *A_log;       /* [d_inner, d_state], A = -exp(A_log) */
+    const float *D;           /* [d_inner] skip connection */
+    const void *out_proj;     /* [d_model, d_inner] */
+} LayerWeights;
+
+typedef struct {
+    const void *embedding;    /* [padded_vocab, d_model] */
+    LayerWeights *layers;     /* [n_layer] */
+    const float *norm_f;      /* [d_model] */
+    const void *lm_head;      /* [padded_vocab, d_model]; == embedding when tied */
+} Weights;
+
+/* The recurrent state of one sequence: constant size whatever its length. */
+typedef struct {
+    float *conv;              /* [n_layer, d_inner, d_conv] last d_conv inputs, oldest first */
+    float *ssm;               /* [n_layer, d_inner, d_state] h */
+} SeqState;
+
+static inline size_t dtype_size(DType t) { return t == DTYPE_F32 ? 4 : 2; }
+
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = { (uint32_t)h << 16 };
+    return v.f;
+}
+
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+    union { uint32_t u; float f; } v;
+    if (exp == 0x1f) {                              /* inf / nan */
+        v.u = sign | 0x7f800000u | (mant << 13);
+    } else if (exp != 0) {                          /* normal: rebias 15 -> 127 */
+        v.u = sign | ((exp + 112) << 23) | (mant << 13);
+    } else {                                        /* zero or subnormal: mant * 2^-24 */
+        v.f = (float)mant * 5.9604644775390625e-8f;
+        v.u |= sign;
+    }
+    return v.f;
+}
+
+#endif

@@ -1,0 +1,28 @@
+# tests/lib.sh: sourced by every tests/test_*.sh. Each check prints one PASS/FAIL line and
+# appends its verdict to $RESULTS, which tests/run.sh counts.
+: "${MAMBA:=./mamba}" "${RESULTS:=/dev/null}"
+TMP=${TMP:-$(mktemp -d)}
+LOG="$TMP/check.log"
+
+pass() { echo "PASS $1"; echo pass >>"$RESULTS"; }
+fail() { echo "FAIL $1${2:+: $2}"; echo fail >>"$RESULTS"; }
+
+# check NAME CMD...: passes when CMD exits 0; shows the tail of its output otherwise.
+check() {
+    local name=$1; shift
+    if "$@" >"$LOG" 2>&1; then pass "$name"; else fail "$name"; tail -n 20 "$LOG" | sed 's/^/    /'; fi
+}
+
+# expect_error NAME PATTERN CMD...: CMD must exit non-zero without a signal, print nothing on
+# stdout, and print exactly one stderr line matching the extended regex PATTERN.
+expect_error() {
+    local name=$1 pattern=$2; shift 2
+    local rc
+    "$@" >"$TMP/out" 2>"$TMP/err" </dev/null; rc=$?
+    if [ "$rc" -eq 0 ]; then fail "$name" "exit status 0"; return; fi
+    if [ "$rc" -ge 128 ]; then fail "$name" "killed by signal $((rc - 128))"; return; fi
+    if [ -s "$TMP/out" ]; then fail "$name" "wrote to stdout"; return; fi
+    if [ "$(wc -l <"$TMP/err")" -ne 1 ]; then fail "$name" "stderr has $(wc -l <"$TMP/err") lines: $(head -c 300 "$TMP/err")"; return; fi
+    if ! grep -Eq -- "$pattern" "$TMP/err"; then fail "$name" "stderr '$(cat "$TMP/err")' lacks /$pattern/"; return; fi
+    pass "$name"
+}

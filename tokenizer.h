@@ -1,0 +1,45 @@
+/* tokenizer.h: one C API over two tokenizers: SentencePiece (through the C++ library, see
+ * sp_wrapper.cc) and Hugging Face byte-level BPE read from tokenizer.json. */
+#ifndef MAMBA_TOKENIZER_H
+#define MAMBA_TOKENIZER_H
+
+#include <stddef.h>
+
+#include "model.h"
+
+typedef struct Tokenizer Tokenizer;
+typedef struct TokenDecoder TokenDecoder;
+
+/* Load from a file; the kind is detected from the contents (JSON object or protobuf).
+ * On failure returns NULL and writes a one-line reason into err. */
+Tokenizer *tokenizer_load_file(const char *path, char *err, size_t err_len);
+/* Load from bytes of a known kind, e.g. the blob embedded in a checkpoint. */
+Tokenizer *tokenizer_load_bytes(TokenizerKind kind, const void *data, size_t n, char *err, size_t err_len);
+void tokenizer_free(Tokenizer *t);
+
+TokenizerKind tokenizer_kind(const Tokenizer *t);
+int tokenizer_vocab_size(const Tokenizer *t);   /* largest id + 1, added tokens included */
+int tokenizer_bos_id(const Tokenizer *t);       /* -1 when absent */
+int tokenizer_eos_id(const Tokenizer *t);
+int tokenizer_pad_id(const Tokenizer *t);
+int tokenizer_wants_bos(const Tokenizer *t);    /* whether prompts should start with BOS */
+
+/* Encode len bytes of text. On success returns 0 and a malloc'd array in *ids (caller frees)
+ * of *n_ids ids; BOS is prepended when add_bos and the tokenizer has one. On failure returns
+ * -1 with a one-line reason in err. */
+int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int add_bos,
+                     int **ids, size_t *n_ids, char *err, size_t err_len);
+
+/* The vocabulary entry of an id (NULL when out of range), and the id of a piece (-1). */
+const char *tokenizer_id_to_piece(const Tokenizer *t, int id);
+int tokenizer_piece_to_id(const Tokenizer *t, const char *piece);
+
+/* Streaming decode: push ids one at a time; each push returns the bytes that became complete
+ * (NUL-terminated, valid until the next call, possibly ""), never a partial UTF-8 character.
+ * decoder_finish returns what is left (incomplete bytes as U+FFFD). */
+TokenDecoder *decoder_new(const Tokenizer *t);
+const char *decoder_push(TokenDecoder *d, int id);
+const char *decoder_finish(TokenDecoder *d);
+void decoder_free(TokenDecoder *d);
+
+#endif

@@ -1025,6 +1025,29 @@ static int compare_candidates(const void *a, const void *b) {
     return ((const Candidate *)a)->id - ((const Candidate *)b)->id;
 }
 
+/* The k largest of x[n] into cand (unordered), through a min-heap of size k: O(n log k). */
+static int top_k_candidates(Candidate *cand, const float *x, int n, int k) {
+    for (int i = 0; i < n; i++) {
+        if (i >= k && x[i] <= cand[0].p) continue;
+        int at;
+        if (i < k) {                                   /* grow the heap: sift up */
+            at = i;
+            while (at > 0 && cand[(at - 1) / 2].p > x[i]) cand[at] = cand[(at - 1) / 2], at = (at - 1) / 2;
+        } else {                                       /* replace the root: sift down */
+            at = 0;
+            for (;;) {
+                int child = 2 * at + 1;
+                if (child >= k) break;
+                if (child + 1 < k && cand[child + 1].p < cand[child].p) child++;
+                if (cand[child].p >= x[i]) break;
+                cand[at] = cand[child], at = child;
+            }
+        }
+        cand[at] = (Candidate){x[i], i};
+    }
+    return k;
+}
+
 /* Picks the next id from logits[vocab] given the ids produced so far. */
 static int sample(Sampler *s, const float *logits, const int *history, int n_history) {
     float *x = s->scratch;
@@ -1052,13 +1075,15 @@ static int sample(Sampler *s, const float *logits, const int *history, int n_his
     int m = 0;
     int k = s->cfg.top_k > 0 && s->cfg.top_k < n ? s->cfg.top_k : n;
     if (k < n || s->cfg.top_p < 1.0f) {
-        /* only the k most likely can survive; with top-p alone, tokens below (1-p)/(n-1) cannot
-         * be in the nucleus, so skip them before sorting */
-        float cutoff = k == n ? (1.0f - s->cfg.top_p) / (n - 1) * sum : 0.0f;
-        for (int i = 0; i < n; i++)
-            if (x[i] >= cutoff || x[i] == 1.0f) s->cand[m++] = (Candidate){x[i], i};   /* 1.0: the most likely */
+        if (k < n) {
+            m = top_k_candidates(s->cand, x, n, k);
+        } else {
+            /* top-p alone: a token below (1-p)/(n-1) of the mass cannot be in the nucleus */
+            float cutoff = (1.0f - s->cfg.top_p) / (n - 1) * sum;
+            for (int i = 0; i < n; i++)
+                if (x[i] >= cutoff || x[i] == 1.0f) s->cand[m++] = (Candidate){x[i], i};   /* 1.0: the most likely */
+        }
         qsort(s->cand, m, sizeof *s->cand, compare_candidates);
-        if (m > k) m = k;
         float kept = 0.0f;
         for (int i = 0; i < m; i++) kept += s->cand[i].p;
         if (s->cfg.top_p < 1.0f) {

@@ -309,6 +309,11 @@ static void model_load(Model *m, const char *path) {
     m->bos_id = h.bos_id, m->eos_id = h.eos_id, m->pad_id = h.pad_id;
 }
 
+static void model_free(Model *m) {
+    free(m->weights.layers);
+    munmap((void *)m->map, m->map_bytes);
+}
+
 static uint64_t model_param_count(const Config *c) {
     int n = n_model_tensors(c);
     TensorSpec *specs = xmalloc(n * sizeof *specs);
@@ -474,7 +479,15 @@ typedef struct {
     SafeTensor *tensors;
     int n, cap;
     const char *dir;
+    struct { const uint8_t *map; size_t bytes; } files[256];   /* mapped shards, to unmap */
+    int n_files;
 } TensorSet;
+
+static void tensor_set_free(TensorSet *set) {
+    for (int i = 0; i < set->n; i++) free(set->tensors[i].name);
+    free(set->tensors);
+    for (int i = 0; i < set->n_files; i++) munmap((void *)set->files[i].map, set->files[i].bytes);
+}
 
 static cJSON *parse_json_file(const char *path, const char *what) {
     size_t len;
@@ -497,6 +510,8 @@ static void load_safetensors(TensorSet *set, const char *path) {
     const uint8_t *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (map == MAP_FAILED) die("cannot map %s: %s", path, strerror(errno));
     close(fd);
+    if (set->n_files == (int)(sizeof set->files / sizeof *set->files)) die("%s: too many safetensors shards", set->dir);
+    set->files[set->n_files].map = map, set->files[set->n_files++].bytes = size;
     uint64_t header_len = 0;
     for (int i = 7; i >= 0; i--) header_len = header_len << 8 | map[i];
     if (header_len > size - 8 || header_len > MAX_JSON_BYTES)
@@ -813,6 +828,8 @@ static void cmd_convert(int argc, char **argv) {
     find_tokenizer(dir, &tok);
     ConvertSource src = {&set};
     write_checkpoint(out, &c, convert_tensor, &src, &tok);
+    tensor_set_free(&set);
+    free((void *)tok.blob);
     fprintf(stderr, "wrote %s: %d layers, d_model %d, vocab %d, %s, %llu parameters\n", out, c.n_layer, c.d_model,
             c.vocab_size, dtype_name(dtype), (unsigned long long)model_param_count(&c));
 }
@@ -1305,6 +1322,7 @@ static void generate(const RunOptions *o) {
     free(history), free(prompt);
     sampler_free(&sampler);
     engine_close(&engine);
+    model_free(&m);
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -1458,6 +1476,7 @@ static void cmd_tokenize(int argc, char **argv) {
         free(ids);
     }
     tokenizer_free(tok);
+    if (!tok_path) model_free(&m);
     free(text);
 }
 
@@ -1557,6 +1576,7 @@ static void cmd_perplexity(int argc, char **argv) {
     }
     engine_close(&engine);
     tokenizer_free(tok);
+    model_free(&m);
     free(ids), free(text);
 }
 
@@ -1576,6 +1596,7 @@ static void cmd_info(int argc, char **argv) {
     printf("parameters: %llu\nweight_bytes: %llu\ntokenizer: %s (%zu bytes)\nbos_id: %d\neos_id: %d\npad_id: %d\n",
            (unsigned long long)model_param_count(c), (unsigned long long)m.weight_bytes, tok_names[m.tokenizer_kind],
            m.tokenizer_bytes, m.bos_id, m.eos_id, m.pad_id);
+    model_free(&m);
 }
 
 /* ----------------------------------------------------------------------------------------

@@ -16,15 +16,16 @@ LDLIBS = -lsentencepiece -lcjson -lutf8proc -lpcre2-8 -lstdc++ -lm
 SANITIZE = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -fopenmp
 
 HOST_SRC = mamba.c tokenizer.c
-HEADERS = model.h tokenizer.h
+HEADERS = model.h tokenizer.h sp_wrapper.h
 
 ifneq ($(CUDA_HOME),)
   GPU_OBJ = build/kernels.o
   GPU_FLAGS = -DMAMBA_CUDA
-  GPU_LIBS = -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcudart -lcublas -Wl,-rpath,$(CUDA_HOME)/lib64
+  # the CUDA runtime linked statically: the binary needs only the driver, found at run time
+  GPU_LIBS = -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcudart_static -ldl -lrt -lpthread
 endif
 
-.PHONY: all cpu test test-gpu asan deps clean
+.PHONY: all cpu test test-gpu devlibs asan deps clean
 all: mamba
 
 mamba: $(HOST_SRC) $(HEADERS) build/sp_wrapper.o $(GPU_OBJ)
@@ -33,17 +34,25 @@ mamba: $(HOST_SRC) $(HEADERS) build/sp_wrapper.o $(GPU_OBJ)
 cpu:
 	$(MAKE) CUDA_HOME= mamba
 
-build/sp_wrapper.o: sp_wrapper.cc tokenizer.h model.h | build
+build/sp_wrapper.o: sp_wrapper.cc sp_wrapper.h | build
 	$(CXX) $(CXXFLAGS) -c -o $@ sp_wrapper.cc
 
-build/kernels.o: kernels.cu $(HEADERS) | build
+build/kernels.o: kernels.cu gpu.h $(HEADERS) | build
 	$(NVCC) $(CUDA_ARCH) -O3 -std=c++17 -Xcompiler -Wall -c -o $@ kernels.cu
 
 # The sanitized build is CPU-only: ASan and the CUDA runtime do not mix.
-mamba-asan: $(HOST_SRC) $(HEADERS) sp_wrapper.cc
+build/asan/sp_wrapper.o: sp_wrapper.cc sp_wrapper.h
 	mkdir -p build/asan
-	$(CXX) -std=c++17 $(SANITIZE) -c -o build/asan/sp_wrapper.o sp_wrapper.cc
+	$(CXX) -std=c++17 $(SANITIZE) -c -o $@ sp_wrapper.cc
+
+mamba-asan: $(HOST_SRC) $(HEADERS) build/asan/sp_wrapper.o
 	$(CC) -std=c11 -Wall -Wextra $(SANITIZE) -o $@ $(HOST_SRC) build/asan/sp_wrapper.o $(LDLIBS)
+
+tests/tok_check: tests/tok_check.c tokenizer.c $(HEADERS) build/sp_wrapper.o
+	$(CC) $(CFLAGS) -I. -o $@ tests/tok_check.c tokenizer.c build/sp_wrapper.o $(LDLIBS)
+
+tests/tok_check-asan: tests/tok_check.c tokenizer.c $(HEADERS) build/asan/sp_wrapper.o
+	$(CC) -std=c11 -Wall -Wextra $(SANITIZE) -I. -o $@ tests/tok_check.c tokenizer.c build/asan/sp_wrapper.o $(LDLIBS)
 
 tests/cmp_logits: tests/cmp_logits.c
 	$(CC) -O2 -std=c11 -Wall -Wextra -o $@ $< -lm
@@ -55,11 +64,21 @@ deps:
 	@bash tests/deps.sh
 
 test: deps
-	$(MAKE) mamba mamba-asan tests/cmp_logits
+	$(MAKE) mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan
 	MAMBA_BINARIES="./mamba ./mamba-asan" bash tests/run.sh
+
+# The GPU machine lacks the Debian libraries: `make devlibs` (here) rebuilds ./mamba for any
+# x86-64-v3 CPU and copies it, tests/cmp_logits and the shared libraries it needs (all but
+# glibc's and the driver's) into .devlibs/; tests/gpu.sh runs from there.
+devlibs:
+	rm -rf build .devlibs
+	$(MAKE) OPT="-O3 -march=x86-64-v3" mamba tests/cmp_logits
+	mkdir -p .devlibs
+	cp mamba tests/cmp_logits .devlibs/
+	ldd mamba | awk '$$3 ~ /^\// {print $$3}' | grep -Ev '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*)\.so' | xargs -r cp -L -t .devlibs/
 
 test-gpu:
 	bash tests/gpu.sh
 
 clean:
-	rm -rf build mamba mamba-asan tests/cmp_logits
+	rm -rf build mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan

@@ -771,7 +771,7 @@ static void find_tokenizer(const char *dir, TokenizerInfo *tok) {
         if (access(path, F_OK)) continue;
         char err[256];
         Tokenizer *t = tokenizer_load_file(path, err, sizeof err);
-        if (!t) die("%s: %s", path, err);
+        if (!t) die("%s", err);
         if (tok->bos_id < 0) tok->bos_id = tokenizer_bos_id(t);
         if (tok->eos_id < 0) tok->eos_id = tokenizer_eos_id(t);
         if (tok->pad_id < 0) tok->pad_id = tokenizer_pad_id(t);
@@ -1137,24 +1137,120 @@ typedef enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA } DeviceChoice;
 typedef struct {
     const Model *model;
     CpuEngine cpu;
+#ifdef MAMBA_CUDA
+    GpuEngine *gpu;             /* NULL: the CPU engine runs */
+    int sampling_set;           /* the GPU sampler has the generation's settings */
+    int ran_ahead;              /* the sampled id the GPU already ran (engine_sample), or -1 */
+    const float *ahead_logits;  /* its logits on the host, when they were asked for */
+#endif
 } Engine;
 
+/* --device cuda insists on the GPU; auto takes it when one is usable, else says so once and
+ * runs on the CPU. */
 static void engine_open(Engine *e, const Model *m, DeviceChoice device) {
     memset(e, 0, sizeof *e);
     e->model = m;
+#ifdef MAMBA_CUDA
+    e->ran_ahead = -1;
+    if (device != DEVICE_CPU) {
+        char err[512];
+        e->gpu = gpu_engine_create(&m->config, &m->weights, err, sizeof err);
+        if (e->gpu) return;
+        if (device == DEVICE_CUDA) die("--device cuda: %s", err);
+        fprintf(stderr, "mamba: note: %s; running on the CPU\n", err);
+    }
+#else
     if (device == DEVICE_CUDA) die("this mamba was built without CUDA; use --device cpu");
+#endif
     cpu_engine_init(&e->cpu, m);
 }
 
-static void engine_close(Engine *e) { cpu_engine_free(&e->cpu); }
+static void engine_close(Engine *e) {
+#ifdef MAMBA_CUDA
+    if (e->gpu) {
+        gpu_engine_free(e->gpu);
+        return;
+    }
+#endif
+    cpu_engine_free(&e->cpu);
+}
 
-static void engine_reset(Engine *e) { cpu_engine_reset(&e->cpu, &e->model->config); }
+static void engine_reset(Engine *e) {
+#ifdef MAMBA_CUDA
+    if (e->gpu) {
+        gpu_engine_reset(e->gpu);
+        e->ran_ahead = -1;
+        return;
+    }
+#endif
+    cpu_engine_reset(&e->cpu, &e->model->config);
+}
 
-static const float *engine_forward(Engine *e, int token) { return cpu_engine_forward(&e->cpu, e->model, token); }
+/* Runs one token and returns its logits on the host. */
+static const float *engine_forward(Engine *e, int token) {
+#ifdef MAMBA_CUDA
+    if (e->gpu) return gpu_engine_feed(e->gpu, token, 1);
+#endif
+    return cpu_engine_forward(&e->cpu, e->model, token);
+}
+
+/* Runs one token of a generation; the logits come back only when want_logits (the GPU keeps
+ * them for its sampler). A token that engine_sample already ran on the GPU is not run again. */
+static const float *engine_feed(Engine *e, int token, int want_logits) {
+#ifdef MAMBA_CUDA
+    if (e->gpu) {
+        if (e->ran_ahead < 0) return gpu_engine_feed(e->gpu, token, want_logits);
+        if (token != e->ran_ahead) die("internal error: the GPU ran token %d, not %d", e->ran_ahead, token);
+        e->ran_ahead = -1;
+        return e->ahead_logits;
+    }
+#endif
+    (void)want_logits;
+    return cpu_engine_forward(&e->cpu, e->model, token);
+}
+
+/* The next token. On the GPU the sampler reads the logits and the history there, and the
+ * sampled token is run at once (engine_feed then finds it done). */
+static int engine_sample(Engine *e, Sampler *s, const float *logits, const int *history, int n_history,
+                         int want_logits) {
+#ifdef MAMBA_CUDA
+    if (e->gpu) {
+        if (!e->sampling_set) {
+            GpuSampling g = {s->cfg.temperature, s->cfg.top_k, s->cfg.top_p, s->cfg.repeat_penalty,
+                             s->cfg.repeat_last_n, s->cfg.rng};
+            gpu_engine_set_sampling(e->gpu, &g);
+            e->sampling_set = 1;
+        }
+        e->ran_ahead = gpu_engine_sample_feed(e->gpu, want_logits, &e->ahead_logits);
+        return e->ran_ahead;
+    }
+#endif
+    (void)e, (void)want_logits;
+    return sample(s, logits, history, n_history);
+}
+
+/* Waits until the queued work is done (for timings). */
+static void engine_sync(Engine *e) {
+#ifdef MAMBA_CUDA
+    if (e->gpu) gpu_engine_sync(e->gpu);
+#endif
+    (void)e;
+}
 
 static const char *engine_name(const Engine *e) {
+#ifdef MAMBA_CUDA
+    if (e->gpu) return "cuda";
+#endif
     (void)e;
     return "cpu";
+}
+
+/* The --stats lines about the device. */
+static void engine_report(const Engine *e, FILE *f) {
+#ifdef MAMBA_CUDA
+    if (e->gpu) fprintf(f, "gpu: %s\ngpu memory: %zu bytes\n", gpu_engine_device_name(e->gpu), gpu_memory_used());
+#endif
+    (void)e, (void)f;
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -1185,7 +1281,7 @@ static Tokenizer *open_tokenizer(const Model *m, const char *override_path) {
     Tokenizer *t = NULL;
     if (override_path) {
         t = tokenizer_load_file(override_path, err, sizeof err);
-        if (!t) die("tokenizer %s: %s", override_path, err);
+        if (!t) die("%s", err);
     } else if (m->tokenizer_kind != TOKENIZER_NONE) {
         t = tokenizer_load_bytes(m->tokenizer_kind, m->tokenizer_blob, m->tokenizer_bytes, err, sizeof err);
         if (!t) die("embedded tokenizer: %s", err);
@@ -1271,19 +1367,20 @@ static void generate(const RunOptions *o) {
     TokenDecoder *decoder = tok ? decoder_new(tok) : NULL;
     for (size_t i = 0; i < n_prompt; i++) {
         const char *text = decoder ? decoder_push(decoder, prompt[i]) : "";
-        if (o->echo && !o->print_ids) emit(text, strlen(text));
+        if (o->echo && !o->print_ids) emit(text, decoder_len(decoder));
     }
 
     double t_start = now_seconds();
     const float *logits = NULL;
     for (size_t i = 0; i < n_prompt; i++) {
-        logits = engine_forward(&engine, prompt[i]);
+        logits = engine_feed(&engine, prompt[i], logits_file != NULL);
         write_logits_row(logits_file, logits, m.config.vocab_size, o->logits_out);
     }
+    engine_sync(&engine);
     double t_prompt = now_seconds(), t_first = t_prompt;
     int generated = 0;
     while (generated < o->steps) {
-        int next = sample(&sampler, logits, history, n_history);
+        int next = engine_sample(&engine, &sampler, logits, history, n_history, logits_file != NULL);
         if (next == eos && !o->ignore_eos) break;
         history[n_history++] = next;
         if (++generated == 1) t_first = now_seconds();
@@ -1293,10 +1390,10 @@ static void generate(const RunOptions *o) {
             emit(buf, len);
         } else {
             const char *text = decoder_push(decoder, next);
-            emit(text, strlen(text));
+            emit(text, decoder_len(decoder));
         }
         if (generated < o->steps) {
-            logits = engine_forward(&engine, next);
+            logits = engine_feed(&engine, next, logits_file != NULL);
             write_logits_row(logits_file, logits, m.config.vocab_size, o->logits_out);
         }
     }
@@ -1304,7 +1401,7 @@ static void generate(const RunOptions *o) {
     if (o->print_ids) emit("\n", 1);
     else if (decoder) {
         const char *rest = decoder_finish(decoder);
-        emit(rest, strlen(rest));
+        emit(rest, decoder_len(decoder));
         emit("\n", 1);
     }
     if (logits_file && fclose(logits_file)) die("cannot write %s: %s", o->logits_out, strerror(errno));
@@ -1316,6 +1413,7 @@ static void generate(const RunOptions *o) {
                 generated > 1 ? (generated - 1) / gen_s : 0.0);
         fprintf(stderr, "time to first token: %.3f s\n", t_first - t_start);
         fprintf(stderr, "seed: %llu\n", (unsigned long long)o->sampler.rng);
+        engine_report(&engine, stderr);
     }
     if (decoder) decoder_free(decoder);
     if (tok) tokenizer_free(tok);
@@ -1443,7 +1541,7 @@ static void cmd_tokenize(int argc, char **argv) {
     Tokenizer *tok;
     Model m;
     if (tok_path) {
-        if (!(tok = tokenizer_load_file(tok_path, err, sizeof err))) die("tokenizer %s: %s", tok_path, err);
+        if (!(tok = tokenizer_load_file(tok_path, err, sizeof err))) die("%s", err);
     } else {
         model_load(&m, model_path ? model_path : default_model_path());
         if (!(tok = open_tokenizer(&m, NULL))) die("this model has no embedded tokenizer; use --tokenizer FILE");
@@ -1457,10 +1555,10 @@ static void cmd_tokenize(int argc, char **argv) {
         TokenDecoder *d = decoder_new(tok);
         for (size_t i = 0; i < n; i++) {
             const char *s = decoder_push(d, ids[i]);
-            emit(s, strlen(s));
+            emit(s, decoder_len(d));
         }
         const char *rest = decoder_finish(d);
-        emit(rest, strlen(rest));
+        emit(rest, decoder_len(d));
         decoder_free(d);
         free(ids);
     } else {
@@ -1551,8 +1649,12 @@ static void cmd_perplexity(int argc, char **argv) {
     if (max_tokens && n_ids == (size_t)max_tokens) {
         TokenDecoder *d = decoder_new(tok);
         scored_bytes = 0;
-        for (size_t i = 0; i < n_ids; i++) scored_bytes += strlen(decoder_push(d, ids[i]));
-        scored_bytes += strlen(decoder_finish(d));
+        for (size_t i = 0; i < n_ids; i++) {
+            decoder_push(d, ids[i]);
+            scored_bytes += decoder_len(d);
+        }
+        decoder_finish(d);
+        scored_bytes += decoder_len(d);
         decoder_free(d);
     }
     double mean = nll / n_ids, bpb = nll / log(2.0) / scored_bytes;
@@ -1696,6 +1798,126 @@ static void cmd_init(int argc, char **argv) {
 }
 
 /* ----------------------------------------------------------------------------------------
+ * mamba bench: prompt and decode throughput at batch 1 (greedy), time to first token, memory,
+ * and the bytes a decode step must read against a read bandwidth measured in the same run. */
+
+/* Bytes one decode step reads: every weight once (the LM head whole, one embedding row) and the
+ * recurrent state. */
+static uint64_t step_bytes(const Model *m) {
+    const Config *c = &m->config;
+    uint64_t emb = (uint64_t)c->padded_vocab * c->d_model * dtype_size(c->dtype);
+    uint64_t state = (uint64_t)c->n_layer * c->d_inner * (c->d_conv + c->d_state) * sizeof(float);
+    return m->weight_bytes - (c->tied_head ? 0 : emb - (uint64_t)c->d_model * dtype_size(c->dtype)) + state;
+}
+
+/* The best of a few multi-threaded passes over a buffer far larger than the caches, in bytes/s. */
+static double cpu_read_bandwidth(void) {
+    size_t n = (size_t)256 << 20 >> 3;
+    uint64_t *buf = xmalloc(n * sizeof *buf);
+    memset(buf, 0x5a, n * sizeof *buf);
+    double best = 0;
+    uint64_t sink = 0;
+    for (int rep = 0; rep < 4; rep++) {
+        double t = now_seconds();
+        uint64_t acc = 0;
+#pragma omp parallel for reduction(^ : acc) schedule(static)
+        for (size_t i = 0; i < n; i++) acc ^= buf[i];
+        t = now_seconds() - t;
+        sink ^= acc;
+        if (n * sizeof *buf / t > best) best = n * sizeof *buf / t;
+    }
+    free(buf);
+    return sink == 1 ? best + 1 : best;   /* keeps the reads */
+}
+
+static void cmd_bench(int argc, char **argv) {
+    const char *model_path = NULL;
+    int n_decode = 256, n_prompt = 16, json = 0;
+    DeviceChoice device = DEVICE_AUTO;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = option_value(argc, argv, &i);
+        else if (!strcmp(a, "-n") || !strcmp(a, "--steps")) n_decode = (int)parse_long(a, option_value(argc, argv, &i), 1, 1000000);
+        else if (!strcmp(a, "--prompt-len")) n_prompt = (int)parse_long(a, option_value(argc, argv, &i), 1, 1000000);
+        else if (!strcmp(a, "--device")) device = parse_device(option_value(argc, argv, &i));
+        else if (!strcmp(a, "--threads")) set_threads(option_value(argc, argv, &i));
+        else if (!strcmp(a, "--json")) json = 1;
+        else die("bench: unknown argument %s", a);
+    }
+    if (!model_path) model_path = default_model_path();
+    Model m;
+    model_load(&m, model_path);
+    const Config *c = &m.config;
+    Engine engine;
+    engine_open(&engine, &m, device);
+    int *prompt = xmalloc(n_prompt * sizeof *prompt);
+    for (int i = 0; i < n_prompt; i++) prompt[i] = (int)((1 + 7919ull * i) % (uint64_t)c->vocab_size);
+
+    double ttft, decode_s, bandwidth;
+    uint64_t memory = 0;
+    const char *device_name = "cpu";
+#ifdef MAMBA_CUDA
+    if (engine.gpu) {
+        GpuBench b;
+        gpu_engine_bench(engine.gpu, prompt, n_prompt, n_decode, &b);
+        ttft = b.first_token_seconds, decode_s = b.decode_seconds, bandwidth = b.read_bandwidth;
+        memory = b.used_bytes;
+        device_name = gpu_engine_device_name(engine.gpu);
+    } else
+#endif
+    {
+        double t0 = now_seconds();
+        const float *logits = NULL;
+        for (int i = 0; i < n_prompt; i++) logits = engine_forward(&engine, prompt[i]);
+        int next = argmax(logits, c->vocab_size);
+        ttft = now_seconds() - t0;
+        t0 = now_seconds();
+        for (int i = 0; i < n_decode; i++) next = argmax(engine_forward(&engine, next), c->vocab_size);
+        decode_s = now_seconds() - t0;
+        bandwidth = cpu_read_bandwidth();
+    }
+    const uint64_t bytes = step_bytes(&m);
+    const double decode_tps = n_decode / decode_s, achieved = bytes * decode_tps;
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", model_path);
+        cJSON_AddNumberToObject(o, "n_layer", c->n_layer);
+        cJSON_AddNumberToObject(o, "d_model", c->d_model);
+        cJSON_AddStringToObject(o, "dtype", dtype_name(c->dtype));
+        cJSON_AddStringToObject(o, "engine", engine_name(&engine));
+        cJSON_AddStringToObject(o, "device", device_name);
+        cJSON_AddNumberToObject(o, "prompt_tokens", n_prompt);
+        cJSON_AddNumberToObject(o, "prompt_tokens_per_s", n_prompt / ttft);
+        cJSON_AddNumberToObject(o, "time_to_first_token_ms", ttft * 1e3);
+        cJSON_AddNumberToObject(o, "decode_tokens", n_decode);
+        cJSON_AddNumberToObject(o, "decode_tokens_per_s", decode_tps);
+        cJSON_AddNumberToObject(o, "ms_per_token", 1e3 / decode_tps);
+        cJSON_AddNumberToObject(o, "gpu_memory_bytes", (double)memory);
+        cJSON_AddNumberToObject(o, "bytes_per_token", (double)bytes);
+        cJSON_AddNumberToObject(o, "achieved_GBps", achieved / 1e9);
+        cJSON_AddNumberToObject(o, "read_bandwidth_GBps", bandwidth / 1e9);
+        cJSON_AddNumberToObject(o, "roofline_tokens_per_s", bandwidth / bytes);
+        cJSON_AddNumberToObject(o, "fraction_of_roofline", achieved / bandwidth);
+        char *s = cJSON_PrintUnformatted(o);
+        emit(s, strlen(s));
+        emit("\n", 1);
+        free(s);
+        cJSON_Delete(o);
+    } else {
+        printf("model: %s (%d layers, d_model %d, %s)\ndevice: %s (%s)\n", model_path, c->n_layer, c->d_model,
+               dtype_name(c->dtype), engine_name(&engine), device_name);
+        printf("prompt: %d tokens, %.1f tokens/s\ntime to first token: %.3f ms\n", n_prompt, n_prompt / ttft, ttft * 1e3);
+        printf("decode: %d tokens, %.1f tokens/s (%.4f ms/token)\n", n_decode, decode_tps, 1e3 / decode_tps);
+        if (memory) printf("gpu memory: %llu bytes\n", (unsigned long long)memory);
+        printf("bytes per token: %llu\nachieved: %.1f GB/s, %.1f%% of the measured read bandwidth %.1f GB/s "
+               "(roofline %.1f tokens/s)\n",
+               (unsigned long long)bytes, achieved / 1e9, 100 * achieved / bandwidth, bandwidth / 1e9, bandwidth / bytes);
+    }
+    free(prompt);
+    engine_close(&engine);
+}
+
+/* ----------------------------------------------------------------------------------------
  * main */
 
 static void usage(void) {
@@ -1711,7 +1933,8 @@ static void usage(void) {
           "  mamba info MODEL\n"
           "  mamba tokenize [-m MODEL | --tokenizer FILE] [--bos] [--decode] [TEXT]\n"
           "  mamba perplexity [-m MODEL] [--ctx N] [--max-tokens N] [--json] FILE\n"
-          "  mamba init --shape tiny|130m|370m|790m|1.4b|2.8b [--dtype bf16] [--seed N] OUT.bin\n",
+          "  mamba init --shape tiny|130m|370m|790m|1.4b|2.8b [--dtype bf16] [--seed N] OUT.bin\n"
+          "  mamba bench [-m MODEL] [--device auto|cpu|cuda] [-n N] [--prompt-len L] [--json]\n",
           stdout);
 }
 
@@ -1725,6 +1948,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(cmd, "tokenize")) cmd_tokenize(argc - 2, argv + 2);
     else if (!strcmp(cmd, "perplexity")) cmd_perplexity(argc - 2, argv + 2);
     else if (!strcmp(cmd, "init")) cmd_init(argc - 2, argv + 2);
+    else if (!strcmp(cmd, "bench")) cmd_bench(argc - 2, argv + 2);
     else if (!strcmp(cmd, "run")) cmd_run(argc - 2, argv + 2);
     else cmd_run(argc - 1, argv + 1);
     if (fflush(stdout) && errno != EPIPE) die("cannot write to stdout: %s", strerror(errno));

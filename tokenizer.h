@@ -40,6 +40,9 @@ int tokenizer_piece_to_id(const Tokenizer *t, const char *piece);
 TokenDecoder *decoder_new(const Tokenizer *t);
 const char *decoder_push(TokenDecoder *d, int id);
 const char *decoder_finish(TokenDecoder *d);
+/* Length in bytes of what the last push or finish returned: its strlen() unless the text holds
+ * NUL bytes, which a model can emit (byte-level BPE has a piece for the byte 0). */
+size_t decoder_len(const TokenDecoder *d);
 void decoder_free(TokenDecoder *d);
 
 #endif

@@ -25,7 +25,10 @@ total NLL / ln 2 / bytes of valid.txt.
 
 Usage:
   python3 tools/train.py --selftest                   # CPU checks (needs transformers)
-  python3 tools/train.py --out OUT --time-budget 480  # train, then fp32 eval and save
+  python3 tools/prepare_data.py --train-tokenizer     # tokenizer + .data/{train,valid}.bin
+  python3 tools/train.py --out OUT --steps 1073       # the default model (H100: ~7.5 min)
+  python3 tools/train.py --out OUT --time-budget 520  # or: as many steps as fit in 520 s
+  python3 tools/train.py --eval OUT                   # fp32 evaluation of a saved model only
 """
 import argparse
 import json
@@ -302,6 +305,24 @@ def hf_config(args: ModelArgs, meta):
     }
 
 
+def load_hf(model_dir):
+    """Our module from an HF-format directory (config.json + model.safetensors or shards)."""
+    from safetensors.torch import load_file
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    args = ModelArgs(vocab_size=cfg["vocab_size"], d_model=cfg["hidden_size"], n_layer=cfg["num_hidden_layers"],
+                     d_state=cfg["state_size"], expand=cfg["expand"], d_conv=cfg["conv_kernel"],
+                     dt_rank=cfg["time_step_rank"], norm_eps=cfg["layer_norm_epsilon"])
+    idx = os.path.join(model_dir, "model.safetensors.index.json")
+    files = sorted(set(json.load(open(idx))["weight_map"].values())) if os.path.exists(idx) else ["model.safetensors"]
+    sd = {}
+    for f in files:
+        sd.update(load_file(os.path.join(model_dir, f)))
+    sd.setdefault("lm_head.weight", sd["backbone.embeddings.weight"])
+    model = MambaLM(args)
+    model.load_state_dict(sd, strict=True)
+    return model, cfg
+
+
 def save_hf(model, meta, out_dir, max_shard_bytes=15 * 2**20):
     """config.json + float32 safetensors; sharded with model.safetensors.index.json when the
     weights exceed max_shard_bytes. lm_head.weight is tied, so (as transformers does) only
@@ -515,22 +536,25 @@ def main():
     ap.add_argument("--d-state", type=int, default=16)
     ap.add_argument("--expand", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=1024)
-    ap.add_argument("--batch", type=int, default=32, help="windows per optimizer step")
+    ap.add_argument("--batch", type=int, default=16, help="windows per optimizer step")
     ap.add_argument("--micro", type=int, default=0, help="windows per forward pass (0: = batch)")
     ap.add_argument("--steps", type=int, default=0, help="optimizer steps (0: fit --time-budget)")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds for the whole run incl. eval")
     ap.add_argument("--max-epochs", type=float, default=0, help="cap on train tokens seen / train tokens")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--final-lr-frac", type=float, default=0.1)
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--wd", type=float, default=0.1)
-    ap.add_argument("--dropout", type=float, default=0.0, help="training-time dropout on embeddings "
+    ap.add_argument("--dropout", type=float, default=0.1, help="training-time dropout on embeddings "
                     "and block outputs (inference is unchanged)")
+    ap.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=True, help="early stopping: if the last periodic "
+                    "validation loss is worse than the best one, restore the best weights before the final eval")
     ap.add_argument("--clip", type=float, default=1.0)
-    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--compile", choices=("none", "model"), default="none")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--eval", metavar="MODEL_DIR", help="only evaluate an HF-format model (fp32) and exit")
     ap.add_argument("--bench", type=int, default=0, help="time this many steps, print tokens/s, exit")
     args = ap.parse_args()
 
@@ -538,6 +562,19 @@ def main():
         ok = selftest()
         print("SELFTEST", "PASSED" if ok else "FAILED")
         sys.exit(0 if ok else 1)
+
+    if args.eval:
+        meta = json.load(open(os.path.join(args.data, "meta.json")))
+        valid_ids = np.fromfile(os.path.join(args.data, "valid.bin"), dtype=np.uint16).astype(np.int64)
+        model, cfg = load_hf(args.eval)
+        model.to(args.device)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        t0 = time.time()
+        r = evaluate(model, valid_ids, args.ctx, cfg["bos_token_id"], meta["valid"]["bytes"], batch=4, fp32=True,
+                     device=args.device)
+        r["seconds"] = round(time.time() - t0, 1)
+        print(json.dumps(r))
+        return
 
     t_start = time.time()
     dev = args.device
@@ -578,7 +615,7 @@ def main():
         ck = torch.load(args.ckpt, map_location=dev, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
-        step, tokens_seen, total_steps = ck["step"], ck["tokens_seen"], ck["total_steps"]
+        step, tokens_seen, total_steps = ck["step"], ck["tokens_seen"], args.steps or ck["total_steps"]
         elapsed_before = ck["elapsed"]
         gen.set_state(ck["gen"].cpu() if dtype_dev != "cuda" else ck["gen"])
         torch.set_rng_state(ck["cpu_rng"])
@@ -680,6 +717,7 @@ def main():
     last_ckpt = time.time()
     run_loss, run_n = 0.0, 0
     val_hist = []
+    best = None
     deadline = t_start + args.time_budget - eval_reserve if args.time_budget else float("inf")
     while step < (total_steps or provisional):
         if total_steps == 0:
@@ -716,9 +754,11 @@ def main():
         if step % args.eval_every == 0 or done:
             r = evaluate(model, valid_ids, args.ctx, bos, meta["valid"]["bytes"], fp32=False, device=dev)
             val_hist.append((step, r["mean_nll"]))
+            if args.keep_best and (best is None or r["mean_nll"] < best[1]):
+                best = (step, r["mean_nll"], {k: v.detach().clone() for k, v in model.state_dict().items()})
             tl = run_loss / max(1, run_n)
             log(step, tl, r["mean_nll"], lr)
-            print(f"step {step:5d}/{total_steps} tok {tokens_seen / 1e6:7.1f}M ep {tokens_seen / len(train_ids):5.2f} "
+            print(f"step {step:5d}/{total_steps or '?'} tok {tokens_seen / 1e6:7.1f}M ep {tokens_seen / len(train_ids):5.2f} "
                   f"train {tl:.4f} val {r['mean_nll']:.4f} (bpb {r['bits_per_byte']:.4f}) lr {lr:.2e} "
                   f"gn {gn.item():.2f} t {elapsed_before + time.time() - t_start:.0f}s", flush=True)
             run_loss, run_n = 0.0, 0
@@ -731,12 +771,19 @@ def main():
             break
     save_ckpt()
     train_time = elapsed_before + time.time() - t_start
+    weights_step = step
+    if best is not None and best[0] != step:
+        print(f"keep-best: restoring the weights of step {best[0]} (val {best[1]:.4f}; last {val_hist[-1][1]:.4f})",
+              flush=True)
+        model.load_state_dict(best[2])
+        weights_step = best[0]
+    best = None
 
     # final evaluation: float32, no autocast, the final weights
     torch.backends.cuda.matmul.allow_tf32 = False
     te = time.time()
     r = evaluate(model, valid_ids, args.ctx, bos, meta["valid"]["bytes"], fp32=True, device=dev)
-    r.update({"step": step, "tokens_seen": tokens_seen, "epochs": tokens_seen / len(train_ids), "params": P,
+    r.update({"step": step, "weights_step": weights_step, "tokens_seen": tokens_seen, "epochs": tokens_seen / len(train_ids), "params": P,
               "train_seconds": round(train_time, 1), "eval_seconds": round(time.time() - te, 1),
               "device": torch.cuda.get_device_name() if dtype_dev == "cuda" else dev,
               "config": asdict(margs), "train_args": vars(args), "val_history": val_hist})
@@ -748,7 +795,7 @@ def main():
     logf.write(f"# final fp32 eval ctx={args.ctx}: mean_nll {r['mean_nll']:.5f} ppl {r['perplexity']:.3f} "
                f"bpb {r['bits_per_byte']:.5f} over {r['tokens']} tokens / {r['bytes']} bytes\n")
     logf.close()
-    print(f"FINAL fp32 ctx={args.ctx} step={step} epochs={r['epochs']:.2f} params={P}: mean_nll={r['mean_nll']:.5f} "
+    print(f"FINAL fp32 ctx={args.ctx} step={step} weights_step={weights_step} epochs={r['epochs']:.2f} params={P}: mean_nll={r['mean_nll']:.5f} "
           f"ppl={r['perplexity']:.3f} bpb={r['bits_per_byte']:.5f} train_s={train_time:.0f} shards={nshards}",
           flush=True)
 

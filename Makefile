@@ -67,15 +67,17 @@ test: deps
 	$(MAKE) mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan
 	MAMBA_BINARIES="./mamba ./mamba-asan" bash tests/run.sh
 
-# The GPU machine lacks the Debian libraries: `make devlibs` (here) rebuilds ./mamba for any
-# x86-64-v3 CPU and copies it, tests/cmp_logits and the shared libraries it needs (all but
-# glibc's and the driver's) into .devlibs/; tests/gpu.sh runs from there.
+# The GPU machine lacks the Debian libraries: `make devlibs` (here) builds .devlibs/mamba for any
+# x86-64-v3 CPU, with tests/cmp_logits and the shared libraries it needs (all but glibc's and
+# the driver's) beside it, found through an rpath of $ORIGIN; tests/gpu.sh runs it from there.
 devlibs:
 	rm -rf build .devlibs
-	$(MAKE) OPT="-O3 -march=x86-64-v3" mamba tests/cmp_logits
 	mkdir -p .devlibs
-	cp mamba tests/cmp_logits .devlibs/
-	ldd mamba | awk '$$3 ~ /^\// {print $$3}' | grep -Ev '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*)\.so' | xargs -r cp -L -t .devlibs/
+	$(MAKE) OPT="-O3 -march=x86-64-v3" build/sp_wrapper.o $(GPU_OBJ) tests/cmp_logits
+	$(CC) -O3 -march=x86-64-v3 -g -fopenmp -std=c11 $(GPU_FLAGS) -o .devlibs/mamba $(HOST_SRC) build/sp_wrapper.o \
+		$(GPU_OBJ) $(LDLIBS) $(GPU_LIBS) -Wl,--disable-new-dtags,-rpath,'$$ORIGIN'
+	cp tests/cmp_logits .devlibs/
+	ldd .devlibs/mamba | awk '$$3 ~ /^\// {print $$3}' | grep -Ev '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*)\.so' | xargs -r cp -L -t .devlibs/
 
 test-gpu:
 	bash tests/gpu.sh

@@ -425,6 +425,9 @@ static void write_checkpoint(const char *path, const Config *c, TensorSource sou
         g_partial_output[0] = '\0';
         die("cannot create a file beside %s: %s", path, strerror(errno));
     }
+    mode_t mask = umask(0);                         /* mkstemp makes 0600; give the usual 0666 & ~umask */
+    umask(mask);
+    if (fchmod(fd, 0666 & ~mask)) die("cannot set the mode of %s: %s", g_partial_output, strerror(errno));
     FILE *f = fdopen(fd, "wb");
     if (!f) die("cannot open %s: %s", g_partial_output, strerror(errno));
     fwrite_or_die(&h, sizeof h, f, path);
@@ -1217,7 +1220,7 @@ static int engine_sample(Engine *e, Sampler *s, const float *logits, const int *
     if (e->gpu) {
         if (!e->sampling_set) {
             GpuSampling g = {s->cfg.temperature, s->cfg.top_k, s->cfg.top_p, s->cfg.repeat_penalty,
-                             s->cfg.repeat_last_n, s->cfg.rng};
+                             s->cfg.repeat_last_n, s->cfg.rng, s->vocab};
             gpu_engine_set_sampling(e->gpu, &g);
             e->sampling_set = 1;
         }
@@ -1358,8 +1361,11 @@ static void generate(const RunOptions *o) {
 
     Engine engine;
     engine_open(&engine, &m, o->device);
+    /* ids beyond the tokenizer's vocabulary (padding rows) have no text: never sample them */
+    int sample_vocab = m.config.vocab_size;
+    if (tok && tokenizer_vocab_size(tok) < sample_vocab) sample_vocab = tokenizer_vocab_size(tok);
     Sampler sampler;
-    sampler_init(&sampler, &o->sampler, m.config.vocab_size);
+    sampler_init(&sampler, &o->sampler, sample_vocab);
     int *history = xmalloc((n_prompt + o->steps) * sizeof *history);
     memcpy(history, prompt, n_prompt * sizeof *history);
     int n_history = (int)n_prompt;
@@ -1854,14 +1860,14 @@ static void cmd_bench(int argc, char **argv) {
     for (int i = 0; i < n_prompt; i++) prompt[i] = (int)((1 + 7919ull * i) % (uint64_t)c->vocab_size);
 
     double ttft, decode_s, bandwidth;
-    uint64_t memory = 0;
+    uint64_t memory = 0, engine_memory = 0;
     const char *device_name = "cpu";
 #ifdef MAMBA_CUDA
     if (engine.gpu) {
         GpuBench b;
         gpu_engine_bench(engine.gpu, prompt, n_prompt, n_decode, &b);
         ttft = b.first_token_seconds, decode_s = b.decode_seconds, bandwidth = b.read_bandwidth;
-        memory = b.used_bytes;
+        memory = b.used_bytes, engine_memory = b.engine_bytes;
         device_name = gpu_engine_device_name(engine.gpu);
     } else
 #endif
@@ -1893,6 +1899,7 @@ static void cmd_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "decode_tokens_per_s", decode_tps);
         cJSON_AddNumberToObject(o, "ms_per_token", 1e3 / decode_tps);
         cJSON_AddNumberToObject(o, "gpu_memory_bytes", (double)memory);
+        cJSON_AddNumberToObject(o, "engine_bytes", (double)engine_memory);
         cJSON_AddNumberToObject(o, "bytes_per_token", (double)bytes);
         cJSON_AddNumberToObject(o, "achieved_GBps", achieved / 1e9);
         cJSON_AddNumberToObject(o, "read_bandwidth_GBps", bandwidth / 1e9);
@@ -1908,7 +1915,9 @@ static void cmd_bench(int argc, char **argv) {
                dtype_name(c->dtype), engine_name(&engine), device_name);
         printf("prompt: %d tokens, %.1f tokens/s\ntime to first token: %.3f ms\n", n_prompt, n_prompt / ttft, ttft * 1e3);
         printf("decode: %d tokens, %.1f tokens/s (%.4f ms/token)\n", n_decode, decode_tps, 1e3 / decode_tps);
-        if (memory) printf("gpu memory: %llu bytes\n", (unsigned long long)memory);
+        if (memory)
+            printf("gpu memory: %llu bytes in use, %llu of them the engine's\n", (unsigned long long)memory,
+                   (unsigned long long)engine_memory);
         printf("bytes per token: %llu\nachieved: %.1f GB/s, %.1f%% of the measured read bandwidth %.1f GB/s "
                "(roofline %.1f tokens/s)\n",
                (unsigned long long)bytes, achieved / 1e9, 100 * achieved / bandwidth, bandwidth / 1e9, bandwidth / bytes);

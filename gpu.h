@@ -1,0 +1,76 @@
+/* gpu.h: the C API of the CUDA engine (kernels.cu).
+ *
+ * The engine keeps the weights (uploaded once), the per-sequence state (conv and SSM, fp32),
+ * the logits and the sampler's state on the GPU. A decode step is one CUDA graph replay; only
+ * the sampled token id crosses PCIe, unless the caller asks for the logits. */
+#ifndef MAMBA_GPU_H
+#define MAMBA_GPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct GpuEngine GpuEngine;
+
+/* The sampler's settings, as the CPU sampler reads them. */
+typedef struct {
+    float temperature;     /* 0: greedy */
+    int top_k;             /* 0: off */
+    float top_p;           /* 1: off */
+    float repeat_penalty;  /* 1: off */
+    int repeat_last_n;     /* how many of the latest tokens the penalty looks at (at most 2^20) */
+    uint64_t rng;          /* xorshift64* state, not 0 */
+    int vocab;             /* the sampler (greedy too) picks ids in [0, vocab) only */
+} GpuSampling;
+
+/* Uploads the weights and allocates the state and the graphs, with greedy sampling. Returns
+ * NULL and a one-line reason in err when there is no usable CUDA device, when the GPU has too
+ * little free memory (the reason says how many bytes are needed and how many are free), or
+ * when the model's dtype or shape is one the kernels do not handle. */
+GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char *err, size_t err_len);
+void gpu_engine_free(GpuEngine *g);
+
+/* Back to an empty sequence: zero state, empty penalty history. The sampler's RNG goes on. */
+void gpu_engine_reset(GpuEngine *g);
+
+void gpu_engine_set_sampling(GpuEngine *g, const GpuSampling *s);
+
+/* Runs one given token (a prompt token). With want_logits, waits for it and returns its
+ * vocab_size logits on the host (valid until the next call); otherwise returns NULL at once. */
+const float *gpu_engine_feed(GpuEngine *g, int token, int want_logits);
+
+/* Samples the next token on the GPU from the latest logits and runs it through the model, in
+ * one graph; returns its id. With want_logits, *logits receives the host copy of the logits
+ * after running it (valid until the next call). It keeps one such step queued ahead, so after
+ * it only gpu_engine_sample_feed, gpu_engine_reset or gpu_engine_free may follow. */
+int gpu_engine_sample_feed(GpuEngine *g, int want_logits, const float **logits);
+
+/* Waits until the queued steps are done. */
+void gpu_engine_sync(GpuEngine *g);
+
+const char *gpu_engine_device_name(const GpuEngine *g);
+
+/* Bytes in use on the device (total - free), for reports and the constant-memory check. */
+size_t gpu_memory_used(void);
+
+typedef struct {
+    double first_token_seconds;   /* feeding the prompt until the first generated id is on the host */
+    double decode_seconds;        /* n_decode greedy steps, replayed back to back */
+    uint64_t engine_bytes;        /* device memory the engine allocated */
+    uint64_t used_bytes;          /* device memory in use (total - free) during the run */
+    double read_bandwidth;        /* bytes/s of a large streaming read, measured in the same run */
+} GpuBench;
+
+/* Times a greedy run of n_prompt given tokens then n_decode generated ones. */
+void gpu_engine_bench(GpuEngine *g, const int *prompt, int n_prompt, int n_decode, GpuBench *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

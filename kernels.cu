@@ -1,0 +1,1295 @@
+/* kernels.cu: the CUDA engine for Mamba-1 decoding at batch 1 (the C API is gpu.h).
+ *
+ * A decode step reads every weight once and does about two flops per weight, so its speed
+ * limit is memory bandwidth. The whole step is ONE persistent kernel, forward_token: one block
+ * per multiprocessor, all resident at once. Block b owns a fixed slice of the d_inner channels
+ * (and of the LM-head rows) and does all the work of those channels, so a layer needs only two
+ * grid-wide barriers:
+ *
+ *   IN phase   xn = RMSNorm(residual)                      every block, redundantly (d_model)
+ *              (x, z) = in_proj rows of my channels · xn
+ *              u = SiLU(causal conv1d step of x)           conv state of my channels
+ *              dbc += x_projᵀ[my channels]ᵀ · u            split over blocks: atomic adds
+ *   ── barrier: dbc = (dt, B, C) is complete
+ *   SSM phase  Δ = softplus(dt_proj rows of my channels · dt + bias)
+ *              h = exp(Δ·A)·h + Δ·B·u,  y = (C·h + D·u)·SiLU(z)   state read and written once
+ *              residual += out_projᵀ[my channels]ᵀ · y     split over blocks: atomic adds
+ *   ── barrier: the residual is complete
+ *
+ * and after the last layer the final RMSNorm and the LM head, with the greedy argmax fused in
+ * (the last block to finish reduces the blocks' maxima). x_proj and out_proj are stored
+ * transposed so that every block's slice of every matrix is contiguous and streams with
+ * 16-byte loads. Once the big read of a phase is done, a block asks L2 to prefetch its slice of
+ * the next phase, so DRAM keeps streaming while the blocks finish the phase and wait at the
+ * barrier. The sampler (temperature, top-k, top-p, repetition penalty) is one more kernel; the
+ * step and the sampler are captured in CUDA graphs and replayed, reading the token id from
+ * device memory. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <vector>
+
+#include "gpu.h"
+
+/* ----------------------------------------------------------------------------------------
+ * Errors: every CUDA call is checked; a failure prints one line (the call, where, the error)
+ * and exits. */
+
+static void cuda_check(cudaError_t err, const char *call, const char *file, int line) {
+    if (err == cudaSuccess) return;
+    fprintf(stderr, "mamba: error: CUDA call %s failed at %s:%d: %s (%s)\n", call, file, line, cudaGetErrorName(err),
+            cudaGetErrorString(err));
+    exit(1);
+}
+#define CUDA_CHECK(call) cuda_check((call), #call, __FILE__, __LINE__)
+
+/* cudaMalloc that says how much was asked for and how much is free when the GPU is full. */
+static void *gpu_alloc(size_t bytes) {
+    void *p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err == cudaErrorMemoryAllocation) {
+        size_t free_bytes = 0, total = 0;
+        cudaGetLastError();
+        CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+        fprintf(stderr, "mamba: error: out of GPU memory: needed %zu bytes, %zu of %zu are free\n", bytes, free_bytes,
+                total);
+        exit(1);
+    }
+    CUDA_CHECK(err);
+    return p;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Sizes. */
+
+constexpr int THREADS = 512;                 /* forward_token's block */
+constexpr int WARPS = THREADS / 32;
+constexpr int SAMPLE_THREADS = 1024;         /* sample_token's single block */
+constexpr int PAD = 8;                       /* rows are padded to 8 elements: 16-byte aligned for every dtype */
+constexpr int HEAD_TILE = 1024;              /* LM-head rows a block reduces at a time */
+constexpr int HISTORY_CAP = 1 << 20;         /* tokens the repetition penalty can look back at */
+constexpr int INPUT_RING = 64;               /* pinned slots for prompt ids in flight */
+constexpr int OUTPUT_RING = 3;               /* pinned slots for sampled ids (and logits) in flight */
+constexpr unsigned FULL_MASK = 0xffffffffu;
+constexpr long long BARRIER_TIMEOUT_CYCLES = 20000000000LL;   /* ~10 s: a block that never arrives is a bug */
+constexpr unsigned DEFAULT_PREFETCH = 64 * 1024;              /* L2 prefetch per block and phase, bytes */
+
+static int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+/* ----------------------------------------------------------------------------------------
+ * What the kernels see. */
+
+/* Where a layer's tensors lie, in bytes from the layer's start; every layer has the same layout,
+ * layer_stride bytes apart, so the kernel computes its pointers instead of loading them. */
+struct LayerOffsets {
+    size_t norm;        /* f32 [dmp] RMSNorm weight, zero-padded */
+    size_t in_proj;     /* T [2*di, dmp] → (x, z) */
+    size_t conv_w;      /* f32 [di, d_conv] */
+    size_t conv_b;      /* f32 [di] */
+    size_t x_proj_t;    /* T [di, Rp] x_proj transposed: row c = channel c's weights for (dt, B, C) */
+    size_t dt_proj;     /* T [di, rkp] */
+    size_t dt_bias;     /* f32 [di] */
+    size_t A;           /* f32 [di, ns] A = -exp(A_log) */
+    size_t D;           /* f32 [di] */
+    size_t out_proj_t;  /* T [di, dmp] out_proj transposed: row c = channel c's column */
+};
+
+struct StepArgs {
+    const char *layer0;       /* the first layer's tensors */
+    size_t layer_stride;
+    LayerOffsets lo;
+    const void *embedding;    /* [padded_vocab, dmp] */
+    const float *norm_f;      /* [dmp] */
+    const void *head;         /* [vocab, dmp]; the embedding when tied */
+    int n_layer, dm, dmp, di, ns, d_conv, dt_rank, rkp, R, Rp, vocab;
+    float eps;
+    int channels_per_block, head_rows_per_block;
+    int argmax_vocab;         /* the argmax looks at ids below this only */
+    unsigned prefetch_bytes;
+    int off_rows, off_u, off_z, off_y, off_dbc, off_dt, off_acc, off_red;   /* shared-memory layout, floats */
+    float *resid;             /* [dmp] the residual stream */
+    float *dbc;               /* [n_layer, Rp] x_proj outputs, accumulated by all blocks */
+    float *conv_state;        /* [n_layer, di, d_conv] */
+    float *ssm_state;         /* [n_layer, di, ns] */
+    float *logits;            /* [vocab] */
+    const int *token_in;
+    int *token_out;           /* receives the argmax of the logits */
+    int *history;             /* [HISTORY_CAP] ring of the tokens run, for the repetition penalty */
+    unsigned long long *n_run;
+    unsigned *arrivals;       /* grid barrier: blocks arrived in this step */
+    unsigned *opened;         /* grid barrier: the last barrier passed (on its own 128-byte line) */
+    unsigned *finished;       /* blocks done with the step */
+    float *block_best;        /* [grid] each block's largest logit */
+    int *block_best_id;
+};
+
+struct SampleArgs {
+    const float *logits;
+    float *scratch;           /* [vocab] working copy in global memory, or NULL: shared memory */
+    int vocab;
+    const int *history;
+    const unsigned long long *n_run;
+    float temperature, top_p, penalty;
+    int top_k, last_n;
+    unsigned long long *rng;
+    int *token_out;
+};
+
+/* Layer l's tensors, from the layout. */
+template <typename T>
+struct Layer {
+    const float *norm, *conv_w, *conv_b, *dt_bias, *A, *D;
+    const T *in_proj, *x_proj_t, *dt_proj, *out_proj_t;
+    __device__ Layer(const StepArgs &a, int l) {
+        const char *base = a.layer0 + (size_t)l * a.layer_stride;
+        norm = reinterpret_cast<const float *>(base + a.lo.norm);
+        in_proj = reinterpret_cast<const T *>(base + a.lo.in_proj);
+        conv_w = reinterpret_cast<const float *>(base + a.lo.conv_w);
+        conv_b = reinterpret_cast<const float *>(base + a.lo.conv_b);
+        x_proj_t = reinterpret_cast<const T *>(base + a.lo.x_proj_t);
+        dt_proj = reinterpret_cast<const T *>(base + a.lo.dt_proj);
+        dt_bias = reinterpret_cast<const float *>(base + a.lo.dt_bias);
+        A = reinterpret_cast<const float *>(base + a.lo.A);
+        D = reinterpret_cast<const float *>(base + a.lo.D);
+        out_proj_t = reinterpret_cast<const T *>(base + a.lo.out_proj_t);
+    }
+};
+
+/* ----------------------------------------------------------------------------------------
+ * Small device helpers. */
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+/* Keeps the larger logit, the lower id on ties; id < 0 is empty. */
+__device__ __forceinline__ void argmax_merge(float &v, int &id, float ov, int oid) {
+    if (oid >= 0 && (id < 0 || ov > v || (ov == v && oid < id))) v = ov, id = oid;
+}
+
+__device__ __forceinline__ void warp_argmax(float &v, int &id) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(FULL_MASK, v, o);
+        int oid = __shfl_xor_sync(FULL_MASK, id, o);
+        argmax_merge(v, id, ov, oid);
+    }
+}
+
+/* Block-wide reductions; every thread gets the result. red holds NT/32 values. */
+template <int NT>
+__device__ float block_sum(float v, float *red) {
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < NT / 32; w++) total += red[w];
+    __syncthreads();
+    return total;
+}
+
+template <int NT>
+__device__ float block_max(float v, float *red) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int w = 0; w < NT / 32; w++) m = fmaxf(m, red[w]);
+    __syncthreads();
+    return m;
+}
+
+template <int NT>
+__device__ void block_argmax(float &v, int &id, float *redv, int *redi) {
+    warp_argmax(v, id);
+    if ((threadIdx.x & 31) == 0) redv[threadIdx.x >> 5] = v, redi[threadIdx.x >> 5] = id;
+    __syncthreads();
+    v = -INFINITY, id = -1;
+    for (int w = 0; w < NT / 32; w++) argmax_merge(v, id, redv[w], redi[w]);
+    __syncthreads();
+}
+
+/* Exclusive prefix sum in thread order; *total gets the sum over the block. */
+template <int NT, typename V>
+__device__ V block_exclusive_scan(V v, V *red, V *total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    V incl = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        V y = __shfl_up_sync(FULL_MASK, incl, o);
+        if (lane >= o) incl += y;
+    }
+    if (lane == 31) red[warp] = incl;
+    __syncthreads();
+    V before = 0, all = 0;
+    for (int w = 0; w < NT / 32; w++) {
+        if (w < warp) before += red[w];
+        all += red[w];
+    }
+    __syncthreads();
+    V in_warp = __shfl_up_sync(FULL_MASK, incl, 1);
+    *total = all;
+    return before + (lane ? in_warp : 0);
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* PyTorch's softplus, linear above 20. */
+__device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+
+/* The two values of a 32-bit word holding a pair, first element in the low half. */
+__device__ __forceinline__ float2 pair_f32(unsigned w, __nv_bfloat16) {
+    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+}
+__device__ __forceinline__ float2 pair_f32(unsigned w, __half) {
+    __half2 h = *reinterpret_cast<__half2 *>(&w);
+    return __half22float2(h);
+}
+
+/* One 16-byte chunk of weights (4 floats or 8 halves) dotted with x[0 .. 4 or 8), x 16-byte aligned. */
+template <typename T>
+__device__ __forceinline__ float chunk_dot(uint4 w, const float *x) {
+    const float4 a = reinterpret_cast<const float4 *>(x)[0], b = reinterpret_cast<const float4 *>(x)[1];
+    const float2 p = pair_f32(w.x, T()), q = pair_f32(w.y, T()), r = pair_f32(w.z, T()), s = pair_f32(w.w, T());
+    return p.x * a.x + p.y * a.y + q.x * a.z + q.y * a.w + r.x * b.x + r.y * b.y + s.x * b.z + s.y * b.w;
+}
+template <>
+__device__ __forceinline__ float chunk_dot<float>(uint4 w, const float *x) {
+    const float4 a = *reinterpret_cast<const float4 *>(x);
+    return __uint_as_float(w.x) * a.x + __uint_as_float(w.y) * a.y + __uint_as_float(w.z) * a.z +
+           __uint_as_float(w.w) * a.w;
+}
+
+/* acc[0 .. 4 or 8) += s · chunk */
+template <typename T>
+__device__ __forceinline__ void chunk_axpy(uint4 w, float s, float *acc) {
+    const float2 p = pair_f32(w.x, T()), q = pair_f32(w.y, T()), r = pair_f32(w.z, T()), t = pair_f32(w.w, T());
+    acc[0] += p.x * s, acc[1] += p.y * s, acc[2] += q.x * s, acc[3] += q.y * s;
+    acc[4] += r.x * s, acc[5] += r.y * s, acc[6] += t.x * s, acc[7] += t.y * s;
+}
+template <>
+__device__ __forceinline__ void chunk_axpy<float>(uint4 w, float s, float *acc) {
+    acc[0] += __uint_as_float(w.x) * s, acc[1] += __uint_as_float(w.y) * s;
+    acc[2] += __uint_as_float(w.z) * s, acc[3] += __uint_as_float(w.w) * s;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Matrix-vector products of one block. */
+
+/* Rows [0, split) start at a, rows [split, ...) at b; stride elements apart. */
+template <typename T>
+struct RowSet {
+    const T *a, *b;
+    int split;
+    size_t stride;
+    __device__ const T *row(int j) const { return j < split ? a + (size_t)j * stride : b + (size_t)(j - split) * stride; }
+};
+
+/* out[j] += rows.row(j)[0:K] · x for j < n_rows (K padded, x in shared memory, out zeroed).
+ * Work units are (row, segment) pairs; a warp takes 8/P units at a time so that each lane has
+ * eight 16-byte loads in flight before it uses the first. */
+template <typename T, int P>
+__device__ void rows_dot_units(RowSet<T> rows, int n_rows, int chunks, int segs, const float *x, float *out) {
+    constexpr int RB = 8 / P, V = 16 / sizeof(T);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int seg_len = (chunks + segs - 1) / segs, n_units = n_rows * segs;
+    for (int first = warp * RB; first < n_units; first += WARPS * RB) {
+        uint4 w[RB][P];
+#pragma unroll
+        for (int b = 0; b < RB; b++) {
+            const int unit = first + b, j = unit / segs, c0 = (unit - j * segs) * seg_len;
+            const int c1 = min(chunks, c0 + seg_len);
+            const uint4 *p = reinterpret_cast<const uint4 *>(rows.row(j));
+#pragma unroll
+            for (int k = 0; k < P; k++) {
+                const int c = c0 + lane + 32 * k;
+                w[b][k] = unit < n_units && c < c1 ? __ldg(p + c) : make_uint4(0, 0, 0, 0);
+            }
+        }
+#pragma unroll
+        for (int b = 0; b < RB; b++) {
+            const int unit = first + b, j = unit / segs, c0 = (unit - j * segs) * seg_len;
+            const int c1 = min(chunks, c0 + seg_len);
+            float acc = 0.0f;
+#pragma unroll
+            for (int k = 0; k < P; k++) {
+                const int c = c0 + lane + 32 * k;
+                if (c < c1) acc += chunk_dot<T>(w[b][k], x + c * V);
+            }
+            acc = warp_sum(acc);
+            if (lane == 0 && unit < n_units) atomicAdd(&out[j], acc);
+        }
+    }
+}
+
+template <typename T>
+__device__ void rows_dot(RowSet<T> rows, int n_rows, int K, const float *x, float *out) {
+    const int chunks = K / (16 / (int)sizeof(T));
+    if (chunks <= 32) rows_dot_units<T, 1>(rows, n_rows, chunks, 1, x, out);
+    else if (chunks <= 64) rows_dot_units<T, 2>(rows, n_rows, chunks, 1, x, out);
+    else rows_dot_units<T, 4>(rows, n_rows, chunks, (chunks + 127) / 128, x, out);
+}
+
+/* out[0:N] += Σ_{c < nc} v[c] · Wt[c, 0:N]: the product of a block of columns of the original
+ * matrix (rows of its transpose) with v. A thread owns one 16-byte column chunk of a group of
+ * channels and keeps eight loads in flight; groups are summed in shared memory. */
+template <typename T>
+__device__ void cols_axpy(const T *Wt, int nc, int N, const float *v, float *out) {
+    constexpr int V = 16 / sizeof(T), U = 8;
+    const int J = N / V, groups = J >= THREADS ? 1 : THREADS / J;
+    const uint4 *W = reinterpret_cast<const uint4 *>(Wt);
+    for (int item = threadIdx.x; item < groups * J; item += THREADS) {
+        const int g = item / J, j = item - g * J;
+        float acc[V];
+#pragma unroll
+        for (int e = 0; e < V; e++) acc[e] = 0.0f;
+        for (int c = g; c < nc; c += U * groups) {
+            uint4 w[U];
+#pragma unroll
+            for (int k = 0; k < U; k++) {
+                const int ck = c + k * groups;
+                w[k] = ck < nc ? __ldg(W + (size_t)ck * J + j) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int k = 0; k < U; k++)
+                if (c + k * groups < nc) chunk_axpy<T>(w[k], v[c + k * groups], acc);
+        }
+#pragma unroll
+        for (int e = 0; e < V; e++) {
+            if (groups == 1) out[j * V + e] += acc[e];
+            else atomicAdd(&out[j * V + e], acc[e]);
+        }
+    }
+}
+
+/* xn = w ⊙ x / sqrt(mean(x²) + eps) over d_model; the padding up to dmp stays zero. The weights
+ * are loaded together with x (into wbuf, dmp floats) so that no load waits for the reduction. */
+template <typename Load>
+__device__ void rmsnorm_into(float *xn, Load load, const float *w, int dm, int dmp, float eps, float *wbuf, float *red) {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dmp; i += THREADS) {
+        const float v = load(i);
+        xn[i] = v;
+        wbuf[i] = w[i];
+        ss += v * v;
+    }
+    const float scale = 1.0f / sqrtf(block_sum<THREADS>(ss, red) / dm + eps);
+    for (int i = threadIdx.x; i < dmp; i += THREADS) xn[i] = wbuf[i] * (xn[i] * scale);
+    __syncthreads();
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Grid barrier and L2 prefetch. */
+
+__device__ __forceinline__ unsigned load_acquire(const unsigned *p) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+/* Barrier k (1, 2, ... within a step) of the whole grid, all of whose blocks are resident.
+ * Every block adds one to *count; the block that brings it to k · gridDim.x sets *opened = k,
+ * which the others poll (a separate word, so polling does not slow the arrivals). The last
+ * block of the step zeroes both. */
+__device__ void grid_barrier(unsigned *count, unsigned *opened, unsigned k) {
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");   /* each thread's writes and atomics land first */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned before;
+        asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], 1;" : "=r"(before) : "l"(count) : "memory");
+        if (before == k * gridDim.x - 1) {
+            asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(opened), "r"(k) : "memory");
+        } else {
+            const long long start = clock64();
+            while (load_acquire(opened) < k)
+                if (clock64() - start > BARRIER_TIMEOUT_CYCLES) __trap();   /* fail rather than hang */
+        }
+    }
+    __syncthreads();
+}
+
+/* Asks L2 to fetch [p, p + bytes) in the background, taking at most *budget bytes of it. The
+ * range is widened to 16-byte boundaries, which stays inside our 256-byte-aligned buffers. */
+__device__ void l2_prefetch(const void *p, size_t bytes, unsigned *budget) {
+    if (bytes == 0 || *budget == 0) return;
+    const uintptr_t lo = (uintptr_t)p & ~(uintptr_t)15, hi = ((uintptr_t)p + bytes + 15) & ~(uintptr_t)15;
+    const size_t n = min((size_t)(hi - lo), (size_t)*budget) & ~(size_t)15;
+    *budget -= (unsigned)n;
+    for (size_t off = 0; off < n; off += 65536) {
+        const unsigned piece = (unsigned)min(n - off, (size_t)65536);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(lo + off), "r"(piece) : "memory");
+    }
+}
+
+/* The weights of layer l's IN phase that the channels [c0, c0+nc) read, in order of use. Only
+ * weights: the state, which the step writes, is never prefetched. */
+template <typename T>
+__device__ void prefetch_in_phase(const StepArgs &a, int l, int c0, int nc) {
+    const Layer<T> L(a, l);
+    unsigned budget = a.prefetch_bytes;
+    l2_prefetch(L.norm, a.dmp * sizeof(float), &budget);
+    l2_prefetch(L.in_proj + (size_t)c0 * a.dmp, (size_t)nc * a.dmp * sizeof(T), &budget);
+    l2_prefetch(L.in_proj + (size_t)(a.di + c0) * a.dmp, (size_t)nc * a.dmp * sizeof(T), &budget);
+    l2_prefetch(L.conv_w + (size_t)c0 * a.d_conv, (size_t)nc * a.d_conv * sizeof(float), &budget);
+    l2_prefetch(L.conv_b + c0, nc * sizeof(float), &budget);
+    l2_prefetch(L.x_proj_t + (size_t)c0 * a.Rp, (size_t)nc * a.Rp * sizeof(T), &budget);
+}
+
+template <typename T>
+__device__ void prefetch_ssm_phase(const StepArgs &a, int l, int c0, int nc) {
+    const Layer<T> L(a, l);
+    unsigned budget = a.prefetch_bytes;
+    l2_prefetch(L.dt_proj + (size_t)c0 * a.rkp, (size_t)nc * a.rkp * sizeof(T), &budget);
+    l2_prefetch(L.dt_bias + c0, nc * sizeof(float), &budget);
+    l2_prefetch(L.A + (size_t)c0 * a.ns, (size_t)nc * a.ns * sizeof(float), &budget);
+    l2_prefetch(L.D + c0, nc * sizeof(float), &budget);
+    l2_prefetch(L.out_proj_t + (size_t)c0 * a.dmp, (size_t)nc * a.dmp * sizeof(T), &budget);
+}
+
+template <typename T>
+__device__ void prefetch_head(const StepArgs &a, int r0, int r1) {
+    unsigned budget = a.prefetch_bytes;
+    l2_prefetch(a.norm_f, a.dmp * sizeof(float), &budget);
+    l2_prefetch(static_cast<const T *>(a.head) + (size_t)r0 * a.dmp, (size_t)(r1 - r0) * a.dmp * sizeof(T), &budget);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * The decode step: every layer, the final norm, the LM head and the greedy argmax. */
+
+template <typename T>
+__global__ void __launch_bounds__(THREADS, 1) forward_token(const StepArgs a) {
+    extern __shared__ float4 smem_f4[];
+    float *sm = reinterpret_cast<float *>(smem_f4);
+    float *xn = sm;                    /* [dmp] normalized input of a layer or of the head */
+    float *rows = sm + a.off_rows;     /* row dot products: (x, z), Δ, head logits */
+    float *u = sm + a.off_u;           /* [channels] SiLU(conv(x)), the SSM input */
+    float *zg = sm + a.off_z;          /* [channels] the gate input z */
+    float *yv = sm + a.off_y;          /* [channels] SSM output, gated */
+    float *dbc = sm + a.off_dbc;       /* [Rp] (dt, B, C) */
+    float *dtv = sm + a.off_dt;        /* [rkp] dt, zero-padded */
+    float *acc = sm + a.off_acc;       /* [max(Rp, dmp)] this block's share of a split product */
+    float *red = sm + a.off_red;       /* [WARPS] reductions */
+    int *redi = reinterpret_cast<int *>(red + WARPS);
+    __shared__ unsigned ticket;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nb = gridDim.x, b = blockIdx.x;
+    const int c0 = min(a.di, b * a.channels_per_block), nc = min(a.di, c0 + a.channels_per_block) - c0;
+    const int r0 = min(a.vocab, b * a.head_rows_per_block), r1 = min(a.vocab, r0 + a.head_rows_per_block);
+    const int token = *a.token_in;
+    unsigned barriers = 0;
+
+    if (b == 0 && tid == 0) a.history[*a.n_run % HISTORY_CAP] = token, *a.n_run += 1;
+    /* the lane that asks L2 for the next phase's slices while the block waits at a barrier */
+    const bool prefetcher = tid == THREADS - 32;
+    if (prefetcher) prefetch_in_phase<T>(a, 0, c0, nc);
+
+    for (int l = 0; l < a.n_layer; l++) {
+        const Layer<T> L(a, l);
+        float *dbc_l = a.dbc + (size_t)l * a.Rp;
+
+        /* ---- IN phase ---- */
+        /* normalized input; layer 0 starts the residual stream from the token's embedding */
+        if (l == 0) {
+            const T *e = static_cast<const T *>(a.embedding) + (size_t)token * a.dmp;
+            if (b == 0)
+                for (int i = tid; i < a.dmp; i += THREADS) __stcg(a.resid + i, to_f32(e[i]));
+            rmsnorm_into(xn, [&](int i) { return to_f32(e[i]); }, L.norm, a.dm, a.dmp, a.eps, acc, red);
+        } else {
+            rmsnorm_into(xn, [&](int i) { return __ldcg(a.resid + i); }, L.norm, a.dm, a.dmp, a.eps, acc, red);
+        }
+        /* (x, z) = W_in · xn for my channels: x in rows[0:nc], z in rows[nc:2nc] */
+        for (int j = tid; j < 2 * nc; j += THREADS) rows[j] = 0.0f;
+        __syncthreads();
+        rows_dot<T>(RowSet<T>{L.in_proj + (size_t)c0 * a.dmp, L.in_proj + (size_t)(a.di + c0) * a.dmp, nc, (size_t)a.dmp},
+                    2 * nc, a.dmp, xn, rows);
+        /* the big read of the phase is done: L2 starts on the next phase's slices */
+        if (prefetcher) prefetch_ssm_phase<T>(a, l, c0, nc);
+        __syncthreads();
+        /* causal depthwise conv1d over the last d_conv inputs of each channel, then SiLU */
+        for (int j = tid; j < nc; j += THREADS) {
+            const int c = c0 + j;
+            float *window = a.conv_state + ((size_t)l * a.di + c) * a.d_conv;
+            const float *w = L.conv_w + (size_t)c * a.d_conv;
+            const float x = rows[j];
+            float s = L.conv_b[c];
+            if (a.d_conv == 4) {   /* the published shapes: one 16-byte load each, all in flight at once */
+                const float4 old = __ldcg(reinterpret_cast<const float4 *>(window)), w4 = *reinterpret_cast<const float4 *>(w);
+                __stcg(reinterpret_cast<float4 *>(window), make_float4(old.y, old.z, old.w, x));
+                s += w4.x * old.y;
+                s += w4.y * old.z;
+                s += w4.z * old.w;
+                s += w4.w * x;
+            } else {
+                for (int k = 0; k + 1 < a.d_conv; k++) {
+                    const float v = __ldcg(window + k + 1);
+                    __stcg(window + k, v);
+                    s += w[k] * v;
+                }
+                __stcg(window + a.d_conv - 1, x);
+                s += w[a.d_conv - 1] * x;
+            }
+            u[j] = silu(s);
+            zg[j] = rows[nc + j];
+        }
+        for (int i = tid; i < a.Rp; i += THREADS) acc[i] = 0.0f;
+        __syncthreads();
+        /* x_proj: (dt, B, C) = W_x · u, split over the blocks by channel: dbc += W_x[:, mine] · u[mine] */
+        cols_axpy<T>(L.x_proj_t + (size_t)c0 * a.Rp, nc, a.Rp, u, acc);
+        __syncthreads();
+        if (nc > 0)
+            for (int i = tid; i < a.Rp / 4; i += THREADS)
+                atomicAdd(reinterpret_cast<float4 *>(dbc_l) + i, reinterpret_cast<const float4 *>(acc)[i]);
+        grid_barrier(a.arrivals, a.opened, ++barriers);
+
+        /* ---- SSM phase ---- */
+        for (int i = tid; i < a.Rp; i += THREADS) dbc[i] = __ldcg(dbc_l + i);
+        for (int i = tid; i < a.rkp; i += THREADS) dtv[i] = i < a.dt_rank ? __ldcg(dbc_l + i) : 0.0f;
+        for (int j = tid; j < nc; j += THREADS) rows[j] = 0.0f;
+        __syncthreads();
+        /* dt_proj: Δ before softplus = W_dt · dt for my channels */
+        rows_dot<T>(RowSet<T>{L.dt_proj + (size_t)c0 * a.rkp, nullptr, nc, (size_t)a.rkp}, nc, a.rkp, dtv, rows);
+        __syncthreads();
+        /* the selective scan, one step: a group of lanes per channel, one lane per state */
+        {
+            const float *B = dbc + a.dt_rank, *C = B + a.ns;
+            const int group = a.ns >= 32 ? 32 : (a.ns > 16 ? 32 : a.ns > 8 ? 16 : a.ns > 4 ? 8 : a.ns > 2 ? 4 : 2);
+            const int per_warp = 32 / group, sub = lane / group, n0 = lane % group;
+            for (int j = warp * per_warp + sub; j - sub < nc; j += WARPS * per_warp) {
+                const bool active = j < nc;
+                const int c = c0 + (active ? j : 0);
+                const float delta = active ? softplus(rows[j] + L.dt_bias[c]) : 0.0f, x = active ? u[j] : 0.0f;
+                float *h = a.ssm_state + ((size_t)l * a.di + c) * a.ns;
+                const float *A = L.A + (size_t)c * a.ns;
+                float part = 0.0f;
+                for (int n = n0; active && n < a.ns; n += group) {
+                    /* discretize (zero-order hold on A, Euler on B) and step: h = exp(Δ·A)·h + Δ·B·x */
+                    const float hn = expf(delta * A[n]) * __ldcg(h + n) + delta * B[n] * x;
+                    __stcg(h + n, hn);
+                    /* read out: y = C·h */
+                    part += hn * C[n];
+                }
+                for (int o = group / 2; o > 0; o >>= 1) part += __shfl_xor_sync(FULL_MASK, part, o);
+                /* skip connection D·x, then the gate SiLU(z) */
+                if (active && n0 == 0) yv[j] = (part + L.D[c] * x) * silu(zg[j]);
+            }
+        }
+        /* the small reads of the phase are done: L2 starts on the next phase's slices */
+        if (prefetcher) {
+            if (l + 1 < a.n_layer) prefetch_in_phase<T>(a, l + 1, c0, nc);
+            else prefetch_head<T>(a, r0, r1);
+        }
+        for (int i = tid; i < a.dmp; i += THREADS) acc[i] = 0.0f;
+        __syncthreads();
+        /* out_proj, split over the blocks by channel: residual += W_out[:, mine] · y[mine] */
+        cols_axpy<T>(L.out_proj_t + (size_t)c0 * a.dmp, nc, a.dmp, yv, acc);
+        __syncthreads();
+        if (nc > 0)
+            for (int i = tid; i < a.dmp / 4; i += THREADS)
+                atomicAdd(reinterpret_cast<float4 *>(a.resid) + i, reinterpret_cast<const float4 *>(acc)[i]);
+        grid_barrier(a.arrivals, a.opened, ++barriers);
+    }
+
+    /* ---- the final RMSNorm and the LM head over my rows [r0, r1) ---- */
+    rmsnorm_into(xn, [&](int i) { return __ldcg(a.resid + i); }, a.norm_f, a.dm, a.dmp, a.eps, acc, red);
+    float best = -INFINITY;
+    int best_id = -1;
+    for (int t0 = r0; t0 < r1; t0 += HEAD_TILE) {
+        const int n = min(HEAD_TILE, r1 - t0);
+        for (int j = tid; j < n; j += THREADS) rows[j] = 0.0f;
+        __syncthreads();
+        rows_dot<T>(RowSet<T>{static_cast<const T *>(a.head) + (size_t)t0 * a.dmp, nullptr, n, (size_t)a.dmp}, n, a.dmp,
+                    xn, rows);
+        __syncthreads();
+        for (int j = tid; j < n; j += THREADS) {
+            const float v = rows[j];
+            a.logits[t0 + j] = v;
+            if (t0 + j < a.argmax_vocab && v == v && (best_id < 0 || v > best)) best = v, best_id = t0 + j;   /* NaN never wins */
+        }
+        __syncthreads();
+    }
+    block_argmax<THREADS>(best, best_id, red, redi);
+
+    /* the last block to finish reduces the blocks' maxima and readies the next step */
+    if (tid == 0) {
+        a.block_best[b] = best, a.block_best_id[b] = best_id;
+        __threadfence();
+        ticket = atomicAdd(a.finished, 1u);
+    }
+    __syncthreads();
+    if (ticket != (unsigned)nb - 1) return;
+    __threadfence();
+    float v = -INFINITY;
+    int id = -1;
+    for (int i = tid; i < nb; i += THREADS) argmax_merge(v, id, __ldcg(a.block_best + i), __ldcg(a.block_best_id + i));
+    block_argmax<THREADS>(v, id, red, redi);
+    if (tid == 0) {
+        *a.token_out = id < 0 ? 0 : id;
+        *a.arrivals = 0;
+        *a.opened = 0;
+        *a.finished = 0;
+    }
+    for (int i = tid; i < a.n_layer * a.Rp; i += THREADS) a.dbc[i] = 0.0f;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * The sampler: one block over the logits. Semantics of the CPU sampler: repetition penalty,
+ * then greedy, or softmax at a temperature restricted to the top-k and then to the top-p
+ * nucleus (both taken in order of probability, ties by lower id), and a draw with the same
+ * xorshift64* generator. The draw walks the kept tokens in id order rather than in order of
+ * probability, so the same seed picks from the same distribution but not always the same id. */
+
+/* One warp: among the 256 buckets scanned from digit 255 down, the first non-empty digit whose
+ * inclusive running total reaches need; when rounding leaves need out of reach, the last
+ * non-empty digit. Returns the digit and the total of the buckets above it. */
+template <typename V>
+__device__ void pick_digit(const int *count, const V *weight, V need, int *digit, V *above) {
+    const int lane = threadIdx.x & 31;
+    V local = 0;
+    for (int j = 0; j < 8; j++) local += weight[255 - 8 * lane - j];
+    V incl = local;
+    for (int o = 1; o < 32; o <<= 1) {
+        V y = __shfl_up_sync(FULL_MASK, incl, o);
+        if (lane >= o) incl += y;
+    }
+    V run = __shfl_up_sync(FULL_MASK, incl, 1);
+    if (lane == 0) run = 0;
+    int found = -1, last = -1;
+    V found_above = 0, last_above = 0;
+    for (int j = 0; j < 8; j++) {
+        const int d = 255 - 8 * lane - j;
+        if (count[d] > 0) {
+            if (found < 0 && run + weight[d] >= need) found = d, found_above = run;
+            last = d, last_above = run;
+        }
+        run += weight[d];
+    }
+    const unsigned hit = __ballot_sync(FULL_MASK, found >= 0), any = __ballot_sync(FULL_MASK, last >= 0);
+    const int src = hit ? __ffs(hit) - 1 : 31 - __clz(any);
+    const int d = __shfl_sync(FULL_MASK, hit ? found : last, src);
+    const V ab = __shfl_sync(FULL_MASK, hit ? found_above : last_above, src);
+    if (lane == 0) *digit = d, *above = ab;
+}
+
+/* Radix select over the bits of p ≥ 0 (tokens marked out are negative): finds tau such that the
+ * kept tokens are those with p > tau plus the first *take (by id) with p == tau, where the kept
+ * set is the k largest (by_mass false, need = k) or the fewest largest whose mass reaches need. */
+__device__ void radix_threshold(const float *x, int n, bool by_mass, float need, int *count, float *mass,
+                                int *sh_digit, float *sh_mass, int *sh_count, unsigned *tau, int *take) {
+    constexpr int NT = SAMPLE_THREADS;
+    unsigned prefix = 0, mask = 0;
+    int need_count = (int)need;
+    float need_mass = need;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int d = threadIdx.x; d < 256; d += NT) count[d] = 0, mass[d] = 0.0f;
+        __syncthreads();
+        for (int i = threadIdx.x; i < n; i += NT) {
+            const unsigned bits = __float_as_uint(x[i]);
+            if (!(bits >> 31) && (bits & mask) == prefix) {
+                const int d = (bits >> shift) & 255;
+                atomicAdd(&count[d], 1);
+                if (by_mass) atomicAdd(&mass[d], x[i]);
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            if (by_mass) pick_digit<float>(count, mass, need_mass, sh_digit, sh_mass);
+            else pick_digit<int>(count, count, need_count, sh_digit, sh_count);
+        }
+        __syncthreads();
+        prefix |= (unsigned)*sh_digit << shift;
+        mask |= 0xffu << shift;
+        if (by_mass) need_mass -= *sh_mass;
+        else need_count -= *sh_count;
+        __syncthreads();
+    }
+    *tau = prefix;
+    if (!by_mass) {
+        *take = need_count;
+    } else {
+        const float t = __uint_as_float(prefix);
+        *take = t > 0.0f ? (int)fminf(fmaxf(ceilf(need_mass / t), 1.0f), (float)n) : n;
+    }
+}
+
+/* Marks out (with -1) every token of this thread's id range [lo, hi) that is not kept: kept are
+ * p > tau, and p == tau among the first `take` such ids of the whole vocabulary. Returns the
+ * kept mass of the whole block. */
+__device__ float keep_top(float *x, int lo, int hi, unsigned tau, int take, int *redi, float *redf) {
+    constexpr int NT = SAMPLE_THREADS;
+    int equal = 0;
+    for (int i = lo; i < hi; i++) equal += __float_as_uint(x[i]) == tau;
+    int total_equal;
+    int rank = block_exclusive_scan<NT, int>(equal, redi, &total_equal);
+    float kept = 0.0f;
+    for (int i = lo; i < hi; i++) {
+        const unsigned bits = __float_as_uint(x[i]);
+        if (!(bits >> 31) && (bits > tau || (bits == tau && rank++ < take))) kept += x[i];
+        else x[i] = -1.0f;
+    }
+    return block_sum<NT>(kept, redf);
+}
+
+__global__ void __launch_bounds__(SAMPLE_THREADS) sample_token(const SampleArgs s) {
+    constexpr int NT = SAMPLE_THREADS;
+    extern __shared__ float4 sample_smem[];
+    float *x = s.scratch ? s.scratch : reinterpret_cast<float *>(sample_smem);
+    __shared__ int count[256];
+    __shared__ float mass[256], redf[NT / 32];
+    __shared__ int redi[NT / 32], sh_digit, sh_count, chosen, last_kept;
+    __shared__ float sh_mass, draw;
+    const int n = s.vocab, tid = threadIdx.x;
+
+    /* working copy of the logits, with the repetition penalty (as in CTRL): each token among the
+     * last last_n run is pushed toward lower probability once */
+    for (int i = tid; i < n; i += NT) x[i] = s.logits[i];
+    __syncthreads();
+    if (s.penalty != 1.0f) {
+        const unsigned long long run = *s.n_run;
+        const int window = (int)min((unsigned long long)s.last_n, run);
+        for (int j = tid; j < window; j += NT) {
+            const int id = s.history[(run - 1 - j) % HISTORY_CAP];
+            if (id < 0 || id >= n) continue;
+            const float v = s.logits[id];
+            x[id] = v > 0 ? v / s.penalty : v * s.penalty;     /* from the original: repeats write the same */
+        }
+        __syncthreads();
+    }
+
+    /* greedy: the largest, the lowest id on ties */
+    if (s.temperature == 0.0f) {
+        float v = -INFINITY;
+        int id = -1;
+        for (int i = tid; i < n; i += NT)
+            if (x[i] == x[i] && (id < 0 || x[i] > v)) v = x[i], id = i;
+        block_argmax<NT>(v, id, redf, redi);
+        if (tid == 0) *s.token_out = id < 0 ? 0 : id;
+        return;
+    }
+
+    /* softmax numerators at the temperature: p = exp((x - max) / T) */
+    float mx = -INFINITY;
+    for (int i = tid; i < n; i += NT) mx = fmaxf(mx, x[i]);
+    mx = block_max<NT>(mx, redf);
+    float sum = 0.0f;
+    for (int i = tid; i < n; i += NT) {
+        x[i] = expf((x[i] - mx) / s.temperature);
+        sum += x[i];
+    }
+    float kept = block_sum<NT>(sum, redf);
+
+    /* each thread owns a contiguous id range, so that thread order is id order in the scans */
+    const int per = (n + NT - 1) / NT, lo = min(n, tid * per), hi = min(n, lo + per);
+    unsigned tau;
+    int take;
+    /* top-k: keep the k most likely */
+    if (s.top_k > 0 && s.top_k < n) {
+        radix_threshold(x, n, false, (float)s.top_k, count, mass, &sh_digit, &sh_mass, &sh_count, &tau, &take);
+        kept = keep_top(x, lo, hi, tau, take, redi, redf);
+    }
+    /* top-p: of those, the fewest most likely whose mass reaches top_p of the kept mass */
+    if (s.top_p < 1.0f) {
+        radix_threshold(x, n, true, s.top_p * kept, count, mass, &sh_digit, &sh_mass, &sh_count, &tau, &take);
+        keep_top(x, lo, hi, tau, take, redi, redf);
+    }
+
+    /* draw r in [0, 1) and take the first kept id (in id order) whose cumulative mass exceeds r · total */
+    float mine = 0.0f;
+    for (int i = lo; i < hi; i++)
+        if (!(__float_as_uint(x[i]) >> 31)) mine += x[i];
+    float total;
+    const float base = block_exclusive_scan<NT, float>(mine, redf, &total);
+    if (tid == 0) {
+        unsigned long long r = *s.rng;
+        r ^= r >> 12;
+        r ^= r << 25;
+        r ^= r >> 27;
+        *s.rng = r;
+        draw = (float)((r * 0x2545F4914F6CDD1DULL) >> 40) / 16777216.0f;
+        chosen = INT_MAX, last_kept = -1;
+    }
+    __syncthreads();
+    const float target = draw * total;
+    float cum = base;
+    int pick = -1, last = -1;
+    for (int i = lo; i < hi; i++) {
+        if (__float_as_uint(x[i]) >> 31) continue;
+        last = i;
+        cum += x[i];
+        if (pick < 0 && target < cum) pick = i;
+    }
+    if (pick >= 0) atomicMin(&chosen, pick);
+    if (last >= 0) atomicMax(&last_kept, last);
+    __syncthreads();
+    if (tid == 0) *s.token_out = chosen != INT_MAX ? chosen : last_kept >= 0 ? last_kept : 0;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Upload helpers. */
+
+/* out[c * out_stride + r] = in[r * cols + c]: 32×32 tiles through shared memory. */
+template <typename E>
+__global__ void transpose_into(const E *in, int rows, int cols, E *out, int out_stride) {
+    __shared__ E tile[32][33];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    for (int k = threadIdx.y; k < 32; k += 8) {
+        const int r = blockIdx.y * 32 + k;
+        if (r < rows && c < cols) tile[k][threadIdx.x] = in[(size_t)r * cols + c];
+    }
+    __syncthreads();
+    const int r = blockIdx.y * 32 + threadIdx.x;
+    for (int k = threadIdx.y; k < 32; k += 8) {
+        const int cc = blockIdx.x * 32 + k;
+        if (cc < cols && r < rows) out[(size_t)cc * out_stride + r] = tile[threadIdx.x][k];
+    }
+}
+
+/* Streams a large buffer once with 16-byte loads: the read bandwidth the step is compared to. */
+__global__ void read_probe(const uint4 *p, size_t n, unsigned *sink) {
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned acc = 0;
+    for (; i + 3 * stride < n; i += 4 * stride) {
+        const uint4 a = __ldg(p + i), b = __ldg(p + i + stride), c = __ldg(p + i + 2 * stride), d = __ldg(p + i + 3 * stride);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n; i += stride) {
+        const uint4 a = __ldg(p + i);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+    if (acc == 0x2545F491u) *sink = acc;   /* keeps the loads; practically never taken */
+}
+
+/* ----------------------------------------------------------------------------------------
+ * The engine. */
+
+struct GpuEngine {
+    Config c;
+    char name[256];
+    int grid, dmp, rkp, R, Rp;
+    size_t step_smem, sample_smem;
+    void (*step_kernel)(StepArgs);
+    cudaStream_t stream;
+    char *weights, *work;
+    size_t weight_bytes, work_bytes, zeroed_bytes;   /* reset zeroes work[0, zeroed_bytes) */
+    StepArgs step;
+    SampleArgs sample;
+    int *tokens;                                     /* [2] device: the step reads one, the argmax writes the other */
+    unsigned long long *rng;
+    bool greedy, graphs_built;
+    cudaGraphExec_t prompt_graph[2], decode_graph[2];
+    int parity;                                      /* the token slot the next step reads */
+    long long fed, launched, returned;
+    int *host_in, *host_out;                         /* pinned rings */
+    float *host_logits;                              /* pinned [OUTPUT_RING, vocab] */
+    cudaEvent_t out_ready[OUTPUT_RING];
+};
+
+/* Offsets of one allocation carved in 256-byte-aligned pieces. */
+static size_t carve(size_t *top, size_t bytes) {
+    size_t at = *top;
+    *top += (bytes + 255) / 256 * 256;
+    return at;
+}
+
+static double host_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Uploads go through the engine's stream, in order: a copy from pageable memory may return
+ * before its data reaches the device, so nothing on another stream may read what it writes. */
+static void upload(void *dst, const void *src, size_t bytes, cudaStream_t stream) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+}
+
+/* A row-major [rows, K] matrix into rows of Kp elements (the rest stays zero). */
+static void upload_rows(void *dst, const void *src, size_t rows, int K, int Kp, size_t es, cudaStream_t stream) {
+    CUDA_CHECK(cudaMemcpy2DAsync(dst, Kp * es, src, K * es, K * es, rows, cudaMemcpyHostToDevice, stream));
+}
+
+/* A row-major [rows, cols] matrix transposed: [cols, out_stride], through tmp on the device. */
+static void upload_transposed(void *dst, const void *src, int rows, int cols, int out_stride, size_t es, void *tmp,
+                              cudaStream_t stream) {
+    upload(tmp, src, (size_t)rows * cols * es, stream);
+    dim3 grid((cols + 31) / 32, (rows + 31) / 32), block(32, 8);
+    if (es == 4) transpose_into<uint32_t><<<grid, block, 0, stream>>>((const uint32_t *)tmp, rows, cols, (uint32_t *)dst, out_stride);
+    else transpose_into<uint16_t><<<grid, block, 0, stream>>>((const uint16_t *)tmp, rows, cols, (uint16_t *)dst, out_stride);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+static void launch_step(GpuEngine *g, int slot) {
+    StepArgs a = g->step;
+    a.token_in = g->tokens + slot;
+    a.token_out = g->tokens + (1 - slot);
+    void *params[] = {&a};
+    CUDA_CHECK(cudaLaunchKernel((const void *)g->step_kernel, dim3(g->grid), dim3(THREADS), params, g->step_smem, g->stream));
+}
+
+static void launch_sampler(GpuEngine *g, int slot) {
+    SampleArgs s = g->sample;
+    s.token_out = g->tokens + slot;
+    void *params[] = {&s};
+    CUDA_CHECK(cudaLaunchKernel((const void *)sample_token, dim3(1), dim3(SAMPLE_THREADS), params, g->sample_smem, g->stream));
+}
+
+static void destroy_graphs(GpuEngine *g) {
+    if (!g->graphs_built) return;
+    for (int x = 0; x < 2; x++) {
+        CUDA_CHECK(cudaGraphExecDestroy(g->prompt_graph[x]));
+        if (!g->greedy) CUDA_CHECK(cudaGraphExecDestroy(g->decode_graph[x]));
+    }
+    g->graphs_built = false;
+}
+
+/* Captures the step reading token slot x (a prompt step) and, unless sampling is greedy (the
+ * step's own argmax), the sampler writing slot x followed by that step (a decode step). */
+static void build_graphs(GpuEngine *g) {
+    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    destroy_graphs(g);
+    for (int x = 0; x < 2; x++) {
+        for (int with_sampler = 0; with_sampler <= !g->greedy; with_sampler++) {
+            cudaGraph_t graph;
+            CUDA_CHECK(cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeThreadLocal));
+            if (with_sampler) launch_sampler(g, x);
+            launch_step(g, x);
+            CUDA_CHECK(cudaStreamEndCapture(g->stream, &graph));
+            CUDA_CHECK(cudaGraphInstantiate(with_sampler ? &g->decode_graph[x] : &g->prompt_graph[x], graph, 0));
+            CUDA_CHECK(cudaGraphDestroy(graph));
+        }
+        if (g->greedy) g->decode_graph[x] = g->prompt_graph[x];
+    }
+    g->graphs_built = true;
+}
+
+extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char *err, size_t err_len) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        snprintf(err, err_len, "no usable CUDA device (%s)", e != cudaSuccess ? cudaGetErrorName(e) : "none found");
+        cudaGetLastError();
+        return NULL;
+    }
+    if (c->dtype != DTYPE_F32 && c->dtype != DTYPE_F16 && c->dtype != DTYPE_BF16) {
+        snprintf(err, err_len, "the GPU engine does not support weight dtype %d (f32, f16 and bf16 are)", (int)c->dtype);
+        return NULL;
+    }
+    int dev;
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+    if (prop.major < 9) {
+        snprintf(err, err_len, "%s has compute capability %d.%d; this GPU engine is built for 9.0 (Hopper)", prop.name,
+                 prop.major, prop.minor);
+        return NULL;
+    }
+
+    GpuEngine *g = (GpuEngine *)calloc(1, sizeof *g);
+    if (!g) {
+        snprintf(err, err_len, "out of host memory");
+        return NULL;
+    }
+    g->c = *c;
+    snprintf(g->name, sizeof g->name, "%s", prop.name);
+    const int L = c->n_layer, dm = c->d_model, di = c->d_inner, ns = c->d_state;
+    const size_t es = c->dtype == DTYPE_F32 ? 4 : 2;
+    g->grid = prop.multiProcessorCount;
+    g->dmp = round_up(dm, PAD), g->rkp = round_up(c->dt_rank, PAD);
+    g->R = c->dt_rank + 2 * ns, g->Rp = round_up(g->R, PAD);
+    g->step_kernel = c->dtype == DTYPE_F32 ? forward_token<float>
+                     : c->dtype == DTYPE_F16 ? forward_token<__half> : forward_token<__nv_bfloat16>;
+
+    /* shared memory of a step block, in floats, each piece a multiple of 4 */
+    const int ch = (di + g->grid - 1) / g->grid, ch4 = round_up(ch, 4);
+    StepArgs &a = g->step;
+    a.off_rows = g->dmp;
+    a.off_u = a.off_rows + (2 * ch4 > HEAD_TILE ? 2 * ch4 : HEAD_TILE);
+    a.off_z = a.off_u + ch4, a.off_y = a.off_z + ch4, a.off_dbc = a.off_y + ch4;
+    a.off_dt = a.off_dbc + g->Rp, a.off_acc = a.off_dt + g->rkp;
+    a.off_red = a.off_acc + (g->Rp > g->dmp ? g->Rp : g->dmp);
+    g->step_smem = (size_t)(a.off_red + 2 * WARPS) * sizeof(float);
+    if (g->step_smem > prop.sharedMemPerBlockOptin) {
+        snprintf(err, err_len, "this model's shape needs %zu bytes of shared memory per block; %s allows %zu",
+                 g->step_smem, prop.name, prop.sharedMemPerBlockOptin);
+        free(g);
+        return NULL;
+    }
+    CUDA_CHECK(cudaFuncSetAttribute((const void *)g->step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)g->step_smem));
+    int resident = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, (const void *)g->step_kernel, THREADS, g->step_smem));
+    if (resident < 1) {
+        snprintf(err, err_len, "the step kernel cannot be resident on %s", prop.name);
+        free(g);
+        return NULL;
+    }
+    /* the sampler works in shared memory when the vocabulary fits */
+    const size_t vocab_bytes = (size_t)c->vocab_size * sizeof(float);
+    const bool sample_in_smem = vocab_bytes + 8192 <= prop.sharedMemPerBlockOptin;
+    g->sample_smem = sample_in_smem ? vocab_bytes : 0;
+    if (sample_in_smem)
+        CUDA_CHECK(cudaFuncSetAttribute((const void *)sample_token, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)vocab_bytes));
+
+    /* weights: one allocation, every row padded to dmp / Rp / rkp elements */
+    size_t top = 0;
+    const size_t emb = carve(&top, (size_t)c->padded_vocab * g->dmp * es);
+    const size_t head = c->tied_head ? emb : carve(&top, (size_t)c->padded_vocab * g->dmp * es);
+    const size_t norm_f = carve(&top, g->dmp * sizeof(float));
+    std::vector<LayerOffsets> lo(L);
+    for (int l = 0; l < L; l++) {
+        lo[l].norm = carve(&top, g->dmp * sizeof(float));
+        lo[l].in_proj = carve(&top, (size_t)2 * di * g->dmp * es);
+        lo[l].conv_w = carve(&top, (size_t)di * c->d_conv * sizeof(float));
+        lo[l].conv_b = carve(&top, di * sizeof(float));
+        lo[l].x_proj_t = carve(&top, (size_t)di * g->Rp * es);
+        lo[l].dt_proj = carve(&top, (size_t)di * g->rkp * es);
+        lo[l].dt_bias = carve(&top, di * sizeof(float));
+        lo[l].A = carve(&top, (size_t)di * ns * sizeof(float));
+        lo[l].D = carve(&top, di * sizeof(float));
+        lo[l].out_proj_t = carve(&top, (size_t)di * g->dmp * es);
+    }
+    const size_t layer_bytes = (top - lo[0].norm) / L;   /* every layer is carved alike */
+    g->weight_bytes = top;
+    /* state and buffers; reset zeroes everything before rng */
+    top = 0;
+    const size_t resid = carve(&top, g->dmp * sizeof(float)), dbc = carve(&top, (size_t)L * g->Rp * sizeof(float));
+    const size_t conv = carve(&top, (size_t)L * di * c->d_conv * sizeof(float));
+    const size_t ssm = carve(&top, (size_t)L * di * ns * sizeof(float));
+    const size_t logits = carve(&top, vocab_bytes), history = carve(&top, HISTORY_CAP * sizeof(int));
+    const size_t best = carve(&top, g->grid * sizeof(float)), best_id = carve(&top, g->grid * sizeof(int));
+    const size_t counters = carve(&top, 2 * sizeof(unsigned) + sizeof(unsigned long long) + 2 * sizeof(int));
+    const size_t opened = carve(&top, sizeof(unsigned));
+    g->zeroed_bytes = top;
+    const size_t rng = carve(&top, sizeof(unsigned long long));
+    const size_t scratch = sample_in_smem ? 0 : carve(&top, vocab_bytes);
+    g->work_bytes = top;
+    const size_t tmp_bytes = (size_t)di * (dm > g->R ? dm : g->R) * es;   /* transposes go through it */
+
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    const size_t need = g->weight_bytes + g->work_bytes + tmp_bytes;
+    if (need > free_bytes) {
+        snprintf(err, err_len, "out of GPU memory: the model needs %zu bytes on %s, %zu of %zu are free", need, prop.name,
+                 free_bytes, total_bytes);
+        free(g);
+        return NULL;
+    }
+    CUDA_CHECK(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
+    g->weights = (char *)gpu_alloc(g->weight_bytes);
+    g->work = (char *)gpu_alloc(g->work_bytes);
+    void *tmp = gpu_alloc(tmp_bytes);
+    cudaStream_t st = g->stream;
+    CUDA_CHECK(cudaMemsetAsync(g->weights, 0, g->weight_bytes, st));
+    CUDA_CHECK(cudaMemsetAsync(g->work, 0, g->work_bytes, st));
+
+    /* upload: big matrices padded (x_proj and out_proj transposed), A = -exp(A_log) */
+    char *W = g->weights;
+    upload_rows(W + emb, w->embedding, c->padded_vocab, dm, g->dmp, es, st);
+    if (!c->tied_head) upload_rows(W + head, w->lm_head, c->padded_vocab, dm, g->dmp, es, st);
+    upload(W + norm_f, w->norm_f, dm * sizeof(float), st);
+    std::vector<float> A((size_t)di * ns);
+    for (int l = 0; l < L; l++) {
+        const LayerWeights *src = &w->layers[l];
+        const LayerOffsets &o = lo[l];
+        upload(W + o.norm, src->norm, dm * sizeof(float), st);
+        upload_rows(W + o.in_proj, src->in_proj, (size_t)2 * di, dm, g->dmp, es, st);
+        upload(W + o.conv_w, src->conv_w, (size_t)di * c->d_conv * sizeof(float), st);
+        upload(W + o.conv_b, src->conv_b, di * sizeof(float), st);
+        upload_transposed(W + o.x_proj_t, src->x_proj, g->R, di, g->Rp, es, tmp, st);
+        upload_rows(W + o.dt_proj, src->dt_proj, di, c->dt_rank, g->rkp, es, st);
+        upload(W + o.dt_bias, src->dt_bias, di * sizeof(float), st);
+        for (size_t i = 0; i < A.size(); i++) A[i] = -expf(src->A_log[i]);
+        upload(W + o.A, A.data(), A.size() * sizeof(float), st);   /* staged before it returns: A can be refilled */
+        upload(W + o.D, src->D, di * sizeof(float), st);
+        upload_transposed(W + o.out_proj_t, src->out_proj, dm, di, g->dmp, es, tmp, st);
+    }
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    CUDA_CHECK(cudaFree(tmp));
+
+    /* the step's arguments */
+    char *K = g->work;
+    a.layer0 = W + lo[0].norm, a.layer_stride = layer_bytes;
+    a.lo = LayerOffsets{0, lo[0].in_proj - lo[0].norm, lo[0].conv_w - lo[0].norm, lo[0].conv_b - lo[0].norm,
+                        lo[0].x_proj_t - lo[0].norm, lo[0].dt_proj - lo[0].norm, lo[0].dt_bias - lo[0].norm,
+                        lo[0].A - lo[0].norm, lo[0].D - lo[0].norm, lo[0].out_proj_t - lo[0].norm};
+    a.embedding = W + emb, a.norm_f = (const float *)(W + norm_f), a.head = W + head;
+    a.n_layer = L, a.dm = dm, a.dmp = g->dmp, a.di = di, a.ns = ns, a.d_conv = c->d_conv, a.dt_rank = c->dt_rank;
+    a.rkp = g->rkp, a.R = g->R, a.Rp = g->Rp, a.vocab = c->vocab_size, a.eps = c->norm_eps;
+    a.channels_per_block = ch, a.head_rows_per_block = (c->vocab_size + g->grid - 1) / g->grid;
+    const char *pf = getenv("MAMBA_GPU_PREFETCH");
+    a.prefetch_bytes = pf ? (unsigned)strtoul(pf, NULL, 10) : DEFAULT_PREFETCH;
+    a.resid = (float *)(K + resid), a.dbc = (float *)(K + dbc);
+    a.conv_state = (float *)(K + conv), a.ssm_state = (float *)(K + ssm), a.logits = (float *)(K + logits);
+    a.history = (int *)(K + history);
+    a.block_best = (float *)(K + best), a.block_best_id = (int *)(K + best_id);
+    a.arrivals = (unsigned *)(K + counters), a.finished = a.arrivals + 1, a.opened = (unsigned *)(K + opened);
+    a.n_run = (unsigned long long *)(a.arrivals + 2);
+    g->tokens = (int *)(a.n_run + 1);
+    g->rng = (unsigned long long *)(K + rng);
+    g->sample = SampleArgs{a.logits, sample_in_smem ? NULL : (float *)(K + scratch), c->vocab_size, a.history, a.n_run,
+                           0.0f, 1.0f, 1.0f, 0, 0, g->rng, NULL};
+
+    CUDA_CHECK(cudaMallocHost((void **)&g->host_in, INPUT_RING * sizeof(int)));
+    CUDA_CHECK(cudaMallocHost((void **)&g->host_out, OUTPUT_RING * sizeof(int)));
+    CUDA_CHECK(cudaMallocHost((void **)&g->host_logits, OUTPUT_RING * vocab_bytes));
+    for (int i = 0; i < OUTPUT_RING; i++) CUDA_CHECK(cudaEventCreateWithFlags(&g->out_ready[i], cudaEventDisableTiming));
+    const GpuSampling greedy = {0.0f, 0, 1.0f, 1.0f, 64, 0x9E3779B97F4A7C15ull, c->vocab_size};
+    gpu_engine_set_sampling(g, &greedy);
+    return g;
+}
+
+extern "C" void gpu_engine_free(GpuEngine *g) {
+    if (!g) return;
+    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    destroy_graphs(g);
+    for (int i = 0; i < OUTPUT_RING; i++) CUDA_CHECK(cudaEventDestroy(g->out_ready[i]));
+    CUDA_CHECK(cudaFreeHost(g->host_in));
+    CUDA_CHECK(cudaFreeHost(g->host_out));
+    CUDA_CHECK(cudaFreeHost(g->host_logits));
+    CUDA_CHECK(cudaFree(g->weights));
+    CUDA_CHECK(cudaFree(g->work));
+    CUDA_CHECK(cudaStreamDestroy(g->stream));
+    free(g);
+}
+
+extern "C" void gpu_engine_reset(GpuEngine *g) {
+    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    CUDA_CHECK(cudaMemsetAsync(g->work, 0, g->zeroed_bytes, g->stream));
+    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    g->parity = 0, g->fed = g->launched = g->returned = 0;
+}
+
+extern "C" void gpu_engine_set_sampling(GpuEngine *g, const GpuSampling *s) {
+    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    g->sample.temperature = s->temperature, g->sample.top_k = s->top_k, g->sample.top_p = s->top_p;
+    g->sample.vocab = g->step.argmax_vocab = s->vocab < 1 ? 1 : s->vocab < g->c.vocab_size ? s->vocab : g->c.vocab_size;
+    g->sample.penalty = s->repeat_penalty;
+    g->sample.last_n = s->repeat_last_n < HISTORY_CAP ? s->repeat_last_n : HISTORY_CAP;
+    unsigned long long seed = s->rng ? s->rng : 0x9E3779B97F4A7C15ull;   /* xorshift must not start at 0 */
+    upload(g->rng, &seed, sizeof seed, g->stream);
+    const bool greedy = s->temperature == 0.0f && s->repeat_penalty == 1.0f;
+    destroy_graphs(g);
+    g->greedy = greedy;
+    build_graphs(g);
+}
+
+extern "C" const float *gpu_engine_feed(GpuEngine *g, int token, int want_logits) {
+    const int slot = (int)(g->fed % INPUT_RING);
+    if (slot == 0 && g->fed > 0) CUDA_CHECK(cudaStreamSynchronize(g->stream));   /* the ring's copies are done */
+    g->host_in[slot] = token;
+    CUDA_CHECK(cudaMemcpyAsync(g->tokens + g->parity, &g->host_in[slot], sizeof(int), cudaMemcpyHostToDevice, g->stream));
+    CUDA_CHECK(cudaGraphLaunch(g->prompt_graph[g->parity], g->stream));
+    g->parity ^= 1, g->fed++;
+    if (!want_logits) return NULL;
+    CUDA_CHECK(cudaMemcpyAsync(g->host_logits, g->step.logits, g->c.vocab_size * sizeof(float), cudaMemcpyDeviceToHost,
+                               g->stream));
+    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    return g->host_logits;
+}
+
+/* Queues one decode step: sample into the slot the step reads, run it, copy the id (and logits) out. */
+static void launch_decode(GpuEngine *g, int want_logits) {
+    const int out = (int)(g->launched % OUTPUT_RING);
+    CUDA_CHECK(cudaGraphLaunch(g->decode_graph[g->parity], g->stream));
+    CUDA_CHECK(cudaMemcpyAsync(&g->host_out[out], g->tokens + g->parity, sizeof(int), cudaMemcpyDeviceToHost, g->stream));
+    if (want_logits)
+        CUDA_CHECK(cudaMemcpyAsync(g->host_logits + (size_t)out * g->c.vocab_size, g->step.logits,
+                                   g->c.vocab_size * sizeof(float), cudaMemcpyDeviceToHost, g->stream));
+    CUDA_CHECK(cudaEventRecord(g->out_ready[out], g->stream));
+    g->parity ^= 1, g->launched++;
+}
+
+extern "C" int gpu_engine_sample_feed(GpuEngine *g, int want_logits, const float **logits) {
+    while (g->launched - g->returned < 2) launch_decode(g, want_logits);   /* one step stays queued ahead */
+    const int out = (int)(g->returned % OUTPUT_RING);
+    CUDA_CHECK(cudaEventSynchronize(g->out_ready[out]));
+    g->returned++;
+    if (logits) *logits = want_logits ? g->host_logits + (size_t)out * g->c.vocab_size : NULL;
+    return g->host_out[out];
+}
+
+extern "C" void gpu_engine_sync(GpuEngine *g) { CUDA_CHECK(cudaStreamSynchronize(g->stream)); }
+
+extern "C" const char *gpu_engine_device_name(const GpuEngine *g) { return g->name; }
+
+extern "C" size_t gpu_memory_used(void) {
+    size_t free_bytes = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+    return total - free_bytes;
+}
+
+/* Best of several streaming reads of a buffer far larger than L2, in bytes/s. */
+static double measure_read_bandwidth(GpuEngine *g) {
+    size_t free_bytes = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+    size_t bytes = (size_t)2 << 30;
+    if (bytes > free_bytes / 2) bytes = free_bytes / 2 / 16 * 16;
+    uint4 *buf = (uint4 *)gpu_alloc(bytes + 16);
+    unsigned *sink = (unsigned *)(buf + bytes / 16);
+    CUDA_CHECK(cudaMemsetAsync(buf, 0x5a, bytes + 16, g->stream));
+    cudaEvent_t t0, t1;
+    CUDA_CHECK(cudaEventCreate(&t0));
+    CUDA_CHECK(cudaEventCreate(&t1));
+    float best_ms = 1e30f;
+    for (int rep = 0; rep < 12; rep++) {
+        CUDA_CHECK(cudaEventRecord(t0, g->stream));
+        read_probe<<<g->grid * 4, 512, 0, g->stream>>>(buf, bytes / 16, sink);
+        CUDA_CHECK(cudaGetLastError());
+        CUDA_CHECK(cudaEventRecord(t1, g->stream));
+        CUDA_CHECK(cudaEventSynchronize(t1));
+        float ms;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+        if (rep >= 2 && ms < best_ms) best_ms = ms;   /* the first two warm up */
+    }
+    CUDA_CHECK(cudaEventDestroy(t0));
+    CUDA_CHECK(cudaEventDestroy(t1));
+    CUDA_CHECK(cudaFree(buf));
+    return bytes / (best_ms * 1e-3);
+}
+
+extern "C" void gpu_engine_bench(GpuEngine *g, const int *prompt, int n_prompt, int n_decode, GpuBench *out) {
+    const GpuSampling greedy = {0.0f, 0, 1.0f, 1.0f, 64, 1, g->c.vocab_size};
+    gpu_engine_set_sampling(g, &greedy);
+    /* warm-up: clocks, caches, the graphs' first launches */
+    gpu_engine_reset(g);
+    for (int i = 0; i < n_prompt; i++) gpu_engine_feed(g, prompt[i], 0);
+    for (int i = 0; i < 16; i++) CUDA_CHECK(cudaGraphLaunch(g->decode_graph[i & 1 ? 1 - g->parity : g->parity], g->stream));
+    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+
+    /* time to first token: the prompt's steps, then the first id on the host */
+    gpu_engine_reset(g);
+    const double t0 = host_seconds();
+    for (int i = 0; i < n_prompt; i++) gpu_engine_feed(g, prompt[i], 0);
+    CUDA_CHECK(cudaMemcpyAsync(g->host_out, g->tokens + g->parity, sizeof(int), cudaMemcpyDeviceToHost, g->stream));
+    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    out->first_token_seconds = host_seconds() - t0;
+
+    /* decode: n_decode greedy steps replayed back to back */
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    CUDA_CHECK(cudaEventRecord(e0, g->stream));
+    for (int i = 0; i < n_decode; i++) {
+        CUDA_CHECK(cudaGraphLaunch(g->decode_graph[g->parity], g->stream));
+        g->parity ^= 1;
+    }
+    CUDA_CHECK(cudaEventRecord(e1, g->stream));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    out->decode_seconds = ms * 1e-3;
+    CUDA_CHECK(cudaEventDestroy(e0));
+    CUDA_CHECK(cudaEventDestroy(e1));
+    out->engine_bytes = g->weight_bytes + g->work_bytes;
+    out->used_bytes = gpu_memory_used();
+    out->read_bandwidth = measure_read_bandwidth(g);
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# tests/gpu.sh (make test-gpu): run on the GPU machine. A smoke test, the GPU tests
+# (tests/test_gpu.sh), then the benchmark (bench/run.sh; skip it with GPU_BENCH=0). Logs go
+# to $OUT (default: a new temporary folder); a summary ends it.
+# The binary comes from .devlibs/, made on the build machine by `make devlibs`, when present
+# (the GPU machine lacks the Debian libraries it links), else from `make`.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+if [ -x .devlibs/mamba ]; then
+    export MAMBA=$PWD/.devlibs/mamba
+    cp .devlibs/cmp_logits tests/cmp_logits
+else
+    make mamba tests/cmp_logits >/dev/null || exit 1
+    export MAMBA=$PWD/mamba
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,clocks.mem,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
+# smoke test first: a broken engine fails here in seconds instead of in every test
+$MAMBA init --shape tiny --dtype f32 "$OUT/smoke.bin" 2>/dev/null
+if ! timeout 60 $MAMBA run --device cuda -m "$OUT/smoke.bin" --prompt-ids 1,2,3 -n 20 -t 0 --print-ids --stats >"$OUT/smoke.txt" 2>&1; then
+    echo "==== the GPU engine fails its smoke test:"; cat "$OUT/gpu.txt" "$OUT/smoke.txt"; exit 1
+fi
+rm -f "$OUT/smoke.bin"
+timeout 600 bash tests/run.sh tests/test_gpu.sh 2>&1 | tee "$OUT/test-gpu.log"
+status=${PIPESTATUS[0]}
+if [ "${GPU_BENCH:-1}" = 1 ]; then
+    MAMBA=$MAMBA timeout 600 bash bench/run.sh "$OUT" >"$OUT/bench.txt" 2>&1 || status=1
+fi
+echo "==== summary"
+cat "$OUT/gpu.txt"
+grep -E '^(FAIL|[0-9]+ passed)' "$OUT/test-gpu.log"
+[ -e "$OUT/bench.txt" ] && cat "$OUT/bench.txt"
+exit "$status"

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The CUDA engine against the CPU reference engine and the transformers fixtures, its sampler,
+# constant memory, compute-sanitizer, and its errors. Without a usable GPU it checks only that
+# --device cuda fails with one clear line and that auto falls back to the CPU.
+source tests/lib.sh
+F=tests/fixtures
+CMP=${CMP:-tests/cmp_logits}
+GPU="$MAMBA run --device cuda"
+CPU="$MAMBA run --device cpu"
+
+$MAMBA init --shape tiny --dtype f32 "$TMP/tiny32.bin" 2>/dev/null
+if ! $GPU -m "$TMP/tiny32.bin" --prompt-ids 1 -n 1 --print-ids >/dev/null 2>&1; then
+    echo "no usable CUDA device: checking the fallback only"
+    expect_error "--device cuda without a GPU: one clear line" 'cuda|CUDA' $GPU -m "$TMP/tiny32.bin" --prompt-ids 1 -n 1 --print-ids
+    check "--device auto without a GPU runs on the CPU, at most one notice" bash -c "
+        $MAMBA run -m $TMP/tiny32.bin --prompt-ids 1 -n 3 --print-ids --stats 2>$TMP/auto.err >/dev/null &&
+        grep -q '^device: cpu' $TMP/auto.err && [ \$(grep -vc '^\(device\|prompt\|generated\|time\|seed\)' $TMP/auto.err) -le 1 ]"
+    exit 0
+fi
+
+vocab_of() { $MAMBA info "$1" | sed -n 's/^vocab_size: //p'; }
+# logits of the ids $3 through checkpoint $2 on device $1 → file $4 (teacher-forced: -n 0)
+logits() { $MAMBA run --device "$1" -m "$2" --prompt-ids "$3" -n 0 --print-ids --logits-out "$4" >/dev/null; }
+greedy() { $MAMBA run --device "$1" -m "$2" --prompt-ids "$3" -n "$4" -t 0 --ignore-eos --print-ids; }
+
+# ---- fixtures: GPU = transformers, GPU = CPU, greedy = transformers' generate
+for fx in tiny awkward statespaces bf16src f16src; do
+    $MAMBA convert "$F/$fx/hf" "$TMP/$fx.bin" --dtype f32 2>/dev/null
+    ids=$(cat "$F/$fx/prompt_ids.txt")
+    check "$fx f32: GPU logits = transformers (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $TMP/$fx.bin $ids $TMP/$fx.gpu && $CMP $TMP/$fx.gpu $F/$fx/ref_logits.bin $(vocab_of $TMP/$fx.bin) 1e-4"
+    check "$fx f32: GPU logits = CPU logits (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cpu $TMP/$fx.bin $ids $TMP/$fx.cpu && $CMP $TMP/$fx.gpu $TMP/$fx.cpu $(vocab_of $TMP/$fx.bin) 1e-4"
+    check "$fx f32: GPU greedy = transformers generate" bash -c "[ \"\$($(declare -f greedy); MAMBA=$MAMBA greedy cuda $TMP/$fx.bin $(cat $F/$fx/greedy_prompt.txt) 40 | tr ' ' ',')\" = \"$(cat $F/$fx/greedy_ids.txt)\" ]"
+done
+for dt in bf16 f16; do
+    for fx in tiny awkward; do
+        $MAMBA convert "$F/$fx/hf" "$TMP/$fx-$dt.bin" --dtype $dt 2>/dev/null
+        check "$fx $dt: GPU logits = transformers on $dt-rounded weights (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $TMP/$fx-$dt.bin $(cat $F/$fx/prompt_ids.txt) $TMP/$fx-$dt.gpu && $CMP $TMP/$fx-$dt.gpu $F/$fx/ref_logits_$dt.bin $(vocab_of $TMP/$fx.bin) 1e-4"
+    done
+done
+
+# ---- random models of a published shape: f32 and bf16 weights from the same seed
+ids=$(awk 'BEGIN { srand(5); for (i = 0; i < 64; i++) printf "%s%d", i ? "," : "", int(rand() * 50280) }')
+for dt in f32 bf16; do $MAMBA init --shape 130m --dtype $dt --seed 11 "$TMP/130m-$dt.bin" 2>/dev/null; done
+V=$(vocab_of "$TMP/130m-f32.bin")
+for dt in f32 bf16; do
+    logits cuda "$TMP/130m-$dt.bin" "$ids" "$TMP/130m-$dt.gpu"
+    logits cpu "$TMP/130m-$dt.bin" "$ids" "$TMP/130m-$dt.cpu"
+    check "130m $dt: GPU logits = CPU logits on the same weights (≤ 1e-4)" $CMP "$TMP/130m-$dt.gpu" "$TMP/130m-$dt.cpu" $V 1e-4
+    check "130m $dt: a second GPU run = CPU too (≤ 1e-4; races would differ run to run)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $TMP/130m-$dt.bin $ids $TMP/130m-$dt.gpu2 && $CMP $TMP/130m-$dt.gpu2 $TMP/130m-$dt.cpu $V 1e-4"
+    check "130m $dt: 128 greedy tokens, GPU = CPU" bash -c "[ \"\$($(declare -f greedy); MAMBA=$MAMBA greedy cuda $TMP/130m-$dt.bin 1,2,3,4 128)\" = \"\$($(declare -f greedy); MAMBA=$MAMBA greedy cpu $TMP/130m-$dt.bin 1,2,3,4 128)\" ]"
+done
+check "130m: bf16 GPU logits vs f32 CPU: ≤ 2e-2, top-1 on ≥ 99% of positions" $CMP "$TMP/130m-bf16.gpu" "$TMP/130m-f32.cpu" $V 2e-2 0.99
+# a wide model: rows long enough to be split between warps (d_model 2048)
+big=${BENCH_DIR:-/tmp/mamba-bench}/1.4b.bin     # bench/run.sh uses the same model
+mkdir -p "$(dirname "$big")"
+[ -e "$big" ] || $MAMBA init --shape 1.4b --dtype bf16 "$big" 2>/dev/null
+ids16=$(echo "$ids" | cut -d, -f1-16)
+check "1.4b bf16: GPU logits = CPU logits (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $big $ids16 $TMP/big.gpu && logits cpu $big $ids16 $TMP/big.cpu && $CMP $TMP/big.gpu $TMP/big.cpu $V 1e-4"
+check "tiny f32: 128 greedy tokens, GPU = CPU" bash -c "[ \"\$($(declare -f greedy); MAMBA=$MAMBA greedy cuda $TMP/tiny32.bin 7 128)\" = \"\$($(declare -f greedy); MAMBA=$MAMBA greedy cpu $TMP/tiny32.bin 7 128)\" ]"
+
+# ---- sampling on the GPU
+M="-m $TMP/tiny.bin --prompt-ids 5,6 -n 60 --ignore-eos --print-ids"
+check "GPU sampling with a seed is reproducible, another seed differs" bash -c "a=\$($GPU $M -t 0.8 -k 40 -p 0.95 -s 7) && b=\$($GPU $M -t 0.8 -k 40 -p 0.95 -s 7) && c=\$($GPU $M -t 0.8 -k 40 -p 0.95 -s 8) && [ \"\$a\" = \"\$b\" ] && [ \"\$a\" != \"\$c\" ]"
+check "GPU top-k 1 equals greedy" bash -c "[ \"\$($GPU $M -t 1.5 -k 1 -s 3)\" = \"\$($GPU $M -t 0)\" ]"
+check "GPU top-p tiny (nucleus of one) equals greedy" bash -c "[ \"\$($GPU $M -t 1 -k 0 -p 1e-6 -s 3)\" = \"\$($GPU $M -t 0)\" ]"
+check "GPU greedy with repetition penalty = CPU" bash -c "[ \"\$($GPU $M -t 0 --repeat-penalty 1.5)\" = \"\$($CPU $M -t 0 --repeat-penalty 1.5)\" ] && [ \"\$($GPU $M -t 0 --repeat-penalty 1.5)\" != \"\$($GPU $M -t 0)\" ]"
+check "GPU plain temperature, top-k + top-p + penalty: ids in range, reproducible" bash -c "
+    for o in '-t 1 -k 0 -p 1' '-t 0.9 -k 50 -p 0.9 --repeat-penalty 1.2' '-t 2 -k 0 -p 0.5'; do
+        a=\$($GPU $M \$o -s 4) && [ \"\$a\" = \"\$($GPU $M \$o -s 4)\" ] || exit 1
+        for id in \$a; do [ \$id -ge 0 ] && [ \$id -lt 512 ] || exit 1; done
+    done"
+for o in "1 40 0.9" "0.7 0 0.8" "1.2 0 1"; do
+    set -- $o
+    check "GPU draws (T $1, top-k $2, top-p $3) lie in the kept set with the right surprisal" bash -c "
+        $GPU -m $TMP/tiny.bin --prompt-ids 9,10 -n 3000 --ignore-eos --print-ids -t $1 -k $2 -p $3 -s 3 --logits-out $TMP/draw.bin >$TMP/draw.ids &&
+        python3 tests/gpu_sampling.py $TMP/draw.bin $TMP/draw.ids 512 2 $1 $2 $3"
+done
+check "GPU --logits-out while sampling: one row per step" bash -c "$GPU $M -t 0.8 -s 2 --logits-out $TMP/rows.bin >/dev/null && [ \$(stat -c %s $TMP/rows.bin) -eq \$(( (2 + 59) * 512 * 4 )) ]"
+check "--device auto picks the GPU" bash -c "$MAMBA run -m $TMP/tiny.bin --prompt-ids 1 -n 2 --print-ids --stats 2>&1 >/dev/null | grep -q '^device: cuda'"
+
+# ---- memory is constant in the generated length
+check "GPU memory for 100000 tokens = for 100" bash -c "
+    a=\$($GPU -m $TMP/tiny.bin --prompt-ids 1 -n 100 --ignore-eos --print-ids --stats 2>&1 >/dev/null | grep '^gpu memory')
+    b=\$($GPU -m $TMP/tiny.bin --prompt-ids 1 -n 100000 --ignore-eos --print-ids --stats 2>&1 >/dev/null | grep '^gpu memory')
+    echo \"100: \$a / 100000: \$b\"; [ -n \"\$a\" ] && [ \"\$a\" = \"\$b\" ]"
+
+# ---- compute-sanitizer: no invalid accesses, greedy and sampling, odd shapes and dtypes
+SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if [ -x "$SAN" ]; then
+    check "compute-sanitizer memcheck: clean (greedy f32, sampling bf16 odd shape)" bash -c "
+        $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/tiny32.bin --prompt-ids 1,2,3 -n 6 -t 0 --print-ids &&
+        $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/awkward-bf16.bin --prompt-ids 1,2,3 -n 6 -t 0.8 -k 5 -p 0.9 --repeat-penalty 1.2 -s 1 --print-ids"
+else
+    fail "compute-sanitizer memcheck" "compute-sanitizer not found"
+fi
+
+# ---- errors: too little GPU memory says how much was needed and how much is free
+if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+    python3 -c "
+import torch, time
+free, _ = torch.cuda.mem_get_info()
+hold = torch.empty(free - (1 << 30), dtype=torch.uint8, device='cuda')
+open('$TMP/held', 'w').write('1')
+time.sleep(120)" &
+    hog=$!
+    for _ in $(seq 60); do [ -e "$TMP/held" ] && break; sleep 0.5; done
+    expect_error "too little GPU memory: needed and free bytes in one line" 'out of GPU memory.* [0-9]+ bytes.* [0-9]+ .*free' $GPU -m "$big" --prompt-ids 1 -n 1 --print-ids
+    kill $hog 2>/dev/null
+    wait $hog 2>/dev/null || true
+fi

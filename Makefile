@@ -31,8 +31,9 @@ all: mamba
 mamba: $(HOST_SRC) $(HEADERS) build/sp_wrapper.o $(GPU_OBJ)
 	$(CC) $(CFLAGS) $(GPU_FLAGS) -o $@ $(HOST_SRC) build/sp_wrapper.o $(GPU_OBJ) $(LDLIBS) $(GPU_LIBS)
 
+# -B: rebuild even when a CUDA build of ./mamba is newer than its sources
 cpu:
-	$(MAKE) CUDA_HOME= mamba
+	$(MAKE) -B CUDA_HOME= mamba
 
 build/sp_wrapper.o: sp_wrapper.cc sp_wrapper.h | build
 	$(CXX) $(CXXFLAGS) -c -o $@ sp_wrapper.cc

@@ -84,6 +84,13 @@ check "GPU memory for 100000 tokens = for 100" bash -c "
     b=\$($GPU -m $TMP/tiny.bin --prompt-ids 1 -n 100000 --ignore-eos --print-ids --stats 2>&1 >/dev/null | grep '^gpu memory')
     echo \"100: \$a / 100000: \$b\"; [ -n \"\$a\" ] && [ \"\$a\" = \"\$b\" ]"
 
+# ---- perplexity on the GPU = on the CPU (the default model, English text at hand)
+head -c 6000 README.md >"$TMP/text.txt"
+check "perplexity: GPU mean NLL = CPU mean NLL (relative ≤ 1e-4)" bash -c "
+    $MAMBA perplexity --device cuda -m weights/model.bin --ctx 256 --json $TMP/text.txt >$TMP/ppl.gpu &&
+    $MAMBA perplexity --device cpu -m weights/model.bin --ctx 256 --json $TMP/text.txt >$TMP/ppl.cpu &&
+    python3 -c \"import json, sys; g, c = (json.load(open(f))['mean_nll'] for f in sys.argv[1:]); print(g, c); sys.exit(abs(g - c) > 1e-4 * abs(c))\" $TMP/ppl.gpu $TMP/ppl.cpu"
+
 # ---- compute-sanitizer: no invalid accesses, greedy and sampling, odd shapes and dtypes
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 if [ -x "$SAN" ]; then

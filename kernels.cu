@@ -113,7 +113,7 @@ struct StepArgs {
     int channels_per_block, head_rows_per_block;
     int argmax_vocab;         /* the argmax looks at ids below this only */
     unsigned prefetch_bytes;
-    int off_rows, off_u, off_z, off_y, off_dbc, off_dt, off_acc, off_red;   /* shared-memory layout, floats */
+    int off_rows, off_u, off_z, off_y, off_dbc, off_dt, off_acc, off_red, off_part;   /* shared-memory layout, floats */
     float *resid;             /* [dmp] the residual stream */
     float *dbc;               /* [n_layer, Rp] x_proj outputs, accumulated by all blocks */
     float *conv_state;        /* [n_layer, di, d_conv] */
@@ -124,7 +124,6 @@ struct StepArgs {
     int *history;             /* [HISTORY_CAP] ring of the tokens run, for the repetition penalty */
     unsigned long long *n_run;
     unsigned *arrivals;       /* grid barrier: blocks arrived in this step */
-    unsigned *opened;         /* grid barrier: the last barrier passed (on its own 128-byte line) */
     unsigned *finished;       /* blocks done with the step */
     float *block_best;        /* [grid] each block's largest logit */
     int *block_best_id;
@@ -342,11 +341,14 @@ __device__ void rows_dot(RowSet<T> rows, int n_rows, int K, const float *x, floa
 
 /* out[0:N] += Σ_{c < nc} v[c] · Wt[c, 0:N]: the product of a block of columns of the original
  * matrix (rows of its transpose) with v. A thread owns one 16-byte column chunk of a group of
- * channels and keeps eight loads in flight; groups are summed in shared memory. */
+ * channels (at most nc groups: more would only add zeros) and keeps eight loads in flight. The
+ * groups' sums go to part (groups × N floats, at most THREADS × 8) and are added up from there:
+ * shared-memory atomics from every group into the same few words serialized for ~5 µs a call
+ * on the H100. */
 template <typename T>
-__device__ void cols_axpy(const T *Wt, int nc, int N, const float *v, float *out) {
+__device__ void cols_axpy(const T *Wt, int nc, int N, const float *v, float *out, float *part) {
     constexpr int V = 16 / sizeof(T), U = 8;
-    const int J = N / V, groups = J >= THREADS ? 1 : THREADS / J;
+    const int J = N / V, groups = J >= THREADS ? 1 : max(1, min(THREADS / J, nc));
     const uint4 *W = reinterpret_cast<const uint4 *>(Wt);
     for (int item = threadIdx.x; item < groups * J; item += THREADS) {
         const int g = item / J, j = item - g * J;
@@ -364,10 +366,21 @@ __device__ void cols_axpy(const T *Wt, int nc, int N, const float *v, float *out
             for (int k = 0; k < U; k++)
                 if (c + k * groups < nc) chunk_axpy<T>(w[k], v[c + k * groups], acc);
         }
+        if (groups == 1) {
 #pragma unroll
-        for (int e = 0; e < V; e++) {
-            if (groups == 1) out[j * V + e] += acc[e];
-            else atomicAdd(&out[j * V + e], acc[e]);
+            for (int e = 0; e < V; e++) out[j * V + e] += acc[e];
+        } else {
+#pragma unroll
+            for (int e = 0; e < V; e += 4)
+                *reinterpret_cast<float4 *>(part + (size_t)g * N + j * V + e) = make_float4(acc[e], acc[e + 1], acc[e + 2], acc[e + 3]);
+        }
+    }
+    if (groups > 1) {   /* the same for every thread of the block */
+        __syncthreads();
+        for (int n = threadIdx.x; n < N; n += THREADS) {
+            float s = 0.0f;
+            for (int g = 0; g < groups; g++) s += part[g * N + n];
+            out[n] += s;
         }
     }
 }
@@ -398,22 +411,20 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned *p) {
 }
 
 /* Barrier k (1, 2, ... within a step) of the whole grid, all of whose blocks are resident.
- * Every block adds one to *count; the block that brings it to k · gridDim.x sets *opened = k,
- * which the others poll (a separate word, so polling does not slow the arrivals). The last
- * block of the step zeroes both. */
-__device__ void grid_barrier(unsigned *count, unsigned *opened, unsigned k) {
-    asm volatile("fence.acq_rel.gpu;" ::: "memory");   /* each thread's writes and atomics land first */
+ * Once the block's threads are done (__syncthreads), its thread 0 adds one to *count with
+ * release semantics, which publishes the whole block's writes and atomics (release is
+ * cumulative over what the block barrier ordered before it), then polls the same counter with
+ * acquire loads until all k · gridDim.x arrivals are in. One fence in one thread per block:
+ * a fence in every thread cost a microsecond more per barrier on the H100, and a separate
+ * flag set by the last block one more round trip. The last block of the step zeroes it. */
+__device__ void grid_barrier(unsigned *count, unsigned k) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        unsigned before;
-        asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], 1;" : "=r"(before) : "l"(count) : "memory");
-        if (before == k * gridDim.x - 1) {
-            asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(opened), "r"(k) : "memory");
-        } else {
-            const long long start = clock64();
-            while (load_acquire(opened) < k)
-                if (clock64() - start > BARRIER_TIMEOUT_CYCLES) __trap();   /* fail rather than hang */
-        }
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(count) : "memory");
+        const unsigned target = k * gridDim.x;
+        const long long start = clock64();
+        while (load_acquire(count) < target)
+            if (clock64() - start > BARRIER_TIMEOUT_CYCLES) __trap();   /* fail rather than hang */
     }
     __syncthreads();
 }
@@ -479,6 +490,7 @@ __global__ void __launch_bounds__(THREADS, 1) forward_token(const StepArgs a) {
     float *dtv = sm + a.off_dt;        /* [rkp] dt, zero-padded */
     float *acc = sm + a.off_acc;       /* [max(Rp, dmp)] this block's share of a split product */
     float *red = sm + a.off_red;       /* [WARPS] reductions */
+    float *col_part = sm + a.off_part; /* [THREADS * 8] cols_axpy's partial sums */
     int *redi = reinterpret_cast<int *>(red + WARPS);
     __shared__ unsigned ticket;
 
@@ -544,12 +556,12 @@ __global__ void __launch_bounds__(THREADS, 1) forward_token(const StepArgs a) {
         for (int i = tid; i < a.Rp; i += THREADS) acc[i] = 0.0f;
         __syncthreads();
         /* x_proj: (dt, B, C) = W_x · u, split over the blocks by channel: dbc += W_x[:, mine] · u[mine] */
-        cols_axpy<T>(L.x_proj_t + (size_t)c0 * a.Rp, nc, a.Rp, u, acc);
+        cols_axpy<T>(L.x_proj_t + (size_t)c0 * a.Rp, nc, a.Rp, u, acc, col_part);
         __syncthreads();
         if (nc > 0)
             for (int i = tid; i < a.Rp / 4; i += THREADS)
                 atomicAdd(reinterpret_cast<float4 *>(dbc_l) + i, reinterpret_cast<const float4 *>(acc)[i]);
-        grid_barrier(a.arrivals, a.opened, ++barriers);
+        grid_barrier(a.arrivals, ++barriers);
 
         /* ---- SSM phase ---- */
         for (int i = tid; i < a.Rp; i += THREADS) dbc[i] = __ldcg(dbc_l + i);
@@ -591,12 +603,12 @@ __global__ void __launch_bounds__(THREADS, 1) forward_token(const StepArgs a) {
         for (int i = tid; i < a.dmp; i += THREADS) acc[i] = 0.0f;
         __syncthreads();
         /* out_proj, split over the blocks by channel: residual += W_out[:, mine] · y[mine] */
-        cols_axpy<T>(L.out_proj_t + (size_t)c0 * a.dmp, nc, a.dmp, yv, acc);
+        cols_axpy<T>(L.out_proj_t + (size_t)c0 * a.dmp, nc, a.dmp, yv, acc, col_part);
         __syncthreads();
         if (nc > 0)
             for (int i = tid; i < a.dmp / 4; i += THREADS)
                 atomicAdd(reinterpret_cast<float4 *>(a.resid) + i, reinterpret_cast<const float4 *>(acc)[i]);
-        grid_barrier(a.arrivals, a.opened, ++barriers);
+        grid_barrier(a.arrivals, ++barriers);
     }
 
     /* ---- the final RMSNorm and the LM head over my rows [r0, r1) ---- */
@@ -635,7 +647,6 @@ __global__ void __launch_bounds__(THREADS, 1) forward_token(const StepArgs a) {
     if (tid == 0) {
         *a.token_out = id < 0 ? 0 : id;
         *a.arrivals = 0;
-        *a.opened = 0;
         *a.finished = 0;
     }
     for (int i = tid; i < a.n_layer * a.Rp; i += THREADS) a.dbc[i] = 0.0f;
@@ -1017,7 +1028,8 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char 
     a.off_z = a.off_u + ch4, a.off_y = a.off_z + ch4, a.off_dbc = a.off_y + ch4;
     a.off_dt = a.off_dbc + g->Rp, a.off_acc = a.off_dt + g->rkp;
     a.off_red = a.off_acc + (g->Rp > g->dmp ? g->Rp : g->dmp);
-    g->step_smem = (size_t)(a.off_red + 2 * WARPS) * sizeof(float);
+    a.off_part = a.off_red + 2 * WARPS;
+    g->step_smem = (size_t)(a.off_part + THREADS * 8) * sizeof(float);
     if (g->step_smem > prop.sharedMemPerBlockOptin) {
         snprintf(err, err_len, "this model's shape needs %zu bytes of shared memory per block; %s allows %zu",
                  g->step_smem, prop.name, prop.sharedMemPerBlockOptin);
@@ -1067,7 +1079,6 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char 
     const size_t logits = carve(&top, vocab_bytes), history = carve(&top, HISTORY_CAP * sizeof(int));
     const size_t best = carve(&top, g->grid * sizeof(float)), best_id = carve(&top, g->grid * sizeof(int));
     const size_t counters = carve(&top, 2 * sizeof(unsigned) + sizeof(unsigned long long) + 2 * sizeof(int));
-    const size_t opened = carve(&top, sizeof(unsigned));
     g->zeroed_bytes = top;
     const size_t rng = carve(&top, sizeof(unsigned long long));
     const size_t scratch = sample_in_smem ? 0 : carve(&top, vocab_bytes);
@@ -1131,7 +1142,7 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char 
     a.conv_state = (float *)(K + conv), a.ssm_state = (float *)(K + ssm), a.logits = (float *)(K + logits);
     a.history = (int *)(K + history);
     a.block_best = (float *)(K + best), a.block_best_id = (int *)(K + best_id);
-    a.arrivals = (unsigned *)(K + counters), a.finished = a.arrivals + 1, a.opened = (unsigned *)(K + opened);
+    a.arrivals = (unsigned *)(K + counters), a.finished = a.arrivals + 1;
     a.n_run = (unsigned long long *)(a.arrivals + 2);
     g->tokens = (int *)(a.n_run + 1);
     g->rng = (unsigned long long *)(K + rng);

@@ -1,6 +1,7 @@
 # mamba: `make` builds ./mamba (with the CUDA engine when nvcc is found), `make cpu` forces a
 # CPU-only build, `make test` installs what is missing and runs the suite (plain and under
-# AddressSanitizer + UndefinedBehaviorSanitizer), `make test-gpu` runs the GPU suite.
+# AddressSanitizer + UndefinedBehaviorSanitizer), `make test-gpu` runs the GPU suite, `make fuzz`
+# builds the libFuzzer targets of tests/fuzz/ (clang; `make test` replays and briefly runs them).
 CC ?= cc
 CXX ?= c++
 NVCC ?= nvcc
@@ -25,7 +26,7 @@ ifneq ($(CUDA_HOME),)
   GPU_LIBS = -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcudart_static -ldl -lrt -lpthread
 endif
 
-.PHONY: all cpu test test-gpu devlibs asan deps clean
+.PHONY: all cpu test test-gpu devlibs asan deps clean fuzz
 all: mamba
 
 mamba: $(HOST_SRC) $(HEADERS) build/sp_wrapper.o $(GPU_OBJ)
@@ -61,11 +62,28 @@ tests/cmp_logits: tests/cmp_logits.c
 build:
 	mkdir -p build
 
+# libFuzzer targets (tests/fuzz/, see tests/fuzz/README.md), built with clang under ASan + UBSan
+# into build/fuzz/; tests/test_fuzz.sh replays their corpora and runs each for a short while.
+FUZZ_CXX ?= clang++
+FUZZ_FLAGS = -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	-DMAMBA_FUZZ -Dmain=mamba_main -Wall -Wextra -Wno-unknown-pragmas
+FUZZ_TARGETS = checkpoint safetensors config tokenizer_json bpe_encode decode sentencepiece cli
+FUZZ_BINS = $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+
+fuzz: $(FUZZ_BINS)
+
+build/fuzz/sp_wrapper.o: sp_wrapper.cc sp_wrapper.h
+	mkdir -p build/fuzz
+	$(FUZZ_CXX) -std=c++17 $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c -o $@ sp_wrapper.cc
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(HOST_SRC) $(HEADERS) build/fuzz/sp_wrapper.o
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ -x c -std=c11 $< tokenizer.c -x none build/fuzz/sp_wrapper.o $(LDLIBS)
+
 deps:
 	@bash tests/deps.sh
 
 test: deps
-	$(MAKE) mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan
+	$(MAKE) mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan fuzz
 	MAMBA_BINARIES="./mamba ./mamba-asan" bash tests/run.sh
 
 # The GPU machine lacks the Debian libraries: `make devlibs` (here) builds .devlibs/mamba for any

@@ -49,8 +49,23 @@ static void remove_partial_output(void) {
     if (g_partial_output[0]) unlink(g_partial_output);
 }
 
+#ifdef MAMBA_FUZZ
+/* Fuzz builds only (tests/fuzz/): die() formats its message (so bad arguments still show up
+ * under the sanitizers) and longjmps back to the harness, which set this buffer, instead of
+ * exiting; the harness frees what the abandoned input had allocated. */
+#include <setjmp.h>
+jmp_buf mamba_fuzz_jmp;
+#endif
+
 static void die(const char *fmt, ...) {
     va_list ap;
+#ifdef MAMBA_FUZZ
+    char msg[512];
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    longjmp(mamba_fuzz_jmp, 1);
+#endif
     va_start(ap, fmt);
     fputs("mamba: error: ", stderr);
     vfprintf(stderr, fmt, ap);
@@ -110,22 +125,27 @@ static double parse_double(const char *flag, const char *s, double lo, double hi
 
 /* Reads a whole file (or stdin for "-") into a NUL-terminated buffer, refusing more than
  * max_bytes so that nothing outside can make us allocate without limit. */
-static char *read_file(const char *path, size_t max_bytes, size_t *len_out) {
+static char *read_file(const char *path, size_t max_bytes, size_t *len_out, const char *limit_note) {
     FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    const char *name = f == stdin ? "standard input" : path;
     if (!f) die("cannot open %s: %s", path, strerror(errno));
     size_t cap = 1 << 16, len = 0;
     char *buf = xmalloc(cap + 1);
     size_t got;
     while ((got = fread(buf + len, 1, cap - len, f)) > 0) {
         len += got;
-        if (len > max_bytes) die("%s is larger than the limit of %zu bytes", path, max_bytes);
+        if (len > max_bytes) {
+            if (f != stdin) fclose(f);
+            die("%s is larger than the limit of %zu bytes%s%s%s", name, max_bytes, limit_note ? " (" : "",
+                limit_note ? limit_note : "", limit_note ? ")" : "");
+        }
         if (len == cap) {
             cap *= 2;
             buf = realloc(buf, cap + 1);
-            if (!buf) die("out of memory reading %s", path);
+            if (!buf) die("out of memory reading %s", name);
         }
     }
-    if (ferror(f)) die("cannot read %s: %s", path, strerror(errno));
+    if (ferror(f)) die("cannot read %s: %s", name, strerror(errno));
     if (f != stdin) fclose(f);
     buf[len] = '\0';
     *len_out = len;
@@ -234,13 +254,16 @@ static void model_load(Model *m, const char *path) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) die("cannot open model %s: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) die("model %s is not a regular file", path);
+    int st_err = fstat(fd, &st);
+    if (st_err || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < MAMBA_HEADER_BYTES) close(fd);
+    if (st_err || !S_ISREG(st.st_mode)) die("model %s is not a regular file", path);
     if ((uint64_t)st.st_size < MAMBA_HEADER_BYTES)
         die("model %s is truncated: %lld bytes, smaller than the header", path, (long long)st.st_size);
     m->map_bytes = st.st_size;
     m->map = mmap(NULL, m->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (m->map == MAP_FAILED) die("cannot map model %s: %s", path, strerror(errno));
+    int map_errno = errno;
     close(fd);
+    if (m->map == MAP_FAILED) die("cannot map model %s: %s", path, strerror(map_errno));
 
     FileHeader h;
     memcpy(&h, m->map, sizeof h);
@@ -357,7 +380,11 @@ static uint16_t f32_to_f16(float f, int *overflow) {
 }
 
 static void on_signal_remove_partial(int sig) {
+    static const char xfsz[] = "mamba: error: the file size limit (ulimit -f) was reached; no output was written\n";
+    static const char other[] = "mamba: interrupted; no output was written\n";
     if (g_partial_output[0]) unlink(g_partial_output);
+    ssize_t ignored = sig == SIGXFSZ ? write(STDERR_FILENO, xfsz, sizeof xfsz - 1) : write(STDERR_FILENO, other, sizeof other - 1);
+    (void)ignored;
     _exit(128 + sig);
 }
 
@@ -460,6 +487,13 @@ static void write_checkpoint(const char *path, const Config *c, TensorSource sou
     if (fclose(f)) die("cannot write %s: %s", path, strerror(errno));
     if (rename(g_partial_output, path)) die("cannot rename the output to %s: %s", path, strerror(errno));
     g_partial_output[0] = '\0';
+    /* and the rename itself survives a crash once its folder is synced (best effort) */
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) slash[slash == dir] = '\0';
+    int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) fsync(dfd), close(dfd);
     free(specs);
     free(table);
 }
@@ -468,6 +502,7 @@ static void write_checkpoint(const char *path, const Config *c, TensorSource sou
  * mamba convert: Hugging Face Mamba checkpoints (config.json + safetensors). */
 
 #define MAX_JSON_BYTES (64u << 20)        /* config.json, index and safetensors headers */
+#define MAX_SAFETENSORS_TENSORS 32768     /* in all shards together; a Mamba needs ≤ 10 243 */
 
 typedef struct {
     char *name;
@@ -494,9 +529,12 @@ static void tensor_set_free(TensorSet *set) {
 
 static cJSON *parse_json_file(const char *path, const char *what) {
     size_t len;
-    char *text = read_file(path, MAX_JSON_BYTES, &len);
+    char *text = read_file(path, MAX_JSON_BYTES, &len, NULL);
     cJSON *json = cJSON_ParseWithLength(text, len);
+    size_t depth = json ? 0 : json_nesting_depth(text, len);
     free(text);
+    if (!json && depth > CJSON_NESTING_LIMIT)
+        die("%s %s nests arrays and objects deeper than %d levels (the limit)", what, path, CJSON_NESTING_LIMIT);
     if (!json) die("%s %s is not valid JSON", what, path);
     return json;
 }
@@ -507,19 +545,27 @@ static void load_safetensors(TensorSet *set, const char *path) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) die("cannot open %s: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) die("%s is not a regular file", path);
+    int st_err = fstat(fd, &st);
+    if (st_err || !S_ISREG(st.st_mode) || st.st_size < 8) close(fd);
+    if (st_err || !S_ISREG(st.st_mode)) die("%s is not a regular file", path);
     uint64_t size = st.st_size;
     if (size < 8) die("%s is truncated: no safetensors header", path);
+    if (set->n_files == (int)(sizeof set->files / sizeof *set->files)) {
+        close(fd);
+        die("%s: more than %d safetensors shards", set->dir, (int)(sizeof set->files / sizeof *set->files));
+    }
     const uint8_t *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (map == MAP_FAILED) die("cannot map %s: %s", path, strerror(errno));
+    int map_errno = errno;
     close(fd);
-    if (set->n_files == (int)(sizeof set->files / sizeof *set->files)) die("%s: too many safetensors shards", set->dir);
+    if (map == MAP_FAILED) die("cannot map %s: %s", path, strerror(map_errno));
     set->files[set->n_files].map = map, set->files[set->n_files++].bytes = size;
     uint64_t header_len = 0;
     for (int i = 7; i >= 0; i--) header_len = header_len << 8 | map[i];
     if (header_len > size - 8 || header_len > MAX_JSON_BYTES)
         die("%s: safetensors header length %llu exceeds the file", path, (unsigned long long)header_len);
     cJSON *header = cJSON_ParseWithLength((const char *)map + 8, header_len);
+    if (!header && json_nesting_depth((const char *)map + 8, header_len) > CJSON_NESTING_LIMIT)
+        die("%s: safetensors header nests deeper than %d levels (the limit)", path, CJSON_NESTING_LIMIT);
     if (!cJSON_IsObject(header)) die("%s: safetensors header is not a JSON object", path);
     const uint8_t *data = map + 8 + header_len;
     uint64_t data_bytes = size - 8 - header_len;
@@ -543,8 +589,9 @@ static void load_safetensors(TensorSet *set, const char *path) {
             if (!cJSON_IsNumber(cJSON_GetArrayItem(shape, d)) || v < 0 || v > 1e12 || v != floor(v))
                 die("%s: tensor %s has a bad shape", path, item->string);
             t.shape[d] = (uint64_t)v;
+            if (t.shape[d] && count > (1ull << 40) / t.shape[d])     /* checked before it can wrap */
+                die("%s: tensor %s is implausibly large (over 2^40 elements)", path, item->string);
             count *= t.shape[d];
-            if (count > (1ull << 40)) die("%s: tensor %s is implausibly large", path, item->string);
         }
         double begin = cJSON_GetArrayItem(offsets, 0)->valuedouble, end = cJSON_GetArrayItem(offsets, 1)->valuedouble;
         if (!cJSON_IsNumber(cJSON_GetArrayItem(offsets, 0)) || !cJSON_IsNumber(cJSON_GetArrayItem(offsets, 1)) ||
@@ -555,7 +602,9 @@ static void load_safetensors(TensorSet *set, const char *path) {
         if ((int)t.dtype >= 0 && t.bytes != count * dtype_size(t.dtype))
             die("%s: tensor %s has %llu bytes but its shape needs %llu", path, item->string,
                 (unsigned long long)t.bytes, (unsigned long long)(count * dtype_size(t.dtype)));
-        t.name = strdup(item->string);
+        if (set->n == MAX_SAFETENSORS_TENSORS)
+            die("%s: more than %d tensors in the checkpoint (the limit)", path, MAX_SAFETENSORS_TENSORS);
+        if (!(t.name = strdup(item->string))) die("out of memory");
         if (set->n == set->cap) {
             set->cap = set->cap ? 2 * set->cap : 64;
             set->tensors = realloc(set->tensors, set->cap * sizeof *set->tensors);
@@ -581,6 +630,8 @@ static void load_hf_tensors(TensorSet *set, const char *dir) {
         cJSON *index = parse_json_file(path, "safetensors index");
         cJSON *map = cJSON_GetObjectItemCaseSensitive(index, "weight_map");
         if (!cJSON_IsObject(map)) die("%s has no weight_map object", path);
+        if (cJSON_GetArraySize(map) > MAX_SAFETENSORS_TENSORS)
+            die("%s: weight_map lists more than %d tensors (the limit)", path, MAX_SAFETENSORS_TENSORS);
         char **seen = NULL;
         int n_seen = 0;
         for (cJSON *e = map->child; e; e = e->next) {
@@ -643,6 +694,13 @@ static int json_dt_rank(const cJSON *obj, const char *key, int d_model, const ch
     return json_int(obj, key, 0, 1, path);
 }
 
+/* a × b for d_inner = expand × d_model; 0 (which config_problem refuses) when it is out of
+ * range, rather than an int overflow. */
+static int times_or_zero(int a, int b) {
+    int64_t v = (int64_t)a * b;
+    return v < 1 || v > INT_MAX ? 0 : (int)v;
+}
+
 /* Two spellings of the config: transformers' MambaConfig (hidden_size, ...) and the original
  * state-spaces one (d_model, ssm_cfg, pad_vocab_size_multiple). Returns the vocab padding
  * multiple (1 for transformers, whose vocab_size already counts the embedding rows). */
@@ -660,7 +718,7 @@ static int config_from_json(const cJSON *j, const char *path, Config *c, Tokeniz
         c->d_state = json_int(j, "state_size", 16, 0, path);
         c->d_conv = json_int(j, "conv_kernel", 4, 0, path);
         int expand = json_int(j, "expand", 2, 0, path);
-        c->d_inner = json_int(j, "intermediate_size", expand * c->d_model, 0, path);
+        c->d_inner = json_int(j, "intermediate_size", times_or_zero(expand, c->d_model), 0, path);
         c->dt_rank = json_dt_rank(j, "time_step_rank", c->d_model, path);
         c->norm_eps = (float)json_number(j, "layer_norm_epsilon", 1e-5, 0, path);
         c->tied_head = json_bool(j, "tie_word_embeddings", 1, path);
@@ -681,7 +739,7 @@ static int config_from_json(const cJSON *j, const char *path, Config *c, Tokeniz
             die("%s: ssm_cfg.layer is not Mamba1 (only Mamba-1 is supported)", path);
         c->d_state = json_int(ssm, "d_state", 16, 0, path);
         c->d_conv = json_int(ssm, "d_conv", 4, 0, path);
-        c->d_inner = json_int(ssm, "expand", 2, 0, path) * c->d_model;
+        c->d_inner = times_or_zero(json_int(ssm, "expand", 2, 0, path), c->d_model);
         c->dt_rank = json_dt_rank(ssm, "dt_rank", c->d_model, path);
         if (json_bool(ssm, "bias", 0, path)) die("%s: ssm_cfg.bias=true is not supported", path);
         if (!json_bool(ssm, "conv_bias", 1, path)) die("%s: ssm_cfg.conv_bias=false is not supported", path);
@@ -689,7 +747,9 @@ static int config_from_json(const cJSON *j, const char *path, Config *c, Tokeniz
     } else {
         die("%s has neither hidden_size (transformers) nor d_model (state-spaces)", path);
     }
-    c->padded_vocab = (int)align_up((uint64_t)c->vocab_size, (uint64_t)multiple);
+    /* out of range (refused by config_problem) rather than wrapped */
+    uint64_t padded = c->vocab_size < 1 ? 0 : align_up((uint64_t)c->vocab_size, (uint64_t)multiple);
+    c->padded_vocab = padded > INT_MAX ? -1 : (int)padded;
     tok->bos_id = json_int(j, "bos_token_id", -1, 0, path);
     tok->eos_id = json_int(j, "eos_token_id", -1, 0, path);
     tok->pad_id = json_int(j, "pad_token_id", -1, 0, path);
@@ -779,7 +839,7 @@ static void find_tokenizer(const char *dir, TokenizerInfo *tok) {
         if (tok->eos_id < 0) tok->eos_id = tokenizer_eos_id(t);
         if (tok->pad_id < 0) tok->pad_id = tokenizer_pad_id(t);
         tokenizer_free(t);
-        tok->blob = read_file(path, 256u << 20, &tok->bytes);
+        tok->blob = read_file(path, 256u << 20, &tok->bytes, NULL);
         tok->kind = candidates[i].kind;
         return;
     }
@@ -1268,8 +1328,18 @@ typedef struct {
     DeviceChoice device;
     int steps;
     int ignore_eos, stats, print_ids, echo, threads;
+    long max_prompt_tokens;
     SamplerConfig sampler;
 } RunOptions;
+
+/* Ctrl-C during generation: the token being computed is finished and printed, then generate()
+ * flushes, prints its stats when asked, and exits with 130. A second Ctrl-C kills at once. */
+static volatile sig_atomic_t g_interrupted;
+
+static void on_sigint_stop(int sig) {
+    (void)sig;
+    g_interrupted = 1;
+}
 
 /* Writes to stdout; a reader that went away (| head) ends the program quietly. */
 static void emit(const char *s, size_t n) {
@@ -1324,8 +1394,27 @@ static void write_logits_row(FILE *f, const float *logits, int vocab, const char
     if (f && fwrite(logits, sizeof(float), vocab, f) != (size_t)vocab) die("cannot write %s: %s", path, strerror(errno));
 }
 
+/* Offset of the first byte of s[0..n) that is not part of well-formed UTF-8, or n. */
+static size_t utf8_invalid_at(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        size_t len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+        if (!len || len > n - i) return i;
+        unsigned char lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80, hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+        for (size_t k = 1; k < len; k++)
+            if (s[i + k] < (k == 1 ? lo : 0x80) || s[i + k] > (k == 1 ? hi : 0xBF)) return i;
+        i += len;
+    }
+    return n;
+}
+
 static int *prompt_to_ids(const RunOptions *o, const Model *m, const Tokenizer *tok, size_t *n) {
-    if (o->prompt_ids) return parse_id_list(o->prompt_ids, m->config.vocab_size, n);
+    if (o->prompt_ids) {
+        int *ids = parse_id_list(o->prompt_ids, m->config.vocab_size, n);
+        if (*n > (size_t)o->max_prompt_tokens)
+            die("the prompt is %zu tokens, over the limit of %ld (--max-prompt-tokens)", *n, o->max_prompt_tokens);
+        return ids;
+    }
     int bos = m->bos_id >= 0 ? m->bos_id : tok ? tokenizer_bos_id(tok) : -1;
     if (!o->prompt || !o->prompt[0]) {
         /* no prompt: generate from BOS alone, as a model trained with it expects */
@@ -1336,11 +1425,16 @@ static int *prompt_to_ids(const RunOptions *o, const Model *m, const Tokenizer *
         return ids;
     }
     if (!tok) die("this model has no tokenizer: use --prompt-ids, or --tokenizer FILE");
+    size_t len = strlen(o->prompt), bad = utf8_invalid_at((const unsigned char *)o->prompt, len);
+    if (bad < len)
+        fprintf(stderr, "mamba: note: the prompt is not valid UTF-8 (byte %zu); each ill-formed sequence is read as U+FFFD\n", bad);
     char err[512];
     int *ids;
-    if (tokenizer_encode(tok, o->prompt, strlen(o->prompt), tokenizer_wants_bos(tok), &ids, n, err, sizeof err))
+    if (tokenizer_encode(tok, o->prompt, len, tokenizer_wants_bos(tok), &ids, n, err, sizeof err))
         die("cannot tokenize the prompt: %s", err);
     if (*n == 0) die("the prompt encodes to no tokens");
+    if (*n > (size_t)o->max_prompt_tokens)
+        die("the prompt is %zu tokens, over the limit of %ld (--max-prompt-tokens)", *n, o->max_prompt_tokens);
     for (size_t i = 0; i < *n; i++)
         if (ids[i] >= m->config.vocab_size) die("the tokenizer produced id %d, beyond the model's vocabulary", ids[i]);
     return ids;
@@ -1370,6 +1464,9 @@ static void generate(const RunOptions *o) {
     memcpy(history, prompt, n_prompt * sizeof *history);
     int n_history = (int)n_prompt;
 
+    struct sigaction stop = {.sa_handler = on_sigint_stop, .sa_flags = SA_RESETHAND}, old_int;
+    sigaction(SIGINT, &stop, &old_int);
+
     TokenDecoder *decoder = tok ? decoder_new(tok) : NULL;
     for (size_t i = 0; i < n_prompt; i++) {
         const char *text = decoder ? decoder_push(decoder, prompt[i]) : "";
@@ -1378,14 +1475,14 @@ static void generate(const RunOptions *o) {
 
     double t_start = now_seconds();
     const float *logits = NULL;
-    for (size_t i = 0; i < n_prompt; i++) {
+    for (size_t i = 0; i < n_prompt && !g_interrupted; i++) {
         logits = engine_feed(&engine, prompt[i], logits_file != NULL);
         write_logits_row(logits_file, logits, m.config.vocab_size, o->logits_out);
     }
     engine_sync(&engine);
     double t_prompt = now_seconds(), t_first = t_prompt;
     int generated = 0;
-    while (generated < o->steps) {
+    while (generated < o->steps && !g_interrupted) {
         int next = engine_sample(&engine, &sampler, logits, history, n_history, logits_file != NULL);
         if (next == eos && !o->ignore_eos) break;
         history[n_history++] = next;
@@ -1420,19 +1517,27 @@ static void generate(const RunOptions *o) {
         fprintf(stderr, "time to first token: %.3f s\n", t_first - t_start);
         fprintf(stderr, "seed: %llu\n", (unsigned long long)o->sampler.rng);
         engine_report(&engine, stderr);
+        if (g_interrupted) fprintf(stderr, "interrupted\n");
     }
+    sigaction(SIGINT, &old_int, NULL);
     if (decoder) decoder_free(decoder);
     if (tok) tokenizer_free(tok);
     free(history), free(prompt);
     sampler_free(&sampler);
     engine_close(&engine);
     model_free(&m);
+    if (g_interrupted) {
+        if (fflush(stdout) && errno != EPIPE) die("cannot write to stdout: %s", strerror(errno));
+        exit(130);
+    }
 }
 
 /* ----------------------------------------------------------------------------------------
  * Options shared by the commands. */
 
 #define MAX_PROMPT_BYTES (256u << 20)
+#define DEFAULT_MAX_PROMPT_TOKENS (1L << 20)
+#define PROMPT_BYTES_PER_TOKEN 16
 
 static const char *default_model_path(void) {
     static char path[PATH_MAX + 32];
@@ -1483,16 +1588,16 @@ static char *append_word(char *text, const char *word) {
 
 /* The prompt from standard input, when none was given and stdin is not a terminal. One
  * trailing newline (as echo adds) is dropped. */
-static char *read_stdin_prompt(void) {
+static char *read_stdin_prompt(size_t max_bytes, const char *note) {
     size_t len;
-    char *text = read_file("-", MAX_PROMPT_BYTES, &len);
+    char *text = read_file("-", max_bytes, &len, note);
     if (memchr(text, '\0', len)) die("the prompt on standard input contains a NUL byte");
     if (len && text[len - 1] == '\n') text[--len] = '\0';
     return text;
 }
 
 static void cmd_run(int argc, char **argv) {
-    RunOptions o = {.steps = 256, .echo = 1, .device = DEVICE_AUTO,
+    RunOptions o = {.steps = 256, .echo = 1, .device = DEVICE_AUTO, .max_prompt_tokens = DEFAULT_MAX_PROMPT_TOKENS,
                     .sampler = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .repeat_penalty = 1.0f,
                                 .repeat_last_n = 64}};
     int seeded = 0;
@@ -1512,6 +1617,7 @@ static void cmd_run(int argc, char **argv) {
         else if (!strcmp(a, "--device")) o.device = parse_device(option_value(argc, argv, &i));
         else if (!strcmp(a, "--threads")) set_threads(option_value(argc, argv, &i));
         else if (!strcmp(a, "--logits-out")) o.logits_out = option_value(argc, argv, &i);
+        else if (!strcmp(a, "--max-prompt-tokens")) o.max_prompt_tokens = parse_long(a, option_value(argc, argv, &i), 1, 1 << 30);
         else if (!strcmp(a, "--ignore-eos")) o.ignore_eos = 1;
         else if (!strcmp(a, "--stats")) o.stats = 1;
         else if (!strcmp(a, "--print-ids")) o.print_ids = 1;
@@ -1520,7 +1626,18 @@ static void cmd_run(int argc, char **argv) {
         else o.prompt = append_word(o.prompt, a);
     }
     if (o.prompt && o.prompt_ids) die("give the prompt as text or as --prompt-ids, not both");
-    if (!o.prompt && !o.prompt_ids && !isatty(STDIN_FILENO)) o.prompt = read_stdin_prompt();
+    /* A token is rarely longer than a few bytes: a longer text is refused before it is read
+     * whole or tokenized. A closed stdin (<&-) is no prompt. */
+    size_t max_bytes = (size_t)o.max_prompt_tokens * PROMPT_BYTES_PER_TOKEN;
+    if (max_bytes > MAX_PROMPT_BYTES) max_bytes = MAX_PROMPT_BYTES;
+    if (o.prompt && strlen(o.prompt) > max_bytes)
+        die("the prompt is larger than the limit of %zu bytes (%d per token of --max-prompt-tokens %ld)",
+            max_bytes, PROMPT_BYTES_PER_TOKEN, o.max_prompt_tokens);
+    if (!o.prompt && !o.prompt_ids && !isatty(STDIN_FILENO) && fcntl(STDIN_FILENO, F_GETFD) != -1) {
+        char note[96];
+        snprintf(note, sizeof note, "%d per token of --max-prompt-tokens %ld", PROMPT_BYTES_PER_TOKEN, o.max_prompt_tokens);
+        o.prompt = read_stdin_prompt(max_bytes, note);
+    }
     if (!seeded) o.sampler.rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     if (!o.model_path) o.model_path = default_model_path();
     generate(&o);
@@ -1553,7 +1670,7 @@ static void cmd_tokenize(int argc, char **argv) {
         if (!(tok = open_tokenizer(&m, NULL))) die("this model has no embedded tokenizer; use --tokenizer FILE");
     }
     size_t len;
-    if (!text) text = read_file("-", MAX_PROMPT_BYTES, &len);
+    if (!text) text = read_file("-", MAX_PROMPT_BYTES, &len, NULL);
     else len = strlen(text);
     if (decode) {
         size_t n;
@@ -1619,7 +1736,7 @@ static void cmd_perplexity(int argc, char **argv) {
     Tokenizer *tok = open_tokenizer(&m, tok_path);
     if (!tok) die("perplexity needs a tokenizer: this model has none embedded; use --tokenizer FILE");
     size_t bytes;
-    char *text = read_file(file, 1u << 30, &bytes);
+    char *text = read_file(file, 1u << 30, &bytes, NULL);
     int *ids;
     size_t n_ids;
     char err[512];
@@ -1937,6 +2054,7 @@ static void usage(void) {
           "      --repeat-penalty R (1.0 = off)   --repeat-last-n N (64)   -s, --seed N\n"
           "      -i TEXT          prompt   --prompt-ids 1,2,3      --tokenizer FILE\n"
           "      --ignore-eos  --print-ids  --no-echo  --stats  --logits-out FILE\n"
+          "      --max-prompt-tokens N (1048576; text beyond 16 bytes a token is refused unread)\n"
           "      --device auto|cpu|cuda   --threads N\n"
           "  mamba convert HF_DIR OUT.bin [--dtype f32|f16|bf16]\n"
           "  mamba info MODEL\n"

@@ -33,6 +33,7 @@
 
 #include "sp_wrapper.h"
 
+#define MAX_TOKENIZER_BYTES (256u << 20)   /* a tokenizer file read whole, as convert embeds it */
 #define MAX_ID (1 << 24)      /* ids in tokenizer.json beyond this are rejected as corrupt */
 #define MAX_NORMALIZERS 8
 #define REPLACEMENT "\xEF\xBF\xBD"   /* U+FFFD in UTF-8 */
@@ -995,6 +996,25 @@ static void bpe_specials(Tokenizer *t, const cJSON *root, int bos) {
         t->pad = find_token(t, pad_names);
 }
 
+size_t json_nesting_depth(const char *text, size_t n) {
+    size_t depth = 0, deepest = 0;
+    int in_string = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = text[i];
+        if (in_string) {
+            if (c == '\\') i++;
+            else if (c == '"') in_string = 0;
+        } else if (c == '"') {
+            in_string = 1;
+        } else if (c == '[' || c == '{') {
+            if (++depth > deepest) deepest = depth;
+        } else if ((c == ']' || c == '}') && depth) {
+            depth--;
+        }
+    }
+    return deepest;
+}
+
 static Tokenizer *load_json(const void *data, size_t n, char *err, size_t err_len) {
     /* cJSON gets its own NUL-terminated copy, and must use all of it */
     char *text = malloc(n + 1);
@@ -1009,7 +1029,10 @@ static Tokenizer *load_json(const void *data, size_t n, char *err, size_t err_le
     text[n] = 0;
     cJSON *root = cJSON_ParseWithOpts(text, &end, 1);
     if (!root || !cJSON_IsObject(root)) {
-        if (!root)
+        if (!root && json_nesting_depth(text, n) > CJSON_NESTING_LIMIT)
+            set_err(err, err_len, "tokenizer.json: arrays and objects nested deeper than %d levels (the limit)",
+                    CJSON_NESTING_LIMIT);
+        else if (!root)
             set_err(err, err_len, "tokenizer.json: invalid JSON at byte %zu of %zu",
                     (size_t)(end ? end - text : 0), n);
         else set_err(err, err_len, "tokenizer.json: not a JSON object");
@@ -1093,9 +1116,14 @@ Tokenizer *tokenizer_load_file(const char *path, char *err, size_t err_len) {
         return NULL;
     }
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        if (buf_add(&b, chunk, n)) break;
+        if (b.len + n > MAX_TOKENIZER_BYTES || buf_add(&b, chunk, n)) break;
     int bad = ferror(f) || !feof(f);
     fclose(f);
+    if (bad && b.len + n > MAX_TOKENIZER_BYTES) {
+        set_err(err, err_len, "%s: larger than the limit of %u bytes for a tokenizer", path, MAX_TOKENIZER_BYTES);
+        free(b.data);
+        return NULL;
+    }
     if (bad || !b.len) {
         set_err(err, err_len, "%s: %s", path, bad ? "read error" : "empty file");
         free(b.data);

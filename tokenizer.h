@@ -17,6 +17,10 @@ Tokenizer *tokenizer_load_file(const char *path, char *err, size_t err_len);
 Tokenizer *tokenizer_load_bytes(TokenizerKind kind, const void *data, size_t n, char *err, size_t err_len);
 void tokenizer_free(Tokenizer *t);
 
+/* The deepest nesting of arrays and objects in JSON text (strings skipped), to tell a parse that
+ * failed on cJSON's nesting limit (CJSON_NESTING_LIMIT) apart from malformed text. */
+size_t json_nesting_depth(const char *text, size_t n);
+
 TokenizerKind tokenizer_kind(const Tokenizer *t);
 int tokenizer_vocab_size(const Tokenizer *t);   /* largest id + 1, added tokens included */
 int tokenizer_bos_id(const Tokenizer *t);       /* -1 when absent */

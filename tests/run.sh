@@ -14,6 +14,6 @@ for binary in ${MAMBA_BINARIES:-${MAMBA:-./mamba}}; do
     done
 done
 passed=$(grep -c '^pass$' "$RESULTS"); failed=$(grep -c '^fail$' "$RESULTS")
-rm -f "$RESULTS"
+rm -f "$RESULTS" "$RESULTS".*
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

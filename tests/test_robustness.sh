@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Robustness (issue 7): untrusted sizes in checkpoints, safetensors, config.json and
+# tokenizer.json; no half-written output when a convert or init fails or is interrupted (ulimit
+# -f, SIGINT, SIGTERM, a bad tensor halfway); signals and pipes during generation (SIGINT, a
+# reader that goes away, a closed or huge stdin, invalid UTF-8). Each case checks the exit
+# status, the stderr message and the files left behind.
+source tests/lib.sh
+F=tests/fixtures
+export MAMBA_MODEL=/nonexistent.bin    # every case names its model
+
+# Small models with embedded tokenizers (the awkward fixture's vocab fits both test tokenizers).
+cp -r $F/awkward/hf $TMP/bpe && cp tests/tokenizer/neox.json $TMP/bpe/tokenizer.json
+cp -r $F/awkward/hf $TMP/sp && cp tests/tokenizer/sp_bytes.model $TMP/sp/tokenizer.model
+$MAMBA convert $TMP/bpe $TMP/bpe.bin --dtype f32 2>/dev/null
+$MAMBA convert $TMP/sp $TMP/sp.bin --dtype bf16 2>/dev/null
+$MAMBA convert $F/tiny/hf $TMP/tiny.bin --dtype f32 2>/dev/null
+
+# no_output DIR NAME: neither NAME nor a temporary NAME.partial-* is in DIR
+no_output() { ! ls "$1/$2" "$1/$2".partial-* >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------- 2. untrusted sizes
+hf_with() {   # hf_with NAME PYTHON: a copy of the tiny fixture, then PYTHON run in it
+    cp -r $F/tiny/hf $TMP/$1 && (cd $TMP/$1 && python3 -c "$2")
+}
+hf_with expand 'import json; c = json.load(open("config.json")); c["expand"] = 885746554; del c["intermediate_size"]; json.dump(c, open("config.json", "w"))'
+expect_error "config: expand × hidden_size beyond int (fuzz regression)" "d_inner must be in" $MAMBA convert $TMP/expand $TMP/x.bin
+hf_with deepconfig 'open("config.json", "w").write("{\"a\":" + "[" * 1500 + "]" * 1500 + "}")'
+expect_error "config: nesting beyond cJSON's limit" "deeper than 1000 levels \(the limit\)" $MAMBA convert $TMP/deepconfig $TMP/x.bin
+hf_with deepheader 'import struct; h = b"{\"a\":" + b"[" * 1500 + b"]" * 1500 + b"}"; open("model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h)'
+expect_error "safetensors: header nesting beyond cJSON's limit" "header nests deeper than 1000 levels \(the limit\)" $MAMBA convert $TMP/deepheader $TMP/x.bin
+hf_with manytensors 'import struct, json; h = json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(32769)}).encode(); open("model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h)'
+expect_error "safetensors: more tensors than the limit" "more than 32768 tensors in the checkpoint \(the limit\)" $MAMBA convert $TMP/manytensors $TMP/x.bin
+hf_with bigindex 'import json, os; os.remove("model.safetensors"); json.dump({"weight_map": {f"t{i}": "a.safetensors" for i in range(32769)}}, open("model.safetensors.index.json", "w"))'
+expect_error "safetensors index: more tensors than the limit" "weight_map lists more than 32768 tensors \(the limit\)" $MAMBA convert $TMP/bigindex $TMP/x.bin
+hf_with hugelen 'import struct; open("model.safetensors", "wb").write(struct.pack("<Q", 2**64 - 1) + b"{}")'
+expect_error "safetensors: header length 2^64-1" "header length .* exceeds the file" $MAMBA convert $TMP/hugelen $TMP/x.bin
+hf_with hugeshape 'import struct, json; h = json.dumps({"backbone.embeddings.weight": {"dtype": "F32", "shape": [2**32, 2**32], "data_offsets": [0, 0]}}).encode(); open("model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h)'
+expect_error "safetensors: shape whose product wraps to 0 (2^32 × 2^32)" "implausibly large \(over 2\^40 elements\)" $MAMBA convert $TMP/hugeshape $TMP/x.bin
+python3 -c 'print("{\"model\":" + "{\"a\":" * 1200 + "1" + "}" * 1201)' >$TMP/deep.json
+expect_error "tokenizer.json: nesting beyond cJSON's limit" "deeper than 1000 levels \(the limit\)" $MAMBA tokenize --tokenizer $TMP/deep.json hi
+expect_error "--tokenizer /dev/zero: refused at the size limit" "larger than the limit of 268435456 bytes for a tokenizer" \
+    $MAMBA tokenize --tokenizer /dev/zero hi
+python3 -c 'import json; d = json.load(open("tests/tokenizer/neox.json")); d["model"]["vocab"]["zz"] = 2**31 - 1; json.dump(d, open("'$TMP'/bigid.json", "w"))'
+expect_error "tokenizer.json: vocab id beyond the limit" "no id in \[0, 16777216\)" $MAMBA tokenize --tokenizer $TMP/bigid.json hi
+
+# Checkpoint headers with sizes and offsets near 2^64 (fields at their offsets in FileHeader).
+patch_header() {  # patch_header IN OUT STRUCT-FORMAT OFFSET VALUE...
+    python3 -c 'import struct, sys; b = bytearray(open(sys.argv[1], "rb").read()); fmt, at = sys.argv[3], int(sys.argv[4]); struct.pack_into(fmt, b, at, *[int(v) for v in sys.argv[5:]]); open(sys.argv[2], "wb").write(b)' "$@"
+}
+patch_header $TMP/tiny.bin $TMP/h_layers.bin "<I" 16 4294967295
+expect_error "checkpoint: n_layer 2^32-1" "config out of range" $MAMBA info $TMP/h_layers.bin
+patch_header $TMP/tiny.bin $TMP/h_table.bin "<Q" 80 18446744073709551608
+expect_error "checkpoint: tensor table offset 2^64-8" "tensor table lies outside the file" $MAMBA info $TMP/h_table.bin
+patch_header $TMP/tiny.bin $TMP/h_kind.bin "<I" 60 2      # tokenizer_kind: tokenizer.json
+patch_header $TMP/h_kind.bin $TMP/h_tok.bin "<QQ" 88 18446744073709551615 2
+expect_error "checkpoint: tokenizer offset 2^64-1" "embedded tokenizer lies outside the file" $MAMBA info $TMP/h_tok.bin
+patch_header $TMP/h_kind.bin $TMP/h_toklen.bin "<QQ" 88 256 18446744073709551615
+expect_error "checkpoint: tokenizer length 2^64-1" "embedded tokenizer lies outside the file" $MAMBA info $TMP/h_toklen.bin
+patch_header $TMP/tiny.bin $TMP/h_tensor.bin "<Q" $((256 + 80)) 18446744073709551360       # first entry's offset
+expect_error "checkpoint: tensor offset near 2^64" "lies outside the file" $MAMBA info $TMP/h_tensor.bin
+
+# Prompts: a token limit, and a byte limit derived from it that refuses text before reading it all.
+expect_error "prompt over --max-prompt-tokens" "the prompt is [0-9]+ tokens, over the limit of 3 \(--max-prompt-tokens\)" \
+    $MAMBA -m $TMP/bpe.bin --device cpu -n 1 --max-prompt-tokens 3 "one two three four five six"
+expect_error "--prompt-ids over --max-prompt-tokens" "the prompt is 4 tokens, over the limit of 3" \
+    $MAMBA -m $TMP/bpe.bin --device cpu -n 1 --print-ids --max-prompt-tokens 3 --prompt-ids 1,2,3,4
+expect_error "argument prompt over the byte limit" "larger than the limit of 32 bytes \(16 per token of --max-prompt-tokens 2\)" \
+    $MAMBA -m $TMP/bpe.bin --device cpu -n 1 --max-prompt-tokens 2 "$(printf 'x%.0s' $(seq 40))"
+huge_stdin() {
+    local start=$SECONDS rc
+    head -c 100000000 /dev/zero | tr '\0' a | timeout 60 $MAMBA -m $TMP/bpe.bin --device cpu -n 1 >$TMP/out 2>$TMP/err
+    rc=${PIPESTATUS[2]}
+    [ "$rc" -eq 1 ] && [ ! -s $TMP/out ] && [ "$(wc -l <$TMP/err)" -eq 1 ] &&
+        grep -q "standard input is larger than the limit of 16777216 bytes (16 per token of --max-prompt-tokens 1048576)" $TMP/err &&
+        [ $((SECONDS - start)) -lt 30 ]
+}
+check "100 MB prompt on stdin: refused early, one line" huge_stdin
+check "20 kB prompt on stdin within the limits is processed" bash -c \
+    "python3 -c 'print(\"the whale \" * 2000)' | $MAMBA -m $TMP/bpe.bin --device cpu -n 1 --no-echo --print-ids >/dev/null"
+
+# ---------------------------------------------------------------- 3. nothing half-written
+mkdir -p $TMP/w
+xfsz() {
+    (ulimit -f 64; exec $MAMBA convert $F/tiny/hf $TMP/w/out.bin --dtype f32) 2>$TMP/err
+    local rc=$?
+    [ $rc -eq 153 ] && grep -q "file size limit (ulimit -f) was reached; no output was written" $TMP/err && no_output $TMP/w out.bin
+}
+check "convert past ulimit -f: exit 153, message, no output or temp file" xfsz
+keep_old() {
+    echo old >$TMP/w/keep.bin
+    (ulimit -f 64; exec $MAMBA convert $F/tiny/hf $TMP/w/keep.bin --dtype f32) 2>/dev/null
+    [ "$(cat $TMP/w/keep.bin)" = old ] && ! ls $TMP/w/keep.bin.partial-* >/dev/null 2>&1
+}
+check "convert past ulimit -f keeps the previous file intact" keep_old
+# interrupt SIGNAL RC: init of a 130m f32 model (~0.5 GB) interrupted once its temp file grows
+interrupt_init() {
+    local sig=$1 want=$2 pid rc i
+    $MAMBA init --shape 130m --dtype f32 $TMP/w/big.bin 2>$TMP/err &
+    pid=$!
+    for i in $(seq 600); do
+        [ "$(stat -c %s $TMP/w/big.bin.partial-* 2>/dev/null | head -1)" -gt 1000000 ] 2>/dev/null && break
+        sleep 0.05
+    done
+    kill -$sig $pid
+    wait $pid
+    rc=$?
+    [ $rc -eq $want ] && grep -q "interrupted; no output was written" $TMP/err && no_output $TMP/w big.bin
+}
+check "init interrupted by SIGINT: exit 130, no output or temp file" interrupt_init INT 130
+check "init interrupted by SIGTERM: exit 143, no output or temp file" interrupt_init TERM 143
+hf_with nan 'import struct, json
+b = bytearray(open("model.safetensors", "rb").read()); n = struct.unpack_from("<Q", b)[0]
+h = json.loads(b[8:8 + n]); o = h["backbone.layers.1.mixer.out_proj.weight"]["data_offsets"][0]
+struct.pack_into("<f", b, 8 + n + o + 40, float("nan")); open("model.safetensors", "wb").write(b)'
+expect_error "convert: NaN in the last layer" "contains NaN or infinity" $MAMBA convert $TMP/nan $TMP/w/nan.bin
+check "convert: a bad tensor halfway leaves no output or temp file" no_output $TMP/w nan.bin
+expect_error "convert into a missing folder" "cannot create a file beside" $MAMBA convert $F/tiny/hf $TMP/nowhere/x.bin
+
+# ---------------------------------------------------------------- 4. signals and pipes
+# interrupt_run NAME ARGS...: SIGINT once some output came; exit 130, the output ends with a
+# newline, and --stats still prints, saying it was interrupted.
+interrupt_run() {
+    local pid rc i
+    $MAMBA --device cpu -n 1000000 --seed 1 --ignore-eos --stats "$@" >$TMP/out 2>$TMP/err &
+    pid=$!
+    for i in $(seq 1200); do
+        [ "$(stat -c %s $TMP/out)" -gt 40 ] && break
+        sleep 0.05
+    done
+    kill -INT $pid
+    wait $pid
+    rc=$?
+    [ $rc -eq 130 ] && [ "$(tail -c 1 $TMP/out | od -An -c | tr -d ' ')" = '\n' ] &&
+        grep -q '^generated: [0-9]* tokens' $TMP/err && grep -q '^interrupted$' $TMP/err
+}
+check "SIGINT during generation (text): exit 130, output flushed, stats" interrupt_run -m $TMP/bpe.bin "Once upon a time"
+check "SIGINT during generation (--print-ids): exit 130, output flushed, stats" interrupt_run -m $TMP/sp.bin --print-ids "Once"
+# closed_pipe ARGS...: the reader goes away after 20 bytes; mamba exits 0 and says nothing.
+closed_pipe() {
+    $MAMBA --device cpu -n 100000 --seed 1 --ignore-eos "$@" 2>$TMP/err | head -c 20 >/dev/null
+    [ "${PIPESTATUS[0]}" -eq 0 ] && [ ! -s $TMP/err ]
+}
+check "reader goes away (| head), text: exit 0, quiet" closed_pipe -m $TMP/bpe.bin "Once upon a time"
+check "reader goes away (| head), --print-ids: exit 0, quiet" closed_pipe -m $TMP/sp.bin --print-ids "Once"
+check "closed stdin: no prompt, generation from BOS" bash -c "$MAMBA -m $TMP/sp.bin --device cpu -n 5 --seed 1 <&- >$TMP/out 2>$TMP/err && [ -s $TMP/out ]"
+closed_stdin_tokenize() {
+    $MAMBA tokenize -m $TMP/sp.bin <&- >$TMP/out 2>$TMP/err
+    [ $? -eq 1 ] && [ ! -s $TMP/out ] && grep -q "cannot read standard input" $TMP/err
+}
+check "closed stdin for tokenize: one clear error" closed_stdin_tokenize
+bad_utf8=$'caf\xc3 \xff\xfe na\xe2\x82ve \xed\xa0\x80 \xf4\x90\x80\x80'
+# Both tokenizers read each ill-formed sequence as U+FFFD (as Hugging Face tokenizers and
+# spm_encode do), and generation says so on stderr.
+gen_bad() {
+    $MAMBA -m $TMP/$1.bin --device cpu -n 5 --seed 1 "$bad_utf8" >$TMP/out 2>$TMP/err &&
+        grep -q "note: the prompt is not valid UTF-8 (byte 3); each ill-formed sequence is read as U+FFFD" $TMP/err &&
+        [ "$(head -c 3 $TMP/out)" = caf ]
+}
+check "invalid UTF-8 prompt, byte-level BPE: reported, generates" gen_bad bpe
+check "invalid UTF-8 prompt, SentencePiece: reported, generates" gen_bad sp
+fffd() { [ "$($MAMBA tokenize -m $TMP/$1.bin --decode $($MAMBA tokenize -m $TMP/$1.bin $'\xff\xfeA\xe2\x82'))" = "$2" ]; }
+check "invalid UTF-8, byte-level BPE: each maximal bad sequence is one U+FFFD" fffd bpe $'\uFFFD\uFFFDA\uFFFD'
+check "invalid UTF-8, SentencePiece: each bad byte is U+FFFD (as spm_encode)" fffd sp $'\uFFFD\uFFFDA\uFFFD\uFFFD' 
+stdin_bad() { printf '%s' "$bad_utf8" | $MAMBA -m $TMP/$1.bin --device cpu -n 3 2>$TMP/err >/dev/null && grep -q 'not valid UTF-8' $TMP/err; }
+check "invalid UTF-8 on stdin, byte-level BPE" stdin_bad bpe
+check "invalid UTF-8 on stdin, SentencePiece" stdin_bad sp
+
+# ---------------------------------------------------------------- regressions from fuzzing
+# (under mamba-asan, LeakSanitizer fails this one if sp_load leaks again)
+expect_error "SentencePiece model that throws while loading (fuzz regression)" "SentencePiece model .*zero-length key" \
+    $MAMBA tokenize --tokenizer tests/fuzz/corpus/sentencepiece/regress-exception-leak hi
+for f in use-after-free segv; do
+    expect_error "SentencePiece model with out-of-bounds normalization rules: refused (fuzz regression, $f)" \
+        "not a valid SentencePiece model \(malformed protobuf or normalization rules\)" \
+        $MAMBA tokenize --tokenizer tests/fuzz/corpus/sentencepiece/regress-charsmap-$f hi
+done

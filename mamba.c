@@ -1349,6 +1349,16 @@ static void emit(const char *s, size_t n) {
     }
 }
 
+/* Prints a JSON object on one line of stdout (for scripts) and frees it. */
+static void emit_json_line(cJSON *o) {
+    char *s = cJSON_PrintUnformatted(o);
+    if (!s) die("out of memory printing JSON");
+    emit(s, strlen(s));
+    emit("\n", 1);
+    free(s);
+    cJSON_Delete(o);
+}
+
 static Tokenizer *open_tokenizer(const Model *m, const char *override_path) {
     char err[512];
     Tokenizer *t = NULL;
@@ -1790,11 +1800,7 @@ static void cmd_perplexity(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "perplexity", exp(mean));
         cJSON_AddNumberToObject(o, "bits_per_byte", bpb);
         cJSON_AddNumberToObject(o, "seconds", now_seconds() - t0);
-        char *s = cJSON_PrintUnformatted(o);
-        emit(s, strlen(s));
-        emit("\n", 1);
-        free(s);
-        cJSON_Delete(o);
+        emit_json_line(o);
     } else {
         printf("tokens: %zu\nbytes: %zu\nctx: %d\nmean NLL: %.6f nats/token\nperplexity: %.4f\nbits per byte: %.4f\n",
                n_ids, scored_bytes, ctx, mean, exp(mean), bpb);
@@ -2022,11 +2028,7 @@ static void cmd_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "read_bandwidth_GBps", bandwidth / 1e9);
         cJSON_AddNumberToObject(o, "roofline_tokens_per_s", bandwidth / bytes);
         cJSON_AddNumberToObject(o, "fraction_of_roofline", achieved / bandwidth);
-        char *s = cJSON_PrintUnformatted(o);
-        emit(s, strlen(s));
-        emit("\n", 1);
-        free(s);
-        cJSON_Delete(o);
+        emit_json_line(o);
     } else {
         printf("model: %s (%d layers, d_model %d, %s)\ndevice: %s (%s)\n", model_path, c->n_layer, c->d_model,
                dtype_name(c->dtype), engine_name(&engine), device_name);

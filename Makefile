@@ -76,7 +76,7 @@ build/fuzz/sp_wrapper.o: sp_wrapper.cc sp_wrapper.h
 	mkdir -p build/fuzz
 	$(FUZZ_CXX) -std=c++17 $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c -o $@ sp_wrapper.cc
 
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(HOST_SRC) $(HEADERS) build/fuzz/sp_wrapper.o
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h tests/fuzz/exercise_tokenizer.h $(HOST_SRC) $(HEADERS) build/fuzz/sp_wrapper.o
 	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ -x c -std=c11 $< tokenizer.c -x none build/fuzz/sp_wrapper.o $(LDLIBS)
 
 deps:

@@ -89,13 +89,14 @@ test: deps
 # The GPU machine lacks the Debian libraries: `make devlibs` (here) builds .devlibs/mamba for any
 # x86-64-v3 CPU, with tests/cmp_logits and the shared libraries it needs (all but glibc's and
 # the driver's) beside it, found through an rpath of $ORIGIN; tests/gpu.sh runs it from there.
-devlibs:
-	rm -rf build .devlibs
+devlibs: $(GPU_OBJ)
+	rm -rf .devlibs
 	mkdir -p .devlibs
-	$(MAKE) OPT="-O3 -march=x86-64-v3" build/sp_wrapper.o $(GPU_OBJ) tests/cmp_logits
-	$(CC) -O3 -march=x86-64-v3 -g -fopenmp -std=c11 $(GPU_FLAGS) -o .devlibs/mamba $(HOST_SRC) build/sp_wrapper.o \
+	$(CXX) -O3 -march=x86-64-v3 -g -std=c++17 -c -o .devlibs/sp_wrapper.o sp_wrapper.cc
+	$(CC) -O3 -march=x86-64-v3 -g -fopenmp -std=c11 $(GPU_FLAGS) -o .devlibs/mamba $(HOST_SRC) .devlibs/sp_wrapper.o \
 		$(GPU_OBJ) $(LDLIBS) $(GPU_LIBS) -Wl,--disable-new-dtags,-rpath,'$$ORIGIN'
-	cp tests/cmp_logits .devlibs/
+	$(CC) -O2 -std=c11 -Wall -Wextra -o .devlibs/cmp_logits tests/cmp_logits.c -lm
+	rm .devlibs/sp_wrapper.o
 	ldd .devlibs/mamba | awk '$$3 ~ /^\// {print $$3}' | grep -Ev '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*)\.so' | xargs -r cp -L -t .devlibs/
 
 test-gpu:

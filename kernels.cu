@@ -1,4 +1,4 @@
-/* kernels.cu: the CUDA engine for Mamba-1 decoding at batch 1 (the C API is gpu.h).
+/* kernels.cu: the CUDA engine for Mamba-1 decoding (the C API is gpu.h).
  *
  * A decode step reads every weight once and does about two flops per weight, so its speed
  * limit is memory bandwidth. The whole step is ONE persistent kernel, forward_token: one block
@@ -17,13 +17,22 @@
  *   ── barrier: the residual is complete
  *
  * and after the last layer the final RMSNorm and the LM head, with the greedy argmax fused in
- * (the last block to finish reduces the blocks' maxima). x_proj and out_proj are stored
- * transposed so that every block's slice of every matrix is contiguous and streams with
- * 16-byte loads. Once the big read of a phase is done, a block asks L2 to prefetch its slice of
- * the next phase, so DRAM keeps streaming while the blocks finish the phase and wait at the
- * barrier. The sampler (temperature, top-k, top-p, repetition penalty) is one more kernel; the
- * step and the sampler are captured in CUDA graphs and replayed, reading the token id from
- * device memory. */
+ * (the last block to finish reduces the blocks' maxima).
+ *
+ * The weights a block reads do not depend on the data, only the arithmetic does. So one warp
+ * of each block (the producer) streams the block's whole sequence of weight tiles, layer after
+ * layer, into a ring of shared-memory slots with the bulk-copy engine (cp.async.bulk, an
+ * mbarrier per slot), as far ahead as the ring allows, while the other fifteen warps (the
+ * consumers) compute from shared memory and wait at the grid barriers. DRAM keeps streaming
+ * through the dependent steps of a layer (x_proj → barrier → scan → out_proj → barrier), which
+ * used to read almost nothing. The tiles are, per layer: the norm weight with the block's slices
+ * of the conv and SSM state and of the per-channel parameters, then the block's rows of in_proj
+ * (x then z), x_proj and out_proj (both stored transposed so that a block's slice is
+ * contiguous) and dt_proj; after the layers the final norm and the block's LM-head rows.
+ *
+ * The sampler (temperature, top-k, top-p, repetition penalty) is one more kernel; the step and
+ * the sampler are captured in CUDA graphs and replayed, reading the token id from device
+ * memory. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -69,17 +78,19 @@ static void *gpu_alloc(size_t bytes) {
 /* ----------------------------------------------------------------------------------------
  * Sizes. */
 
-constexpr int THREADS = 512;                 /* forward_token's block */
-constexpr int WARPS = THREADS / 32;
+constexpr int THREADS = 512;                 /* forward_token's block: */
+constexpr int CONSUMER_WARPS = 15;           /*   warps 0-14 compute, */
+constexpr int CONSUMERS = CONSUMER_WARPS * 32;
+constexpr int PRODUCER_WARP = 15;            /*   warp 15 streams the weights in */
+constexpr int RING_SLOTS = 3;                /* shared-memory ring slots of a block */
+constexpr int MAX_COL_ITEMS = 4;             /* column chunks a consumer thread sums, at most */
 constexpr int SAMPLE_THREADS = 1024;         /* sample_token's single block */
 constexpr int PAD = 8;                       /* rows are padded to 8 elements: 16-byte aligned for every dtype */
-constexpr int HEAD_TILE = 1024;              /* LM-head rows a block reduces at a time */
 constexpr int HISTORY_CAP = 1 << 20;         /* tokens the repetition penalty can look back at */
 constexpr int INPUT_RING = 64;               /* pinned slots for prompt ids in flight */
 constexpr int OUTPUT_RING = 3;               /* pinned slots for sampled ids (and logits) in flight */
 constexpr unsigned FULL_MASK = 0xffffffffu;
-constexpr long long BARRIER_TIMEOUT_CYCLES = 20000000000LL;   /* ~10 s: a block that never arrives is a bug */
-constexpr unsigned DEFAULT_PREFETCH = 64 * 1024;              /* L2 prefetch per block and phase, bytes */
+constexpr long long WAIT_TIMEOUT_CYCLES = 20000000000LL;   /* ~10 s: a wait that never ends is a bug */
 
 static int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
@@ -91,33 +102,38 @@ static int round_up(int x, int m) { return (x + m - 1) / m * m; }
 struct LayerOffsets {
     size_t norm;        /* f32 [dmp] RMSNorm weight, zero-padded */
     size_t in_proj;     /* T [2*di, dmp] → (x, z) */
-    size_t conv_w;      /* f32 [di, d_conv] */
-    size_t conv_b;      /* f32 [di] */
+    size_t params;      /* f32 [di, cpf] per channel: conv_w[kcp], conv_b, dt_bias, D, 0, A[nsp] (A = -exp(A_log)) */
     size_t x_proj_t;    /* T [di, Rp] x_proj transposed: row c = channel c's weights for (dt, B, C) */
     size_t dt_proj;     /* T [di, rkp] */
-    size_t dt_bias;     /* f32 [di] */
-    size_t A;           /* f32 [di, ns] A = -exp(A_log) */
-    size_t D;           /* f32 [di] */
     size_t out_proj_t;  /* T [di, dmp] out_proj transposed: row c = channel c's column */
+};
+
+/* Offsets of the per-channel parameter record, in floats. */
+struct ParamLayout {
+    int conv_b, dt_bias, D, A, stride;
 };
 
 struct StepArgs {
     const char *layer0;       /* the first layer's tensors */
     size_t layer_stride;
     LayerOffsets lo;
+    ParamLayout pl;
     const void *embedding;    /* [padded_vocab, dmp] */
     const float *norm_f;      /* [dmp] */
     const void *head;         /* [vocab, dmp]; the embedding when tied */
-    int n_layer, dm, dmp, di, ns, d_conv, dt_rank, rkp, R, Rp, vocab;
+    int n_layer, dm, dmp, di, ns, nsp, d_conv, kcp, dt_rank, rkp, R, Rp, vocab;
     float eps;
     int channels_per_block, head_rows_per_block;
     int argmax_vocab;         /* the argmax looks at ids below this only */
-    unsigned prefetch_bytes;
-    int off_rows, off_u, off_z, off_y, off_dbc, off_dt, off_acc, off_red, off_part;   /* shared-memory layout, floats */
+    /* the ring: n_slots slots of slot_bytes; a tile of a matrix holds rows_per_tile_* rows */
+    int n_slots, slot_bytes, rows_per_tile_in, rows_per_tile_x, rows_per_tile_dt, rows_per_tile_out, rows_per_tile_head;
+    int small_conv, small_ssm, small_params;   /* byte offsets in a layer's first tile (the norm is at 0) */
+    int off_xn, off_rows, off_dt, off_u, off_z, off_y, off_dbc, off_dtv, off_acc, off_red, off_part, off_params,
+        off_conv, off_ssm;    /* shared-memory layout after the ring, in floats */
     float *resid;             /* [dmp] the residual stream */
     float *dbc;               /* [n_layer, Rp] x_proj outputs, accumulated by all blocks */
-    float *conv_state;        /* [n_layer, di, d_conv] */
-    float *ssm_state;         /* [n_layer, di, ns] */
+    float *conv_state;        /* [n_layer, di, kcp] */
+    float *ssm_state;         /* [n_layer, di, nsp] */
     float *logits;            /* [vocab] */
     const int *token_in;
     int *token_out;           /* receives the argmax of the logits */
@@ -144,19 +160,15 @@ struct SampleArgs {
 /* Layer l's tensors, from the layout. */
 template <typename T>
 struct Layer {
-    const float *norm, *conv_w, *conv_b, *dt_bias, *A, *D;
+    const float *norm, *params;
     const T *in_proj, *x_proj_t, *dt_proj, *out_proj_t;
     __device__ Layer(const StepArgs &a, int l) {
         const char *base = a.layer0 + (size_t)l * a.layer_stride;
         norm = reinterpret_cast<const float *>(base + a.lo.norm);
         in_proj = reinterpret_cast<const T *>(base + a.lo.in_proj);
-        conv_w = reinterpret_cast<const float *>(base + a.lo.conv_w);
-        conv_b = reinterpret_cast<const float *>(base + a.lo.conv_b);
+        params = reinterpret_cast<const float *>(base + a.lo.params);
         x_proj_t = reinterpret_cast<const T *>(base + a.lo.x_proj_t);
         dt_proj = reinterpret_cast<const T *>(base + a.lo.dt_proj);
-        dt_bias = reinterpret_cast<const float *>(base + a.lo.dt_bias);
-        A = reinterpret_cast<const float *>(base + a.lo.A);
-        D = reinterpret_cast<const float *>(base + a.lo.D);
         out_proj_t = reinterpret_cast<const T *>(base + a.lo.out_proj_t);
     }
 };
@@ -182,15 +194,23 @@ __device__ __forceinline__ void warp_argmax(float &v, int &id) {
     }
 }
 
-/* Block-wide reductions; every thread gets the result. red holds NT/32 values. */
+/* The threads 0 .. NT-1 of a block meet: all of them, or forward_token's consumers (named
+ * barrier 1; the producer warp never waits there). */
+template <int NT>
+__device__ __forceinline__ void team_sync() {
+    if constexpr (NT == CONSUMERS) asm volatile("bar.sync 1, %0;" ::"n"(CONSUMERS) : "memory");
+    else __syncthreads();
+}
+
+/* Reductions over a team of NT threads; every thread gets the result. red holds NT/32 values. */
 template <int NT>
 __device__ float block_sum(float v, float *red) {
     v = warp_sum(v);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
+    team_sync<NT>();
     float total = 0.0f;
     for (int w = 0; w < NT / 32; w++) total += red[w];
-    __syncthreads();
+    team_sync<NT>();
     return total;
 }
 
@@ -198,10 +218,10 @@ template <int NT>
 __device__ float block_max(float v, float *red) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
+    team_sync<NT>();
     float m = -INFINITY;
     for (int w = 0; w < NT / 32; w++) m = fmaxf(m, red[w]);
-    __syncthreads();
+    team_sync<NT>();
     return m;
 }
 
@@ -209,10 +229,10 @@ template <int NT>
 __device__ void block_argmax(float &v, int &id, float *redv, int *redi) {
     warp_argmax(v, id);
     if ((threadIdx.x & 31) == 0) redv[threadIdx.x >> 5] = v, redi[threadIdx.x >> 5] = id;
-    __syncthreads();
+    team_sync<NT>();
     v = -INFINITY, id = -1;
     for (int w = 0; w < NT / 32; w++) argmax_merge(v, id, redv[w], redi[w]);
-    __syncthreads();
+    team_sync<NT>();
 }
 
 /* Exclusive prefix sum in thread order; *total gets the sum over the block. */
@@ -225,13 +245,13 @@ __device__ V block_exclusive_scan(V v, V *red, V *total) {
         if (lane >= o) incl += y;
     }
     if (lane == 31) red[warp] = incl;
-    __syncthreads();
+    team_sync<NT>();
     V before = 0, all = 0;
     for (int w = 0; w < NT / 32; w++) {
         if (w < warp) before += red[w];
         all += red[w];
     }
-    __syncthreads();
+    team_sync<NT>();
     V in_warp = __shfl_up_sync(FULL_MASK, incl, 1);
     *total = all;
     return before + (lane ? in_warp : 0);
@@ -283,126 +303,210 @@ __device__ __forceinline__ void chunk_axpy<float>(uint4 w, float s, float *acc) 
 }
 
 /* ----------------------------------------------------------------------------------------
- * Matrix-vector products of one block. */
+ * The weight ring: shared-memory slots filled by the bulk-copy engine, one mbarrier per slot
+ * saying "full" (the copy's bytes have landed) and one saying "empty" (every consumer warp is
+ * done with it). Tile t goes to slot t % n_slots; its fill is the (t / n_slots)-th of that slot,
+ * which gives the parity to wait for. */
 
-/* Rows [0, split) start at a, rows [split, ...) at b; stride elements apart. */
-template <typename T>
-struct RowSet {
-    const T *a, *b;
-    int split;
-    size_t stride;
-    __device__ const T *row(int j) const { return j < split ? a + (size_t)j * stride : b + (size_t)(j - split) * stride; }
+__device__ __forceinline__ unsigned smem_addr(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(uint64_t *bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_bytes(uint64_t *bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+
+/* Waits until the barrier's phase of the given parity has completed; traps rather than hang. */
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity) {
+    unsigned done;
+    const long long start = clock64();
+    for (;;) {
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+            : "=r"(done)
+            : "r"(smem_addr(bar)), "r"(parity)
+            : "memory");
+        if (done) return;
+        if (clock64() - start > WAIT_TIMEOUT_CYCLES) __trap();
+    }
+}
+
+/* bytes (a multiple of 16) from global src to shared dst, completing on bar. */
+__device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned bytes, uint64_t *bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_addr(dst)),
+                 "l"(__cvta_generic_to_global(src)), "r"(bytes), "r"(smem_addr(bar))
+                 : "memory");
+}
+
+struct Ring {
+    char *slots;
+    uint64_t *full, *empty;
+    int n_slots, slot_bytes;
+    unsigned t;   /* the next tile */
+    __device__ char *slot(unsigned tile) const { return slots + (size_t)(tile % n_slots) * slot_bytes; }
 };
 
-/* out[j] += rows.row(j)[0:K] · x for j < n_rows (K padded, x in shared memory, out zeroed).
- * Work units are (row, segment) pairs; a warp takes 8/P units at a time so that each lane has
- * eight 16-byte loads in flight before it uses the first. */
-template <typename T, int P>
-__device__ void rows_dot_units(RowSet<T> rows, int n_rows, int chunks, int segs, const float *x, float *out) {
-    constexpr int RB = 8 / P, V = 16 / sizeof(T);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int seg_len = (chunks + segs - 1) / segs, n_units = n_rows * segs;
-    for (int first = warp * RB; first < n_units; first += WARPS * RB) {
-        uint4 w[RB][P];
-#pragma unroll
-        for (int b = 0; b < RB; b++) {
-            const int unit = first + b, j = unit / segs, c0 = (unit - j * segs) * seg_len;
-            const int c1 = min(chunks, c0 + seg_len);
-            const uint4 *p = reinterpret_cast<const uint4 *>(rows.row(j));
-#pragma unroll
-            for (int k = 0; k < P; k++) {
-                const int c = c0 + lane + 32 * k;
-                w[b][k] = unit < n_units && c < c1 ? __ldg(p + c) : make_uint4(0, 0, 0, 0);
-            }
-        }
-#pragma unroll
-        for (int b = 0; b < RB; b++) {
-            const int unit = first + b, j = unit / segs, c0 = (unit - j * segs) * seg_len;
-            const int c1 = min(chunks, c0 + seg_len);
-            float acc = 0.0f;
-#pragma unroll
-            for (int k = 0; k < P; k++) {
-                const int c = c0 + lane + 32 * k;
-                if (c < c1) acc += chunk_dot<T>(w[b][k], x + c * V);
-            }
-            acc = warp_sum(acc);
-            if (lane == 0 && unit < n_units) atomicAdd(&out[j], acc);
-        }
+/* Producer: the next tile's slot, once free, armed for `bytes` of copies. */
+__device__ char *ring_begin(Ring &r, unsigned bytes) {
+    const unsigned s = r.t % r.n_slots, fill = r.t / r.n_slots;
+    if (fill > 0) mbar_wait(&r.empty[s], (fill - 1) & 1);
+    mbar_expect_bytes(&r.full[s], bytes);
+    return r.slot(r.t);
+}
+
+__device__ void ring_copy(Ring &r, void *dst, const void *src, unsigned bytes) {
+    bulk_copy(dst, src, bytes, &r.full[r.t % r.n_slots]);
+}
+
+/* Producer: n rows of row_bytes from src, rows_per_tile to a tile. */
+__device__ void produce_rows(Ring &r, const void *src, int n, int row_bytes, int rows_per_tile) {
+    const char *p = static_cast<const char *>(src);
+    for (int i = 0; i < n; i += rows_per_tile) {
+        const unsigned bytes = (unsigned)(min(rows_per_tile, n - i) * row_bytes);
+        ring_copy(r, ring_begin(r, bytes), p + (size_t)i * row_bytes, bytes);
+        r.t++;
     }
 }
 
-template <typename T>
-__device__ void rows_dot(RowSet<T> rows, int n_rows, int K, const float *x, float *out) {
-    const int chunks = K / (16 / (int)sizeof(T));
-    if (chunks <= 32) rows_dot_units<T, 1>(rows, n_rows, chunks, 1, x, out);
-    else if (chunks <= 64) rows_dot_units<T, 2>(rows, n_rows, chunks, 1, x, out);
-    else rows_dot_units<T, 4>(rows, n_rows, chunks, (chunks + 127) / 128, x, out);
+/* Consumer: waits for the next tile and returns it. One lane of each warp polls the barrier;
+ * __syncwarp passes the ordering on to the others. */
+__device__ const char *ring_wait(const Ring &r) {
+    if ((threadIdx.x & 31) == 0) mbar_wait(&r.full[r.t % r.n_slots], (r.t / r.n_slots) & 1);
+    __syncwarp();
+    return r.slot(r.t);
 }
 
-/* out[0:N] += Σ_{c < nc} v[c] · Wt[c, 0:N]: the product of a block of columns of the original
- * matrix (rows of its transpose) with v. A thread owns one 16-byte column chunk of a group of
- * channels (at most nc groups: more would only add zeros) and keeps eight loads in flight. The
- * groups' sums go to part (groups × N floats, at most THREADS × 8) and are added up from there:
- * shared-memory atomics from every group into the same few words serialized for ~5 µs a call
- * on the H100. */
-template <typename T>
-__device__ void cols_axpy(const T *Wt, int nc, int N, const float *v, float *out, float *part) {
-    constexpr int V = 16 / sizeof(T), U = 8;
-    const int J = N / V, groups = J >= THREADS ? 1 : max(1, min(THREADS / J, nc));
-    const uint4 *W = reinterpret_cast<const uint4 *>(Wt);
-    for (int item = threadIdx.x; item < groups * J; item += THREADS) {
-        const int g = item / J, j = item - g * J;
-        float acc[V];
-#pragma unroll
-        for (int e = 0; e < V; e++) acc[e] = 0.0f;
-        for (int c = g; c < nc; c += U * groups) {
-            uint4 w[U];
-#pragma unroll
-            for (int k = 0; k < U; k++) {
-                const int ck = c + k * groups;
-                w[k] = ck < nc ? __ldg(W + (size_t)ck * J + j) : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-            for (int k = 0; k < U; k++)
-                if (c + k * groups < nc) chunk_axpy<T>(w[k], v[c + k * groups], acc);
-        }
-        if (groups == 1) {
-#pragma unroll
-            for (int e = 0; e < V; e++) out[j * V + e] += acc[e];
-        } else {
-#pragma unroll
-            for (int e = 0; e < V; e += 4)
-                *reinterpret_cast<float4 *>(part + (size_t)g * N + j * V + e) = make_float4(acc[e], acc[e + 1], acc[e + 2], acc[e + 3]);
-        }
-    }
-    if (groups > 1) {   /* the same for every thread of the block */
-        __syncthreads();
-        for (int n = threadIdx.x; n < N; n += THREADS) {
-            float s = 0.0f;
-            for (int g = 0; g < groups; g++) s += part[g * N + n];
-            out[n] += s;
-        }
-    }
-}
-
-/* xn = w ⊙ x / sqrt(mean(x²) + eps) over d_model; the padding up to dmp stays zero. The weights
- * are loaded together with x (into wbuf, dmp floats) so that no load waits for the reduction. */
-template <typename Load>
-__device__ void rmsnorm_into(float *xn, Load load, const float *w, int dm, int dmp, float eps, float *wbuf, float *red) {
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < dmp; i += THREADS) {
-        const float v = load(i);
-        xn[i] = v;
-        wbuf[i] = w[i];
-        ss += v * v;
-    }
-    const float scale = 1.0f / sqrtf(block_sum<THREADS>(ss, red) / dm + eps);
-    for (int i = threadIdx.x; i < dmp; i += THREADS) xn[i] = wbuf[i] * (xn[i] * scale);
-    __syncthreads();
+/* Consumer: this warp is done with the tile. */
+__device__ void ring_release(Ring &r) {
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) mbar_arrive(&r.empty[r.t % r.n_slots]);
+    r.t++;
 }
 
 /* ----------------------------------------------------------------------------------------
- * Grid barrier and L2 prefetch. */
+ * Products of one block's consumers with tiles in shared memory. */
+
+/* out[i] += row i of the tile · x for i < n, rows of `chunks` 16-byte chunks (x in shared
+ * memory, padded like the rows). Work units are (row, part) pairs spread over the warps; a row
+ * is split into parts when the tile has fewer rows than twice the warps. */
+template <typename T>
+__device__ void tile_rows_dot(const uint4 *tile, int n, int chunks, const float *x, float *out) {
+    constexpr int V = 16 / sizeof(T);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int parts = max(1, min((2 * CONSUMER_WARPS + n - 1) / n, (chunks + 31) / 32));
+    const int len = (chunks + parts - 1) / parts;
+    for (int unit = warp; unit < n * parts; unit += CONSUMER_WARPS) {
+        const int i = unit / parts, c0 = (unit - i * parts) * len, c1 = min(chunks, c0 + len);
+        const uint4 *row = tile + (size_t)i * chunks;
+        float acc = 0.0f;
+        for (int c = c0 + lane; c < c1; c += 32) acc += chunk_dot<T>(row[c], x + c * V);
+        acc = warp_sum(acc);
+        if (lane == 0) {
+            if (parts == 1) out[i] += acc;
+            else atomicAdd(out + i, acc);
+        }
+    }
+}
+
+/* Σ_c v[c] · Wt[c, 0:N] over the rows (channels) of several tiles: the product of a block of
+ * columns of the original matrix with v. A thread owns 16-byte column chunks j of a group g of
+ * the channels (c ≡ g mod G) and keeps its sums in registers across the tiles; finish() adds
+ * the groups up through shared memory. */
+template <typename T>
+struct ColumnSums {
+    static constexpr int V = 16 / sizeof(T);
+    int J, G;
+    float acc[MAX_COL_ITEMS][V];
+
+    __device__ explicit ColumnSums(int N) {
+        J = N / V;
+        G = J >= CONSUMERS ? 1 : CONSUMERS / J;
+#pragma unroll
+        for (int k = 0; k < MAX_COL_ITEMS; k++)
+#pragma unroll
+            for (int e = 0; e < V; e++) acc[k][e] = 0.0f;
+    }
+
+    /* A tile of n channels starting at channel k0 of v. */
+    __device__ void add(const uint4 *tile, int k0, int n, const float *v) {
+#pragma unroll
+        for (int k = 0; k < MAX_COL_ITEMS; k++) {
+            const int q = threadIdx.x + k * CONSUMERS;
+            if (q >= G * J) break;
+            const int g = q / J, j = q - g * J;
+            for (int c = ((g - k0) % G + G) % G; c < n; c += G) chunk_axpy<T>(tile[(size_t)c * J + j], v[k0 + c], acc[k]);
+        }
+    }
+
+    /* out[0:N] += the sums; part holds G × N floats. Ends with the consumers met. */
+    __device__ void finish(float *out, float *part) {
+        const int N = J * V;
+#pragma unroll
+        for (int k = 0; k < MAX_COL_ITEMS; k++) {
+            const int q = threadIdx.x + k * CONSUMERS;
+            if (q >= G * J) break;
+            const int g = q / J, j = q - g * J;
+#pragma unroll
+            for (int e = 0; e < V; e++) {
+                if (G == 1) out[j * V + e] += acc[k][e];
+                else part[(size_t)g * N + j * V + e] = acc[k][e];
+            }
+        }
+        team_sync<CONSUMERS>();
+        if (G > 1) {
+            for (int i = threadIdx.x; i < N; i += CONSUMERS) {
+                float s = 0.0f;
+                for (int g = 0; g < G; g++) s += part[(size_t)g * N + i];
+                out[i] += s;
+            }
+            team_sync<CONSUMERS>();
+        }
+    }
+};
+
+/* All the tiles of a row-split matrix: out[i] += row i · x for the n rows, rows_per_tile a tile. */
+template <typename T>
+__device__ void consume_rows(Ring &r, int n, int rows_per_tile, int K, const float *x, float *out) {
+    const int chunks = K / (16 / (int)sizeof(T));
+    for (int i = 0; i < n; i += rows_per_tile) {
+        tile_rows_dot<T>(reinterpret_cast<const uint4 *>(ring_wait(r)), min(rows_per_tile, n - i), chunks, x, out + i);
+        ring_release(r);
+    }
+}
+
+/* All the tiles of a column-split matrix: out[0:N] += Σ_{c < n} v[c] · Wt[c, :]. */
+template <typename T>
+__device__ void consume_cols(Ring &r, int n, int rows_per_tile, int N, const float *v, float *out, float *part) {
+    ColumnSums<T> sums(N);
+    for (int i = 0; i < n; i += rows_per_tile) {
+        sums.add(reinterpret_cast<const uint4 *>(ring_wait(r)), i, min(rows_per_tile, n - i), v);
+        ring_release(r);
+    }
+    sums.finish(out, part);
+}
+
+/* xn = w ⊙ x / sqrt(mean(x²) + eps) over d_model; the padding up to dmp stays zero. */
+template <typename Load>
+__device__ void rmsnorm_into(float *xn, Load load, const float *w, int dm, int dmp, float eps, float *red) {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dmp; i += CONSUMERS) {
+        const float v = load(i);
+        xn[i] = v;
+        ss += v * v;
+    }
+    const float scale = 1.0f / sqrtf(block_sum<CONSUMERS>(ss, red) / dm + eps);
+    for (int i = threadIdx.x; i < dmp; i += CONSUMERS) xn[i] = w[i] * (xn[i] * scale);
+    team_sync<CONSUMERS>();
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Grid barrier. */
 
 __device__ __forceinline__ unsigned load_acquire(const unsigned *p) {
     unsigned v;
@@ -410,226 +514,207 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned *p) {
     return v;
 }
 
-/* Barrier k (1, 2, ... within a step) of the whole grid, all of whose blocks are resident.
- * Once the block's threads are done (__syncthreads), its thread 0 adds one to *count with
- * release semantics, which publishes the whole block's writes and atomics (release is
+/* Barrier k (1, 2, ... within a step) of the consumers of the whole grid, all of whose blocks
+ * are resident. Once the block's consumers are done (named barrier), its thread 0 adds one to
+ * *count with release semantics, which publishes the block's writes and atomics (release is
  * cumulative over what the block barrier ordered before it), then polls the same counter with
  * acquire loads until all k · gridDim.x arrivals are in. One fence in one thread per block:
  * a fence in every thread cost a microsecond more per barrier on the H100, and a separate
  * flag set by the last block one more round trip. The last block of the step zeroes it. */
 __device__ void grid_barrier(unsigned *count, unsigned k) {
-    __syncthreads();
+    team_sync<CONSUMERS>();
     if (threadIdx.x == 0) {
         asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(count) : "memory");
         const unsigned target = k * gridDim.x;
         const long long start = clock64();
         while (load_acquire(count) < target)
-            if (clock64() - start > BARRIER_TIMEOUT_CYCLES) __trap();   /* fail rather than hang */
+            if (clock64() - start > WAIT_TIMEOUT_CYCLES) __trap();   /* fail rather than hang */
     }
-    __syncthreads();
-}
-
-/* Asks L2 to fetch [p, p + bytes) in the background, taking at most *budget bytes of it. The
- * range is widened to 16-byte boundaries, which stays inside our 256-byte-aligned buffers. */
-__device__ void l2_prefetch(const void *p, size_t bytes, unsigned *budget) {
-    if (bytes == 0 || *budget == 0) return;
-    const uintptr_t lo = (uintptr_t)p & ~(uintptr_t)15, hi = ((uintptr_t)p + bytes + 15) & ~(uintptr_t)15;
-    const size_t n = min((size_t)(hi - lo), (size_t)*budget) & ~(size_t)15;
-    *budget -= (unsigned)n;
-    for (size_t off = 0; off < n; off += 65536) {
-        const unsigned piece = (unsigned)min(n - off, (size_t)65536);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(lo + off), "r"(piece) : "memory");
-    }
-}
-
-/* The weights of layer l's IN phase that the channels [c0, c0+nc) read, in order of use. Only
- * weights: the state, which the step writes, is never prefetched. */
-template <typename T>
-__device__ void prefetch_in_phase(const StepArgs &a, int l, int c0, int nc) {
-    const Layer<T> L(a, l);
-    unsigned budget = a.prefetch_bytes;
-    l2_prefetch(L.norm, a.dmp * sizeof(float), &budget);
-    l2_prefetch(L.in_proj + (size_t)c0 * a.dmp, (size_t)nc * a.dmp * sizeof(T), &budget);
-    l2_prefetch(L.in_proj + (size_t)(a.di + c0) * a.dmp, (size_t)nc * a.dmp * sizeof(T), &budget);
-    l2_prefetch(L.conv_w + (size_t)c0 * a.d_conv, (size_t)nc * a.d_conv * sizeof(float), &budget);
-    l2_prefetch(L.conv_b + c0, nc * sizeof(float), &budget);
-    l2_prefetch(L.x_proj_t + (size_t)c0 * a.Rp, (size_t)nc * a.Rp * sizeof(T), &budget);
-}
-
-template <typename T>
-__device__ void prefetch_ssm_phase(const StepArgs &a, int l, int c0, int nc) {
-    const Layer<T> L(a, l);
-    unsigned budget = a.prefetch_bytes;
-    l2_prefetch(L.dt_proj + (size_t)c0 * a.rkp, (size_t)nc * a.rkp * sizeof(T), &budget);
-    l2_prefetch(L.dt_bias + c0, nc * sizeof(float), &budget);
-    l2_prefetch(L.A + (size_t)c0 * a.ns, (size_t)nc * a.ns * sizeof(float), &budget);
-    l2_prefetch(L.D + c0, nc * sizeof(float), &budget);
-    l2_prefetch(L.out_proj_t + (size_t)c0 * a.dmp, (size_t)nc * a.dmp * sizeof(T), &budget);
-}
-
-template <typename T>
-__device__ void prefetch_head(const StepArgs &a, int r0, int r1) {
-    unsigned budget = a.prefetch_bytes;
-    l2_prefetch(a.norm_f, a.dmp * sizeof(float), &budget);
-    l2_prefetch(static_cast<const T *>(a.head) + (size_t)r0 * a.dmp, (size_t)(r1 - r0) * a.dmp * sizeof(T), &budget);
+    team_sync<CONSUMERS>();
 }
 
 /* ----------------------------------------------------------------------------------------
  * The decode step: every layer, the final norm, the LM head and the greedy argmax. */
 
+/* The producer warp's lane 0: every tile of the step, in the order the consumers use them. */
+template <typename T>
+__device__ void produce_step(const StepArgs &a, Ring &r, int c0, int nc, int r0, int r1) {
+    const int es = sizeof(T), in_row = a.dmp * es;
+    for (int l = 0; l < a.n_layer; l++) {
+        const Layer<T> L(a, l);
+        /* the first tile: norm weight, conv state, SSM state, per-channel parameters */
+        const unsigned conv_bytes = nc * a.kcp * 4, ssm_bytes = nc * a.nsp * 4, param_bytes = nc * a.pl.stride * 4;
+        char *dst = ring_begin(r, a.dmp * 4 + conv_bytes + ssm_bytes + param_bytes);
+        ring_copy(r, dst, L.norm, a.dmp * 4);
+        if (nc > 0) {
+            ring_copy(r, dst + a.small_conv, a.conv_state + ((size_t)l * a.di + c0) * a.kcp, conv_bytes);
+            ring_copy(r, dst + a.small_ssm, a.ssm_state + ((size_t)l * a.di + c0) * a.nsp, ssm_bytes);
+            ring_copy(r, dst + a.small_params, L.params + (size_t)c0 * a.pl.stride, param_bytes);
+        }
+        r.t++;
+        produce_rows(r, L.in_proj + (size_t)c0 * a.dmp, nc, in_row, a.rows_per_tile_in);
+        produce_rows(r, L.in_proj + (size_t)(a.di + c0) * a.dmp, nc, in_row, a.rows_per_tile_in);
+        produce_rows(r, L.x_proj_t + (size_t)c0 * a.Rp, nc, a.Rp * es, a.rows_per_tile_x);
+        produce_rows(r, L.dt_proj + (size_t)c0 * a.rkp, nc, a.rkp * es, a.rows_per_tile_dt);
+        produce_rows(r, L.out_proj_t + (size_t)c0 * a.dmp, nc, in_row, a.rows_per_tile_out);
+    }
+    produce_rows(r, a.norm_f, 1, a.dmp * 4, 1);
+    produce_rows(r, static_cast<const T *>(a.head) + (size_t)r0 * a.dmp, r1 - r0, in_row, a.rows_per_tile_head);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(THREADS, 1) forward_token(const StepArgs a) {
-    extern __shared__ float4 smem_f4[];
-    float *sm = reinterpret_cast<float *>(smem_f4);
-    float *xn = sm;                    /* [dmp] normalized input of a layer or of the head */
-    float *rows = sm + a.off_rows;     /* row dot products: (x, z), Δ, head logits */
+    extern __shared__ __align__(128) char smem[];
+    __shared__ uint64_t full[RING_SLOTS], empty[RING_SLOTS];
+    __shared__ unsigned ticket;
+    float *sm = reinterpret_cast<float *>(smem + (size_t)a.n_slots * a.slot_bytes);
+    float *xn = sm + a.off_xn;         /* [dmp] normalized input of a layer or of the head */
+    float *rows = sm + a.off_rows;     /* in_proj outputs (x, z), then the head's logits */
+    float *dtr = sm + a.off_dt;        /* [channels] dt_proj outputs */
     float *u = sm + a.off_u;           /* [channels] SiLU(conv(x)), the SSM input */
     float *zg = sm + a.off_z;          /* [channels] the gate input z */
     float *yv = sm + a.off_y;          /* [channels] SSM output, gated */
     float *dbc = sm + a.off_dbc;       /* [Rp] (dt, B, C) */
-    float *dtv = sm + a.off_dt;        /* [rkp] dt, zero-padded */
+    float *dtv = sm + a.off_dtv;       /* [rkp] dt, zero-padded */
     float *acc = sm + a.off_acc;       /* [max(Rp, dmp)] this block's share of a split product */
     float *red = sm + a.off_red;       /* [WARPS] reductions */
-    float *col_part = sm + a.off_part; /* [THREADS * 8] cols_axpy's partial sums */
-    int *redi = reinterpret_cast<int *>(red + WARPS);
-    __shared__ unsigned ticket;
+    float *part = sm + a.off_part;     /* ColumnSums' group sums */
+    float *prm = sm + a.off_params;    /* [channels, stride] per-channel parameters of the layer */
+    float *conv = sm + a.off_conv;     /* [channels, kcp] conv state of the layer */
+    float *ssm = sm + a.off_ssm;       /* [channels, nsp] SSM state of the layer */
+    int *redi = reinterpret_cast<int *>(red + CONSUMER_WARPS);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nb = gridDim.x, b = blockIdx.x;
     const int c0 = min(a.di, b * a.channels_per_block), nc = min(a.di, c0 + a.channels_per_block) - c0;
     const int r0 = min(a.vocab, b * a.head_rows_per_block), r1 = min(a.vocab, r0 + a.head_rows_per_block);
+    Ring ring{smem, full, empty, a.n_slots, a.slot_bytes, 0};
+
+    if (tid == 0) {
+        for (int s = 0; s < a.n_slots; s++) mbar_init(&full[s], 1), mbar_init(&empty[s], CONSUMER_WARPS);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    if (warp == PRODUCER_WARP) {
+        if (lane == 0) produce_step<T>(a, ring, c0, nc, r0, r1);
+        return;
+    }
+
     const int token = *a.token_in;
     unsigned barriers = 0;
-
     if (b == 0 && tid == 0) a.history[*a.n_run % HISTORY_CAP] = token, *a.n_run += 1;
-    /* the lane that asks L2 for the next phase's slices while the block waits at a barrier */
-    const bool prefetcher = tid == THREADS - 32;
-    if (prefetcher) prefetch_in_phase<T>(a, 0, c0, nc);
 
     for (int l = 0; l < a.n_layer; l++) {
-        const Layer<T> L(a, l);
         float *dbc_l = a.dbc + (size_t)l * a.Rp;
 
         /* ---- IN phase ---- */
-        /* normalized input; layer 0 starts the residual stream from the token's embedding */
-        if (l == 0) {
-            const T *e = static_cast<const T *>(a.embedding) + (size_t)token * a.dmp;
-            if (b == 0)
-                for (int i = tid; i < a.dmp; i += THREADS) __stcg(a.resid + i, to_f32(e[i]));
-            rmsnorm_into(xn, [&](int i) { return to_f32(e[i]); }, L.norm, a.dm, a.dmp, a.eps, acc, red);
-        } else {
-            rmsnorm_into(xn, [&](int i) { return __ldcg(a.resid + i); }, L.norm, a.dm, a.dmp, a.eps, acc, red);
+        /* the first tile: keep the state and parameters, normalize the input with its weight
+         * (layer 0 starts the residual stream from the token's embedding) */
+        {
+            const char *first = ring_wait(ring);
+            const float *normw = reinterpret_cast<const float *>(first);
+            for (int i = tid; i < nc * a.kcp; i += CONSUMERS) conv[i] = reinterpret_cast<const float *>(first + a.small_conv)[i];
+            for (int i = tid; i < nc * a.nsp; i += CONSUMERS) ssm[i] = reinterpret_cast<const float *>(first + a.small_ssm)[i];
+            for (int i = tid; i < nc * a.pl.stride; i += CONSUMERS) prm[i] = reinterpret_cast<const float *>(first + a.small_params)[i];
+            for (int j = tid; j < 2 * nc; j += CONSUMERS) rows[j] = 0.0f;
+            for (int j = tid; j < nc; j += CONSUMERS) dtr[j] = 0.0f;
+            for (int i = tid; i < a.Rp; i += CONSUMERS) acc[i] = 0.0f;
+            if (l == 0) {
+                const T *e = static_cast<const T *>(a.embedding) + (size_t)token * a.dmp;
+                if (b == 0)
+                    for (int i = tid; i < a.dmp; i += CONSUMERS) __stcg(a.resid + i, to_f32(e[i]));
+                rmsnorm_into(xn, [&](int i) { return to_f32(e[i]); }, normw, a.dm, a.dmp, a.eps, red);
+            } else {
+                rmsnorm_into(xn, [&](int i) { return __ldcg(a.resid + i); }, normw, a.dm, a.dmp, a.eps, red);
+            }
+            ring_release(ring);
         }
         /* (x, z) = W_in · xn for my channels: x in rows[0:nc], z in rows[nc:2nc] */
-        for (int j = tid; j < 2 * nc; j += THREADS) rows[j] = 0.0f;
-        __syncthreads();
-        rows_dot<T>(RowSet<T>{L.in_proj + (size_t)c0 * a.dmp, L.in_proj + (size_t)(a.di + c0) * a.dmp, nc, (size_t)a.dmp},
-                    2 * nc, a.dmp, xn, rows);
-        /* the big read of the phase is done: L2 starts on the next phase's slices */
-        if (prefetcher) prefetch_ssm_phase<T>(a, l, c0, nc);
-        __syncthreads();
+        consume_rows<T>(ring, nc, a.rows_per_tile_in, a.dmp, xn, rows);
+        consume_rows<T>(ring, nc, a.rows_per_tile_in, a.dmp, xn, rows + nc);
+        team_sync<CONSUMERS>();
         /* causal depthwise conv1d over the last d_conv inputs of each channel, then SiLU */
-        for (int j = tid; j < nc; j += THREADS) {
-            const int c = c0 + j;
-            float *window = a.conv_state + ((size_t)l * a.di + c) * a.d_conv;
-            const float *w = L.conv_w + (size_t)c * a.d_conv;
+        for (int j = tid; j < nc; j += CONSUMERS) {
+            const float *p = prm + j * a.pl.stride, *window = conv + j * a.kcp;
+            float *saved = a.conv_state + ((size_t)l * a.di + c0 + j) * a.kcp;
             const float x = rows[j];
-            float s = L.conv_b[c];
-            if (a.d_conv == 4) {   /* the published shapes: one 16-byte load each, all in flight at once */
-                const float4 old = __ldcg(reinterpret_cast<const float4 *>(window)), w4 = *reinterpret_cast<const float4 *>(w);
-                __stcg(reinterpret_cast<float4 *>(window), make_float4(old.y, old.z, old.w, x));
-                s += w4.x * old.y;
-                s += w4.y * old.z;
-                s += w4.z * old.w;
-                s += w4.w * x;
-            } else {
-                for (int k = 0; k + 1 < a.d_conv; k++) {
-                    const float v = __ldcg(window + k + 1);
-                    __stcg(window + k, v);
-                    s += w[k] * v;
-                }
-                __stcg(window + a.d_conv - 1, x);
-                s += w[a.d_conv - 1] * x;
+            float s = p[a.pl.conv_b];
+            for (int k = 0; k + 1 < a.d_conv; k++) {
+                const float v = window[k + 1];
+                __stcg(saved + k, v);
+                s += p[k] * v;
             }
+            __stcg(saved + a.d_conv - 1, x);
+            s += p[a.d_conv - 1] * x;
             u[j] = silu(s);
             zg[j] = rows[nc + j];
         }
-        for (int i = tid; i < a.Rp; i += THREADS) acc[i] = 0.0f;
-        __syncthreads();
+        team_sync<CONSUMERS>();
         /* x_proj: (dt, B, C) = W_x · u, split over the blocks by channel: dbc += W_x[:, mine] · u[mine] */
-        cols_axpy<T>(L.x_proj_t + (size_t)c0 * a.Rp, nc, a.Rp, u, acc, col_part);
-        __syncthreads();
+        consume_cols<T>(ring, nc, a.rows_per_tile_x, a.Rp, u, acc, part);
         if (nc > 0)
-            for (int i = tid; i < a.Rp / 4; i += THREADS)
+            for (int i = tid; i < a.Rp / 4; i += CONSUMERS)
                 atomicAdd(reinterpret_cast<float4 *>(dbc_l) + i, reinterpret_cast<const float4 *>(acc)[i]);
         grid_barrier(a.arrivals, ++barriers);
 
         /* ---- SSM phase ---- */
-        for (int i = tid; i < a.Rp; i += THREADS) dbc[i] = __ldcg(dbc_l + i);
-        for (int i = tid; i < a.rkp; i += THREADS) dtv[i] = i < a.dt_rank ? __ldcg(dbc_l + i) : 0.0f;
-        for (int j = tid; j < nc; j += THREADS) rows[j] = 0.0f;
-        __syncthreads();
+        for (int i = tid; i < a.Rp; i += CONSUMERS) {
+            const float v = __ldcg(dbc_l + i);
+            dbc[i] = v;
+            if (i < a.rkp) dtv[i] = i < a.dt_rank ? v : 0.0f;
+        }
+        for (int i = tid; i < a.dmp; i += CONSUMERS) acc[i] = 0.0f;
+        team_sync<CONSUMERS>();
         /* dt_proj: Δ before softplus = W_dt · dt for my channels */
-        rows_dot<T>(RowSet<T>{L.dt_proj + (size_t)c0 * a.rkp, nullptr, nc, (size_t)a.rkp}, nc, a.rkp, dtv, rows);
-        __syncthreads();
+        consume_rows<T>(ring, nc, a.rows_per_tile_dt, a.rkp, dtv, dtr);
+        team_sync<CONSUMERS>();
         /* the selective scan, one step: a group of lanes per channel, one lane per state */
         {
             const float *B = dbc + a.dt_rank, *C = B + a.ns;
             const int group = a.ns >= 32 ? 32 : (a.ns > 16 ? 32 : a.ns > 8 ? 16 : a.ns > 4 ? 8 : a.ns > 2 ? 4 : 2);
             const int per_warp = 32 / group, sub = lane / group, n0 = lane % group;
-            for (int j = warp * per_warp + sub; j - sub < nc; j += WARPS * per_warp) {
+            for (int j = warp * per_warp + sub; j - sub < nc; j += CONSUMER_WARPS * per_warp) {
                 const bool active = j < nc;
-                const int c = c0 + (active ? j : 0);
-                const float delta = active ? softplus(rows[j] + L.dt_bias[c]) : 0.0f, x = active ? u[j] : 0.0f;
-                float *h = a.ssm_state + ((size_t)l * a.di + c) * a.ns;
-                const float *A = L.A + (size_t)c * a.ns;
-                float part = 0.0f;
+                const int jj = active ? j : 0;
+                const float *p = prm + jj * a.pl.stride, *A = p + a.pl.A, *h = ssm + jj * a.nsp;
+                const float delta = active ? softplus(dtr[jj] + p[a.pl.dt_bias]) : 0.0f, x = active ? u[jj] : 0.0f;
+                float *saved = a.ssm_state + ((size_t)l * a.di + c0 + jj) * a.nsp;
+                float y = 0.0f;
                 for (int n = n0; active && n < a.ns; n += group) {
                     /* discretize (zero-order hold on A, Euler on B) and step: h = exp(Δ·A)·h + Δ·B·x */
-                    const float hn = expf(delta * A[n]) * __ldcg(h + n) + delta * B[n] * x;
-                    __stcg(h + n, hn);
+                    const float hn = expf(delta * A[n]) * h[n] + delta * B[n] * x;
+                    __stcg(saved + n, hn);
                     /* read out: y = C·h */
-                    part += hn * C[n];
+                    y += hn * C[n];
                 }
-                for (int o = group / 2; o > 0; o >>= 1) part += __shfl_xor_sync(FULL_MASK, part, o);
+                for (int o = group / 2; o > 0; o >>= 1) y += __shfl_xor_sync(FULL_MASK, y, o);
                 /* skip connection D·x, then the gate SiLU(z) */
-                if (active && n0 == 0) yv[j] = (part + L.D[c] * x) * silu(zg[j]);
+                if (active && n0 == 0) yv[j] = (y + p[a.pl.D] * x) * silu(zg[j]);
             }
         }
-        /* the small reads of the phase are done: L2 starts on the next phase's slices */
-        if (prefetcher) {
-            if (l + 1 < a.n_layer) prefetch_in_phase<T>(a, l + 1, c0, nc);
-            else prefetch_head<T>(a, r0, r1);
-        }
-        for (int i = tid; i < a.dmp; i += THREADS) acc[i] = 0.0f;
-        __syncthreads();
+        team_sync<CONSUMERS>();
         /* out_proj, split over the blocks by channel: residual += W_out[:, mine] · y[mine] */
-        cols_axpy<T>(L.out_proj_t + (size_t)c0 * a.dmp, nc, a.dmp, yv, acc, col_part);
-        __syncthreads();
+        consume_cols<T>(ring, nc, a.rows_per_tile_out, a.dmp, yv, acc, part);
         if (nc > 0)
-            for (int i = tid; i < a.dmp / 4; i += THREADS)
+            for (int i = tid; i < a.dmp / 4; i += CONSUMERS)
                 atomicAdd(reinterpret_cast<float4 *>(a.resid) + i, reinterpret_cast<const float4 *>(acc)[i]);
         grid_barrier(a.arrivals, ++barriers);
     }
 
     /* ---- the final RMSNorm and the LM head over my rows [r0, r1) ---- */
-    rmsnorm_into(xn, [&](int i) { return __ldcg(a.resid + i); }, a.norm_f, a.dm, a.dmp, a.eps, acc, red);
+    for (int j = tid; j < r1 - r0; j += CONSUMERS) rows[j] = 0.0f;
+    rmsnorm_into(xn, [&](int i) { return __ldcg(a.resid + i); }, reinterpret_cast<const float *>(ring_wait(ring)), a.dm,
+                 a.dmp, a.eps, red);
+    ring_release(ring);
+    consume_rows<T>(ring, r1 - r0, a.rows_per_tile_head, a.dmp, xn, rows);
+    team_sync<CONSUMERS>();
     float best = -INFINITY;
     int best_id = -1;
-    for (int t0 = r0; t0 < r1; t0 += HEAD_TILE) {
-        const int n = min(HEAD_TILE, r1 - t0);
-        for (int j = tid; j < n; j += THREADS) rows[j] = 0.0f;
-        __syncthreads();
-        rows_dot<T>(RowSet<T>{static_cast<const T *>(a.head) + (size_t)t0 * a.dmp, nullptr, n, (size_t)a.dmp}, n, a.dmp,
-                    xn, rows);
-        __syncthreads();
-        for (int j = tid; j < n; j += THREADS) {
-            const float v = rows[j];
-            a.logits[t0 + j] = v;
-            if (t0 + j < a.argmax_vocab && v == v && (best_id < 0 || v > best)) best = v, best_id = t0 + j;   /* NaN never wins */
-        }
-        __syncthreads();
+    for (int j = tid; j < r1 - r0; j += CONSUMERS) {
+        const float v = rows[j];
+        a.logits[r0 + j] = v;
+        if (r0 + j < a.argmax_vocab && v == v && (best_id < 0 || v > best)) best = v, best_id = r0 + j;   /* NaN never wins */
     }
-    block_argmax<THREADS>(best, best_id, red, redi);
+    block_argmax<CONSUMERS>(best, best_id, red, redi);
 
     /* the last block to finish reduces the blocks' maxima and readies the next step */
     if (tid == 0) {
@@ -637,19 +722,19 @@ __global__ void __launch_bounds__(THREADS, 1) forward_token(const StepArgs a) {
         __threadfence();
         ticket = atomicAdd(a.finished, 1u);
     }
-    __syncthreads();
+    team_sync<CONSUMERS>();
     if (ticket != (unsigned)nb - 1) return;
     __threadfence();
     float v = -INFINITY;
     int id = -1;
-    for (int i = tid; i < nb; i += THREADS) argmax_merge(v, id, __ldcg(a.block_best + i), __ldcg(a.block_best_id + i));
-    block_argmax<THREADS>(v, id, red, redi);
+    for (int i = tid; i < nb; i += CONSUMERS) argmax_merge(v, id, __ldcg(a.block_best + i), __ldcg(a.block_best_id + i));
+    block_argmax<CONSUMERS>(v, id, red, redi);
     if (tid == 0) {
         *a.token_out = id < 0 ? 0 : id;
         *a.arrivals = 0;
         *a.finished = 0;
     }
-    for (int i = tid; i < a.n_layer * a.Rp; i += THREADS) a.dbc[i] = 0.0f;
+    for (int i = tid; i < a.n_layer * a.Rp; i += CONSUMERS) a.dbc[i] = 0.0f;
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -886,7 +971,8 @@ __global__ void read_probe(const uint4 *p, size_t n, unsigned *sink) {
 struct GpuEngine {
     Config c;
     char name[256];
-    int grid, dmp, rkp, R, Rp;
+    int grid, dmp, rkp, R, Rp, kcp, nsp;
+    int max_batch;                                   /* sequence slots */
     size_t step_smem, sample_smem;
     void (*step_kernel)(StepArgs);
     cudaStream_t stream;
@@ -983,7 +1069,7 @@ static void build_graphs(GpuEngine *g) {
     g->graphs_built = true;
 }
 
-extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char *err, size_t err_len) {
+extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int max_batch, char *err, size_t err_len) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {
@@ -1011,6 +1097,7 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char 
         return NULL;
     }
     g->c = *c;
+    g->max_batch = max_batch < 1 ? 1 : max_batch;
     snprintf(g->name, sizeof g->name, "%s", prop.name);
     const int L = c->n_layer, dm = c->d_model, di = c->d_inner, ns = c->d_state;
     const size_t es = c->dtype == DTYPE_F32 ? 4 : 2;
@@ -1021,21 +1108,42 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char 
                      : c->dtype == DTYPE_F16 ? forward_token<__half> : forward_token<__nv_bfloat16>;
 
     /* shared memory of a step block, in floats, each piece a multiple of 4 */
-    const int ch = (di + g->grid - 1) / g->grid, ch4 = round_up(ch, 4);
+    g->kcp = round_up(c->d_conv, 4), g->nsp = round_up(ns, 4);
     StepArgs &a = g->step;
-    a.off_rows = g->dmp;
-    a.off_u = a.off_rows + (2 * ch4 > HEAD_TILE ? 2 * ch4 : HEAD_TILE);
-    a.off_z = a.off_u + ch4, a.off_y = a.off_z + ch4, a.off_dbc = a.off_y + ch4;
-    a.off_dt = a.off_dbc + g->Rp, a.off_acc = a.off_dt + g->rkp;
-    a.off_red = a.off_acc + (g->Rp > g->dmp ? g->Rp : g->dmp);
-    a.off_part = a.off_red + 2 * WARPS;
-    g->step_smem = (size_t)(a.off_part + THREADS * 8) * sizeof(float);
-    if (g->step_smem > prop.sharedMemPerBlockOptin) {
-        snprintf(err, err_len, "this model's shape needs %zu bytes of shared memory per block; %s allows %zu",
-                 g->step_smem, prop.name, prop.sharedMemPerBlockOptin);
+    a.pl.conv_b = g->kcp, a.pl.dt_bias = g->kcp + 1, a.pl.D = g->kcp + 2, a.pl.A = g->kcp + 4;
+    a.pl.stride = a.pl.A + g->nsp;
+    const int ch = (di + g->grid - 1) / g->grid, ch4 = round_up(ch, 4);
+    const int head_rows = (c->vocab_size + g->grid - 1) / g->grid;
+    a.channels_per_block = ch, a.head_rows_per_block = head_rows;
+    /* shared memory after the ring, in floats, each piece a multiple of 4 */
+    int top_f = 0;
+    auto take = [&top_f](int n) { const int at = top_f; top_f += round_up(n, 4); return at; };
+    a.off_xn = take(g->dmp);
+    a.off_rows = take(2 * ch4 > head_rows ? 2 * ch4 : head_rows);
+    a.off_dt = take(ch4), a.off_u = take(ch4), a.off_z = take(ch4), a.off_y = take(ch4);
+    a.off_dbc = take(g->Rp), a.off_dtv = take(g->rkp), a.off_acc = take(g->Rp > g->dmp ? g->Rp : g->dmp);
+    a.off_red = take(2 * CONSUMER_WARPS), a.off_part = take(CONSUMERS * 8);
+    a.off_params = take(ch * a.pl.stride), a.off_conv = take(ch * g->kcp), a.off_ssm = take(ch * g->nsp);
+    /* the ring takes the rest, in RING_SLOTS slots, each at least a row of any matrix and the
+     * layer's first tile. Measured on the H100 (bench/NOTES.md): the step gets faster as tiles
+     * grow from 8 to 64 KB at the same bytes in flight, so a few large slots beat many small. */
+    a.small_conv = g->dmp * 4, a.small_ssm = a.small_conv + ch * g->kcp * 4, a.small_params = a.small_ssm + ch * g->nsp * 4;
+    const int small_bytes = a.small_params + ch * a.pl.stride * 4, row_bytes = g->dmp * (int)es;
+    const size_t floats_bytes = (size_t)top_f * sizeof(float), reserve = 2048;   /* static shared memory and slack */
+    const size_t ring_room = prop.sharedMemPerBlockOptin > floats_bytes + reserve ? prop.sharedMemPerBlockOptin - floats_bytes - reserve : 0;
+    a.n_slots = RING_SLOTS;
+    a.slot_bytes = (int)(ring_room / RING_SLOTS) / 128 * 128;
+    int slot_need = small_bytes;
+    for (int n : {row_bytes, g->Rp * (int)es, g->rkp * (int)es}) slot_need = slot_need > n ? slot_need : n;
+    if (a.slot_bytes < slot_need || (g->dmp / (16 / (int)es) + CONSUMERS - 1) / CONSUMERS > MAX_COL_ITEMS) {
+        snprintf(err, err_len, "this model's shape (d_model %d, d_inner %d) does not fit the step kernel's shared memory on %s",
+                 dm, di, prop.name);
         free(g);
         return NULL;
     }
+    a.rows_per_tile_in = a.rows_per_tile_out = a.rows_per_tile_head = a.slot_bytes / row_bytes;
+    a.rows_per_tile_x = a.slot_bytes / (g->Rp * (int)es), a.rows_per_tile_dt = a.slot_bytes / (g->rkp * (int)es);
+    g->step_smem = (size_t)a.n_slots * a.slot_bytes + floats_bytes;
     CUDA_CHECK(cudaFuncSetAttribute((const void *)g->step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)g->step_smem));
     int resident = 0;
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, (const void *)g->step_kernel, THREADS, g->step_smem));
@@ -1060,13 +1168,9 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char 
     for (int l = 0; l < L; l++) {
         lo[l].norm = carve(&top, g->dmp * sizeof(float));
         lo[l].in_proj = carve(&top, (size_t)2 * di * g->dmp * es);
-        lo[l].conv_w = carve(&top, (size_t)di * c->d_conv * sizeof(float));
-        lo[l].conv_b = carve(&top, di * sizeof(float));
+        lo[l].params = carve(&top, (size_t)di * a.pl.stride * sizeof(float));
         lo[l].x_proj_t = carve(&top, (size_t)di * g->Rp * es);
         lo[l].dt_proj = carve(&top, (size_t)di * g->rkp * es);
-        lo[l].dt_bias = carve(&top, di * sizeof(float));
-        lo[l].A = carve(&top, (size_t)di * ns * sizeof(float));
-        lo[l].D = carve(&top, di * sizeof(float));
         lo[l].out_proj_t = carve(&top, (size_t)di * g->dmp * es);
     }
     const size_t layer_bytes = (top - lo[0].norm) / L;   /* every layer is carved alike */
@@ -1074,8 +1178,8 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char 
     /* state and buffers; reset zeroes everything before rng */
     top = 0;
     const size_t resid = carve(&top, g->dmp * sizeof(float)), dbc = carve(&top, (size_t)L * g->Rp * sizeof(float));
-    const size_t conv = carve(&top, (size_t)L * di * c->d_conv * sizeof(float));
-    const size_t ssm = carve(&top, (size_t)L * di * ns * sizeof(float));
+    const size_t conv = carve(&top, (size_t)max_batch * L * di * g->kcp * sizeof(float));
+    const size_t ssm = carve(&top, (size_t)max_batch * L * di * g->nsp * sizeof(float));
     const size_t logits = carve(&top, vocab_bytes), history = carve(&top, HISTORY_CAP * sizeof(int));
     const size_t best = carve(&top, g->grid * sizeof(float)), best_id = carve(&top, g->grid * sizeof(int));
     const size_t counters = carve(&top, 2 * sizeof(unsigned) + sizeof(unsigned long long) + 2 * sizeof(int));
@@ -1107,20 +1211,21 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char 
     upload_rows(W + emb, w->embedding, c->padded_vocab, dm, g->dmp, es, st);
     if (!c->tied_head) upload_rows(W + head, w->lm_head, c->padded_vocab, dm, g->dmp, es, st);
     upload(W + norm_f, w->norm_f, dm * sizeof(float), st);
-    std::vector<float> A((size_t)di * ns);
+    std::vector<float> params((size_t)di * a.pl.stride);
     for (int l = 0; l < L; l++) {
         const LayerWeights *src = &w->layers[l];
         const LayerOffsets &o = lo[l];
         upload(W + o.norm, src->norm, dm * sizeof(float), st);
         upload_rows(W + o.in_proj, src->in_proj, (size_t)2 * di, dm, g->dmp, es, st);
-        upload(W + o.conv_w, src->conv_w, (size_t)di * c->d_conv * sizeof(float), st);
-        upload(W + o.conv_b, src->conv_b, di * sizeof(float), st);
+        for (int ch_i = 0; ch_i < di; ch_i++) {
+            float *p = &params[(size_t)ch_i * a.pl.stride];
+            for (int k = 0; k < c->d_conv; k++) p[k] = src->conv_w[(size_t)ch_i * c->d_conv + k];
+            p[a.pl.conv_b] = src->conv_b[ch_i], p[a.pl.dt_bias] = src->dt_bias[ch_i], p[a.pl.D] = src->D[ch_i];
+            for (int n = 0; n < ns; n++) p[a.pl.A + n] = -expf(src->A_log[(size_t)ch_i * ns + n]);
+        }
+        upload(W + o.params, params.data(), params.size() * sizeof(float), st);   /* staged before it returns: reusable */
         upload_transposed(W + o.x_proj_t, src->x_proj, g->R, di, g->Rp, es, tmp, st);
         upload_rows(W + o.dt_proj, src->dt_proj, di, c->dt_rank, g->rkp, es, st);
-        upload(W + o.dt_bias, src->dt_bias, di * sizeof(float), st);
-        for (size_t i = 0; i < A.size(); i++) A[i] = -expf(src->A_log[i]);
-        upload(W + o.A, A.data(), A.size() * sizeof(float), st);   /* staged before it returns: A can be refilled */
-        upload(W + o.D, src->D, di * sizeof(float), st);
         upload_transposed(W + o.out_proj_t, src->out_proj, dm, di, g->dmp, es, tmp, st);
     }
     CUDA_CHECK(cudaStreamSynchronize(st));
@@ -1129,15 +1234,12 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char 
     /* the step's arguments */
     char *K = g->work;
     a.layer0 = W + lo[0].norm, a.layer_stride = layer_bytes;
-    a.lo = LayerOffsets{0, lo[0].in_proj - lo[0].norm, lo[0].conv_w - lo[0].norm, lo[0].conv_b - lo[0].norm,
-                        lo[0].x_proj_t - lo[0].norm, lo[0].dt_proj - lo[0].norm, lo[0].dt_bias - lo[0].norm,
-                        lo[0].A - lo[0].norm, lo[0].D - lo[0].norm, lo[0].out_proj_t - lo[0].norm};
+    a.lo = LayerOffsets{0, lo[0].in_proj - lo[0].norm, lo[0].params - lo[0].norm, lo[0].x_proj_t - lo[0].norm,
+                        lo[0].dt_proj - lo[0].norm, lo[0].out_proj_t - lo[0].norm};
     a.embedding = W + emb, a.norm_f = (const float *)(W + norm_f), a.head = W + head;
-    a.n_layer = L, a.dm = dm, a.dmp = g->dmp, a.di = di, a.ns = ns, a.d_conv = c->d_conv, a.dt_rank = c->dt_rank;
-    a.rkp = g->rkp, a.R = g->R, a.Rp = g->Rp, a.vocab = c->vocab_size, a.eps = c->norm_eps;
-    a.channels_per_block = ch, a.head_rows_per_block = (c->vocab_size + g->grid - 1) / g->grid;
-    const char *pf = getenv("MAMBA_GPU_PREFETCH");
-    a.prefetch_bytes = pf ? (unsigned)strtoul(pf, NULL, 10) : DEFAULT_PREFETCH;
+    a.n_layer = L, a.dm = dm, a.dmp = g->dmp, a.di = di, a.ns = ns, a.nsp = g->nsp, a.d_conv = c->d_conv;
+    a.kcp = g->kcp, a.dt_rank = c->dt_rank, a.rkp = g->rkp, a.R = g->R, a.Rp = g->Rp, a.vocab = c->vocab_size;
+    a.eps = c->norm_eps;
     a.resid = (float *)(K + resid), a.dbc = (float *)(K + dbc);
     a.conv_state = (float *)(K + conv), a.ssm_state = (float *)(K + ssm), a.logits = (float *)(K + logits);
     a.history = (int *)(K + history);

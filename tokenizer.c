@@ -1,11 +1,19 @@
 /* tokenizer.c: the two tokenizers behind tokenizer.h.
  *
- * SentencePiece is the C++ library itself, through sp_wrapper.cc.
+ * SentencePiece is the C++ library itself, through sp_wrapper.cc; like spm_encode, it reads each
+ * byte of ill-formed UTF-8 as U+FFFD.
  *
  * Byte-level BPE follows Hugging Face `tokenizers` step by step, as the tokenizer.json declares:
- *   1. the input bytes become valid UTF-8, each ill-formed sequence (maximal subpart) turning
- *      into one U+FFFD, as Python's bytes.decode("utf-8", "replace") does: `tokenizers` only
- *      ever sees text that went through such a decoding;
+ *   1. the input splits into maximal runs of valid UTF-8 and the ill-formed bytes between them
+ *      (each byte of an ill-formed sequence on its own). Each run goes through steps 2 to 5 as
+ *      a text of its own, so its ids are those `tokenizers` gives that run: added tokens,
+ *      normalization and add_prefix_space apply to it as to the text between two added tokens
+ *      (the split pattern and the normalizers need valid text, and `tokenizers`, which only
+ *      takes valid text, has no rule for a run cut by a bad byte). Each ill-formed byte becomes
+ *      the id of its byte-level symbol (below), one id per byte, merged with nothing, so these
+ *      ids decode back to the very bytes. Every byte-level vocabulary has the 256 symbols;
+ *      encoding fails, with a reason, on a byte whose symbol is missing or whose id an added
+ *      token took;
  *   2. added tokens with normalized=false are split off the raw text, leftmost-longest;
  *   3. each remaining piece is normalized (utf8proc), then added tokens with normalized=true
  *      are split off the normalized text, leftmost-longest;
@@ -13,7 +21,8 @@
  *      word's bytes become the GPT-2 byte alphabet;
  *   5. BPE merges each word, lowest merge rank first, leftmost first among equal ranks.
  * Decoding maps pieces back to bytes (ByteLevel decoder) and keeps special tokens' text, as
- * tokenizers' decode(ids, skip_special_tokens=False) does. */
+ * tokenizers' decode(ids, skip_special_tokens=False) does; the streaming decoder shows each
+ * ill-formed sequence of those bytes as one U+FFFD, as tokenizers' decode does too. */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L   /* strdup */
 #endif
@@ -205,6 +214,15 @@ static int utf8_char(const unsigned char *s, size_t n) {
         lo = 0x80, hi = 0xBF;
     }
     return need + 1;
+}
+
+/* Length of the longest prefix of s[0..n) made of whole, valid UTF-8 characters. */
+static size_t utf8_valid_prefix(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    int k;
+    while (i < n && (k = utf8_char(u + i, n - i)) > 0) i += (size_t)k;
+    return i;
 }
 
 /* Appends the complete part of s[0..n) to out, ill-formed subparts as U+FFFD; *used tells how
@@ -460,6 +478,12 @@ static int parse_added(Bpe *b, const cJSON *list, char *err, size_t err_len) {
         if (!cJSON_IsString(content) || !content->valuestring[0] || get_id(get(x, "id"), &a->id)) {
             set_err(err, err_len, "tokenizer.json: added token %d needs a non-empty 'content' and "
                     "an 'id' in [0, %d)", b->n_added, MAX_ID);
+            return -1;
+        }
+        /* an invalid pattern could cut a character in two, and PCRE2 is given valid text only */
+        size_t len = strlen(content->valuestring);
+        if (utf8_valid_prefix(content->valuestring, len) != len) {
+            set_err(err, err_len, "tokenizer.json: added token %d is not valid UTF-8", b->n_added);
             return -1;
         }
         if (!(a->content = strdup(content->valuestring))) goto oom;
@@ -753,6 +777,7 @@ typedef struct {                  /* the scratch space of one tokenizer_encode c
     size_t heap_cap, heap_n;
     pcre2_match_data *md;
     const char *fail;             /* why encoding stopped */
+    char why[128];                /* room for a fail message with details */
 } Enc;
 
 static int cand_before(Cand a, Cand b) { return a.rank != b.rank ? a.rank < b.rank : a.pos < b.pos; }
@@ -930,21 +955,34 @@ static int encode_normalized(Enc *e, const char *s, size_t n) {
     return rc;
 }
 
+/* An ill-formed byte: the id of its byte-level symbol, whose piece decodes to that byte alone. */
+static int encode_raw_byte(Enc *e, unsigned char c) {
+    const Bpe *b = e->b;
+    int id = b->byte_id[c];
+    if (id < 0 || !b->piece[id] || strcmp(b->piece[id], b->byte_char[c])) {
+        snprintf(e->why, sizeof e->why, "the text has the ill-formed UTF-8 byte 0x%02X and the "
+                 "vocabulary has no byte-level piece '%s' for it", c, b->byte_char[c]);
+        e->fail = e->why;
+        return -1;
+    }
+    return ivec_add(e->out, &id, 1);
+}
+
+/* Valid runs are texts of their own, ill-formed bytes between them byte tokens (see the top). */
 static int bpe_encode(const Bpe *b, const char *text, size_t len, IntVec *out, char *err, size_t err_len) {
     Enc e = {.b = b, .out = out, .fail = "out of memory"};
-    Buf valid = {0};
-    size_t used;
     int rc = -1;
-    /* a character cut off by the end of the text is one more maximal subpart */
-    if (utf8_lossy(text, len, &valid, &used) || (used < len && buf_add(&valid, REPLACEMENT, 3)) ||
-        buf_add(&valid, "", 0))
-        goto done;
     if (!(e.md = pcre2_match_data_create_from_pattern(b->split, NULL))) goto done;
-    rc = split_added(&e, &b->raw, valid.data, valid.len, encode_normalized);
+    for (size_t i = 0; i < len;) {
+        size_t run = utf8_valid_prefix(text + i, len - i);
+        if (run && split_added(&e, &b->raw, text + i, run, encode_normalized)) goto done;
+        i += run;
+        if (i < len && encode_raw_byte(&e, (unsigned char)text[i++])) goto done;
+    }
+    rc = 0;
 done:
     if (rc) set_err(err, err_len, "tokenizer: encoding failed: %s", e.fail);
     pcre2_match_data_free(e.md);
-    free(valid.data);
     strmap_free(&e.cache);
     free(e.cached.data);
     free(e.spaced.data);

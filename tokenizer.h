@@ -30,7 +30,8 @@ int tokenizer_wants_bos(const Tokenizer *t);    /* whether prompts should start 
 
 /* Encode len bytes of text. On success returns 0 and a malloc'd array in *ids (caller frees)
  * of *n_ids ids; BOS is prepended when add_bos and the tokenizer has one. On failure returns
- * -1 with a one-line reason in err. */
+ * -1 with a one-line reason in err. Text that is not valid UTF-8: byte-level BPE tokenizes each
+ * ill-formed byte as the token of that byte; SentencePiece reads it as U+FFFD (tokenizer.c). */
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int add_bos,
                      int **ids, size_t *n_ids, char *err, size_t err_len);
 

@@ -149,18 +149,64 @@ closed_stdin_tokenize() {
 }
 check "closed stdin for tokenize: one clear error" closed_stdin_tokenize
 bad_utf8=$'caf\xc3 \xff\xfe na\xe2\x82ve \xed\xa0\x80 \xf4\x90\x80\x80'
-# Both tokenizers read each ill-formed sequence as U+FFFD (as Hugging Face tokenizers and
-# spm_encode do), and generation says so on stderr.
-gen_bad() {
+# Byte-level BPE tokenizes ill-formed bytes as raw bytes; SentencePiece reads each as U+FFFD (as
+# spm_encode does). Generation says which on stderr.
+gen_bad() {   # gen_bad MODEL NOTE
     $MAMBA -m $TMP/$1.bin --device cpu -n 5 --seed 1 "$bad_utf8" >$TMP/out 2>$TMP/err &&
-        grep -q "note: the prompt is not valid UTF-8 (byte 3); each ill-formed sequence is read as U+FFFD" $TMP/err &&
+        grep -qF "note: the prompt is not valid UTF-8 (byte 3); $2" $TMP/err &&
         [ "$(head -c 3 $TMP/out)" = caf ]
 }
-check "invalid UTF-8 prompt, byte-level BPE: reported, generates" gen_bad bpe
-check "invalid UTF-8 prompt, SentencePiece: reported, generates" gen_bad sp
+check "invalid UTF-8 prompt, byte-level BPE: reported as raw bytes, generates" \
+    gen_bad bpe "its ill-formed bytes are tokenized as raw bytes (byte-level BPE)"
+check "invalid UTF-8 prompt, SentencePiece: reported as U+FFFD, generates" \
+    gen_bad sp "each ill-formed byte is read as U+FFFD (SentencePiece)"
+# The byte-level reference, independent of tokenizer.c: GPT-2's bytes_to_unicode and the vocab
+# of neox.json (the tokenizer embedded in bpe.bin).
+BYTE_LEVEL='import json, sys
+same = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+sym = {b: chr(b) if b in same else chr(256 + sum(c not in same for c in range(b))) for b in range(256)}
+vocab = json.load(open(sys.argv[1]))["model"]["vocab"]
+'
+byte_ids() {   # byte_ids HEX: the id of each byte's byte-level symbol
+    python3 -c "$BYTE_LEVEL"'print(" ".join(str(vocab[sym[b]]) for b in bytes.fromhex(sys.argv[2])))' tests/tokenizer/neox.json "$1"
+}
+ids_to_bytes() {   # ids_to_bytes ID...: the bytes their pieces stand for
+    python3 -c "$BYTE_LEVEL"'piece = {i: p for p, i in vocab.items()}; byte = {c: b for b, c in sym.items()}
+sys.stdout.buffer.write(bytes(byte[c] for i in sys.argv[2:] for c in piece[int(i)]))' tests/tokenizer/neox.json "$@"
+}
+raw_ids() { [ "$($MAMBA tokenize -m $TMP/bpe.bin "$1")" = "$(byte_ids "$2")" ]; }
+check "invalid UTF-8, byte-level BPE: \\xff\\xfeA\\xe2\\x82 is the ids of bytes ff fe 41 e2 82" \
+    raw_ids $'\xff\xfeA\xe2\x82' fffe41e282
+added_then_byte() { [ "$($MAMBA tokenize -m $TMP/bpe.bin $'<|endoftext|>\x80')" = "0 $(byte_ids 80)" ]; }
+check "invalid UTF-8, byte-level BPE: <|endoftext|> then \\x80 is 0 and the id of byte 80" added_then_byte
+roundtrip() {
+    ids_to_bytes $($MAMBA tokenize -m $TMP/bpe.bin "$bad_utf8") >$TMP/back &&
+        cmp $TMP/back <(printf '%s' "$bad_utf8")
+}
+check "invalid UTF-8, byte-level BPE: the ids stand for exactly the input bytes" roundtrip
+valid_unchanged() {   # the first 40 plain rows of neox_cases.tsv: ids of Hugging Face tokenizers
+    local text ids rest n=0
+    while IFS=$'\t' read -r text ids rest; do
+        case "$text" in ''|-*|*\\*) continue ;; esac
+        [ "$($MAMBA tokenize -m $TMP/bpe.bin "$text")" = "$ids" ] || { echo "differs: $text"; return 1; }
+        n=$((n + 1)); [ $n -eq 40 ] && return 0
+    done <tests/tokenizer/neox_cases.tsv
+    return 1
+}
+check "valid UTF-8, byte-level BPE: ids unchanged (40 texts, id for id with tokenizers)" valid_unchanged
+python3 -c "$BYTE_LEVEL"'d = json.load(open(sys.argv[1])); del d["model"]["vocab"][sym[0xFF]]
+d["model"]["merges"] = [m for m in d["model"]["merges"] if sym[0xFF] not in m]
+json.dump(d, open(sys.argv[2], "w"), ensure_ascii=False)' tests/tokenizer/neox.json $TMP/noff.json
+expect_error "invalid UTF-8, byte-level BPE without the symbol of byte ff: one clear line" \
+    "cannot tokenize: .*ill-formed UTF-8 byte 0xFF and the vocabulary has no byte-level piece 'ÿ' for it" \
+    $MAMBA tokenize --tokenizer $TMP/noff.json $'a\xffb'
+check "byte-level BPE without the symbol of byte ff: valid text still tokenizes" \
+    sh -c "[ \"\$($MAMBA tokenize --tokenizer $TMP/noff.json 'a b')\" = \"\$($MAMBA tokenize -m $TMP/bpe.bin 'a b')\" ]"
+# Decoding for display: each maximal ill-formed sequence of the bytes shows as one U+FFFD
+# (bytes.decode("utf-8", "replace")); SentencePiece already read each bad byte as U+FFFD.
 fffd() { [ "$($MAMBA tokenize -m $TMP/$1.bin --decode $($MAMBA tokenize -m $TMP/$1.bin $'\xff\xfeA\xe2\x82'))" = "$2" ]; }
-check "invalid UTF-8, byte-level BPE: each maximal bad sequence is one U+FFFD" fffd bpe $'\uFFFD\uFFFDA\uFFFD'
-check "invalid UTF-8, SentencePiece: each bad byte is U+FFFD (as spm_encode)" fffd sp $'\uFFFD\uFFFDA\uFFFD\uFFFD' 
+check "invalid UTF-8, byte-level BPE: decoded for display, each maximal bad sequence is one U+FFFD" fffd bpe $'\uFFFD\uFFFDA\uFFFD'
+check "invalid UTF-8, SentencePiece: each bad byte is U+FFFD (as spm_encode)" fffd sp $'\uFFFD\uFFFDA\uFFFD\uFFFD'
 stdin_bad() { printf '%s' "$bad_utf8" | $MAMBA -m $TMP/$1.bin --device cpu -n 3 2>$TMP/err >/dev/null && grep -q 'not valid UTF-8' $TMP/err; }
 check "invalid UTF-8 on stdin, byte-level BPE" stdin_bad bpe
 check "invalid UTF-8 on stdin, SentencePiece" stdin_bad sp

@@ -2,9 +2,11 @@
 # tests/test_tokenizer.sh: both tokenizers against their reference libraries (issue 3).
 # SentencePiece: ids and decoded text equal to spm_encode / spm_decode (Debian `sentencepiece`)
 # for two committed models. Byte-level BPE: ids and decoded text equal to Hugging Face
-# `tokenizers`, recorded in the fixtures by tools/make_bpe_fixture.py. Every decode streams one
-# id at a time and each piece must be valid UTF-8. Then malformed files, corrupted copies, and
-# the encode speed on a 10 MB text. tests/tokenizer/README.md describes the fixtures.
+# `tokenizers`, recorded in the fixtures by tools/make_bpe_fixture.py (for texts that are not
+# valid UTF-8: `tokenizers` on each valid run, the ids of the raw bytes between them, by
+# tests/tokenizer/raw_byte_cases.py). Every decode streams one id at a time and each piece must
+# be valid UTF-8. Then malformed files, corrupted copies, and the encode speed on a 10 MB text.
+# tests/tokenizer/README.md describes the fixtures.
 source tests/lib.sh
 D=tests/tokenizer
 
@@ -64,6 +66,7 @@ sed '0,/"type": "BPE"/s//"type": "WordPiece"/' $D/neox.json >$TMP/wordpiece.json
 sed '0,/"type": "NFC"/s//"type": "Lowercase"/' $D/neox.json >$TMP/lowercase.json
 sed '/"pre_tokenizer"/,/"type"/s/"ByteLevel"/"Metaspace"/' $D/neox.json >$TMP/metaspace.json
 sed '0,/"merges": \[/s//"merges": [ "zzq zzr",/' $D/neox.json >$TMP/badmerge.json
+sed 's/<|padding|>/<|pad'$'\xff''ding|>/' $D/neox.json >$TMP/badadded.json
 head -c 3000 $D/sp_bytes.model >$TMP/truncated.model
 printf '\n\377\377\377\377\377\001garbage' >$TMP/garbage.model
 expect_error "malformed: truncated tokenizer.json" 'truncated.json: tokenizer.json: invalid JSON' $TOK info $TMP/truncated.json
@@ -75,6 +78,7 @@ expect_error "malformed: unknown model type" "model type 'WordPiece' is not supp
 expect_error "malformed: unknown normalizer" "normalizer 'Lowercase' is not supported" $TOK info $TMP/lowercase.json
 expect_error "malformed: unknown pre_tokenizer" "pre_tokenizer 'Metaspace' is not supported" $TOK info $TMP/metaspace.json
 expect_error "malformed: merge of unknown pieces" 'merge 0 .* not in the vocabulary' $TOK info $TMP/badmerge.json
+expect_error "malformed: added token that is not valid UTF-8" 'added token 1 is not valid UTF-8' $TOK info $TMP/badadded.json
 expect_error "malformed: truncated SentencePiece model" 'not a valid SentencePiece model' $TOK info $TMP/truncated.model
 expect_error "malformed: garbage SentencePiece model" 'not a valid SentencePiece model' $TOK bytes sp $TMP/garbage.model
 check "malformed: 1000 corrupted copies of neox.json load or fail cleanly" $TOK mutate $D/neox.json 1000 1

@@ -3,8 +3,7 @@
 # SentencePiece: ids and decoded text equal to spm_encode / spm_decode (Debian `sentencepiece`)
 # for two committed models. Byte-level BPE: ids and decoded text equal to Hugging Face
 # `tokenizers`, recorded in the fixtures by tools/make_bpe_fixture.py (for texts that are not
-# valid UTF-8: `tokenizers` on each valid run, the ids of the raw bytes between them, by
-# tests/tokenizer/raw_byte_cases.py). Every decode streams one id at a time and each piece must
+# valid UTF-8: `tokenizers` on each valid run, the ids of the raw bytes between them). Every decode streams one id at a time and each piece must
 # be valid UTF-8. Then malformed files, corrupted copies, and the encode speed on a 10 MB text.
 # tests/tokenizer/README.md describes the fixtures.
 source tests/lib.sh

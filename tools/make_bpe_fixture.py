@@ -16,15 +16,26 @@ Hugging Face `tokenizers` (from PyPI; no PyTorch).
   neox_decode.tsv  random id sequences (byte pieces favoured) and their decoded text
 
 Texts are escaped: \\\\ \\n \\r \\t, and \\xNN for other control characters and for bytes that are
-not valid UTF-8. Cases may hold invalid UTF-8, but `tokenizers` only takes str, so their
-reference comes from bytes.decode("utf-8", "replace"), which is also what tokenizer.c makes of
-such bytes. Decoded texts are decode(ids, skip_special_tokens=False), as tokenizer.c decodes.
+not valid UTF-8. Cases may hold invalid UTF-8, which `tokenizers` cannot take (it only takes
+str), so their ids follow tokenizer.c's rule for it (the comment at the top of tokenizer.c), with
+`tokenizers` encoding every valid run:
+
+  * the text splits into maximal runs of valid UTF-8 and the bytes between them (each byte of an
+    ill-formed sequence on its own);
+  * each run is encoded by `tokenizers` as a text of its own (no special tokens);
+  * each ill-formed byte is the vocabulary id of its byte-level symbol (GPT-2 bytes_to_unicode);
+  * the ids with special tokens are those of encode("") (the BOS a template prepends) + the ids.
+
+Decoded texts are decode(ids, skip_special_tokens=False), as tokenizer.c decodes: each ill-formed
+sequence of the decoded bytes shows as one U+FFFD.
 
 Usage: python3 tools/make_bpe_fixture.py [OUTDIR]     (default: tests/tokenizer)
+       (tokenizers 0.23.3 from PyPI: pip install tokenizers==0.23.3)
 """
 import json
 import os
 import random
+import re
 import sys
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -162,14 +173,54 @@ def esc(b):
     return "".join(out)
 
 
+def byte_alphabet():
+    """GPT-2's bytes_to_unicode: each byte's one-character symbol."""
+    same = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in same:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def runs(b):
+    """Valid runs (str) and ill-formed bytes (int), in order: surrogateescape turns each byte
+    of an ill-formed sequence into its own lone surrogate."""
+    for part in re.split("([\udc80-\udcff])", b.decode("utf-8", "surrogateescape")):
+        if len(part) == 1 and 0xDC80 <= ord(part) <= 0xDCFF:
+            yield ord(part) - 0xDC00
+        elif part:
+            yield part
+
+
+def encode_raw(tok, b, byte_ids):
+    """tokenizer.c's ids for bytes that are not valid UTF-8: each valid run encoded by
+    `tokenizers` as a text of its own, each ill-formed byte the id of its byte-level symbol."""
+    ids = []
+    for run in runs(b):
+        ids += [byte_ids[run]] if isinstance(run, int) else tok.encode(run, add_special_tokens=False).ids
+    return ids
+
+
 def write_cases(tok, path, check_roundtrip, max_len=None):
+    vocab = tok.get_vocab(with_added_tokens=False)
+    byte_ids = {b: vocab[c] for b, c in byte_alphabet().items()}
     rows = []
     for b in cases():
         if max_len and len(b) > max_len:
             continue
         text = b.decode("utf-8", "replace")
-        ids = tok.encode(text, add_special_tokens=False).ids
-        with_bos = tok.encode(text).ids
+        try:
+            b.decode("utf-8")
+        except UnicodeDecodeError:
+            ids = encode_raw(tok, b, byte_ids)
+            with_bos = tok.encode("").ids + ids
+        else:
+            ids = tok.encode(text, add_special_tokens=False).ids
+            with_bos = tok.encode(text).ids
         dec = tok.decode(ids, skip_special_tokens=False)
         if check_roundtrip and tok.normalizer.normalize_str(text) != dec:
             sys.exit("round trip fails for %r" % text)

@@ -23,7 +23,9 @@ ifneq ($(CUDA_HOME),)
   GPU_OBJ = build/kernels.o
   GPU_FLAGS = -DMAMBA_CUDA
   # the CUDA runtime linked statically: the binary needs only the driver, found at run time
-  GPU_LIBS = -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcudart_static -ldl -lrt -lpthread
+  # cuBLAS is opened at run time (dlopen), found through this rpath or LD_LIBRARY_PATH
+  GPU_LIBS = -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcudart_static -ldl -lrt -lpthread \
+	-Wl,-rpath,$(CUDA_HOME)/lib64
 endif
 
 .PHONY: all cpu test test-gpu devlibs asan deps clean fuzz
@@ -88,7 +90,8 @@ test: deps
 
 # The GPU machine lacks the Debian libraries: `make devlibs` (here) builds .devlibs/mamba for any
 # x86-64-v3 CPU, with tests/cmp_logits and the shared libraries it needs (all but glibc's and
-# the driver's) beside it, found through an rpath of $ORIGIN; tests/gpu.sh runs it from there.
+# the driver's) beside it, found through an rpath of $ORIGIN (cuBLAS, opened at run time, comes
+# from the GPU machine's CUDA toolkit); tests/gpu.sh runs it from there.
 devlibs: $(GPU_OBJ)
 	rm -rf .devlibs
 	mkdir -p .devlibs

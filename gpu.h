@@ -28,11 +28,12 @@ typedef struct {
     int vocab;             /* the sampler (greedy too) picks ids in [0, vocab) only */
 } GpuSampling;
 
-/* Uploads the weights and allocates the state and the graphs, with greedy sampling. Returns
+/* Uploads the weights and allocates the state of max_batch sequences (slots; slot 0 is the one
+ * the single-sequence calls use) and the graphs, with greedy sampling. Returns
  * NULL and a one-line reason in err when there is no usable CUDA device, when the GPU has too
  * little free memory (the reason says how many bytes are needed and how many are free), or
  * when the model's dtype or shape is one the kernels do not handle. */
-GpuEngine *gpu_engine_create(const Config *c, const Weights *w, char *err, size_t err_len);
+GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int max_batch, char *err, size_t err_len);
 void gpu_engine_free(GpuEngine *g);
 
 /* Back to an empty sequence: zero state, empty penalty history. The sampler's RNG goes on. */
@@ -49,6 +50,24 @@ const float *gpu_engine_feed(GpuEngine *g, int token, int want_logits);
  * after running it (valid until the next call). It keeps one such step queued ahead, so after
  * it only gpu_engine_sample_feed, gpu_engine_reset or gpu_engine_free may follow. */
 int gpu_engine_sample_feed(GpuEngine *g, int want_logits, const float **logits);
+
+/* ---- Several sequences at once (slots 0 .. max_batch-1, each with its own state) ---- */
+
+/* Empties one slot's state. */
+void gpu_engine_reset_slot(GpuEngine *g, int slot);
+
+/* Runs the n given tokens through the sequence in slot as parallel passes of up to `chunk`
+ * tokens (0: the largest; at most 4096): matrix products over the tokens, the selective scan
+ * over the sequence. Memory stays bounded for any n. The slot's state afterwards is the one n
+ * single steps would leave (and for slot 0, the repetition penalty's history has the tokens).
+ * With logits (n rows of vocab_size floats, on the host) the passes make the tokens' logits
+ * too, in chunks of at most 256. */
+void gpu_engine_prefill(GpuEngine *g, int slot, const int *tokens, long n, int chunk, float *logits);
+
+/* Runs tokens[i] through the sequence in slots[i] for i < n (distinct slots, n ≤ max_batch) as
+ * one batch; returns the n rows of vocab_size logits on the host, row i for slots[i] (valid
+ * until the next call). */
+const float *gpu_engine_forward_batch(GpuEngine *g, int n, const int *slots, const int *tokens);
 
 /* Waits until the queued steps are done. */
 void gpu_engine_sync(GpuEngine *g);
@@ -68,6 +87,16 @@ typedef struct {
 
 /* Times a greedy run of n_prompt given tokens then n_decode generated ones. */
 void gpu_engine_bench(GpuEngine *g, const int *prompt, int n_prompt, int n_decode, GpuBench *out);
+
+/* Seconds to run an n-token prompt through the parallel prompt pass (gpu_engine_prefill). */
+double gpu_engine_bench_prefill(GpuEngine *g, long n);
+
+/* Seconds for `steps` greedy steps of `batch` sequences decoding together (batch ≤ max_batch),
+ * the argmax on the device. */
+double gpu_engine_bench_batch(GpuEngine *g, int batch, int steps);
+
+/* FLOP/s of a large matrix product in the engine's dtype with fp32 accumulation, measured now. */
+double gpu_engine_matmul_flops(GpuEngine *g);
 
 #ifdef __cplusplus
 }

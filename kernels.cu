@@ -35,7 +35,9 @@
  * memory. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -127,7 +129,8 @@ struct StepArgs {
     int argmax_vocab;         /* the argmax looks at ids below this only */
     /* the ring: n_slots slots of slot_bytes; a tile of a matrix holds rows_per_tile_* rows */
     int n_slots, slot_bytes, rows_per_tile_in, rows_per_tile_x, rows_per_tile_dt, rows_per_tile_out, rows_per_tile_head;
-    int small_conv, small_ssm, small_params;   /* byte offsets in a layer's first tile (the norm is at 0) */
+    int small_conv, small_ssm, small_params;
+    unsigned long long trap_at_run;   /* fault injection: the step that runs token number trap_at_run traps (0: never) */   /* byte offsets in a layer's first tile (the norm is at 0) */
     int off_xn, off_rows, off_dt, off_u, off_z, off_y, off_dbc, off_dtv, off_acc, off_red, off_part, off_params,
         off_conv, off_ssm;    /* shared-memory layout after the ring, in floats */
     float *resid;             /* [dmp] the residual stream */
@@ -601,7 +604,10 @@ __global__ void __launch_bounds__(THREADS, 1) forward_token(const StepArgs a) {
 
     const int token = *a.token_in;
     unsigned barriers = 0;
-    if (b == 0 && tid == 0) a.history[*a.n_run % HISTORY_CAP] = token, *a.n_run += 1;
+    if (b == 0 && tid == 0) {
+        if (*a.n_run + 1 == a.trap_at_run) __trap();
+        a.history[*a.n_run % HISTORY_CAP] = token, *a.n_run += 1;
+    }
 
     for (int l = 0; l < a.n_layer; l++) {
         float *dbc_l = a.dbc + (size_t)l * a.Rp;
@@ -930,6 +936,220 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_token(const SampleArgs 
 }
 
 /* ----------------------------------------------------------------------------------------
+ * Many tokens at once: the prompt pass (one sequence, L tokens) and the batched step (B
+ * sequences, one token each) share one layout, S sequences × L tokens = rows, row r = s·L + t.
+ * The projections are matrix products over all rows (cuBLAS, fp32 accumulation); the kernels
+ * below do what lies between them. State lives in slots: conv [slot, layer, di, kcp] and SSM
+ * [slot, layer, di, nsp]; sequence s of a pass uses slot slots[s]. */
+
+struct PassArgs {
+    int S, L, rows;
+    const int *slots;         /* [S] */
+    int layer;
+    int di, dm, dmp, d_conv, kcp, ns, nsp, dt_rank, rkp, Rp;
+    ParamLayout pl;
+    const float *params;      /* the layer's [di, stride] */
+    float *conv_state, *ssm_state;   /* slot 0, layer 0 */
+    size_t conv_slot, ssm_slot;      /* floats per slot */
+};
+
+/* X[r] = embedding row of tokens[r], in fp32. */
+template <typename T>
+__global__ void embed_rows(const T *emb, const int *tokens, int dmp, float *X) {
+    const T *e = emb + (size_t)tokens[blockIdx.x] * dmp;
+    for (int i = threadIdx.x; i < dmp; i += blockDim.x) X[(size_t)blockIdx.x * dmp + i] = to_f32(e[i]);
+}
+
+/* XN[r] = RMSNorm(X[r]) · w in the weights' dtype (the next product's input); one block a row. */
+template <typename T>
+__global__ void __launch_bounds__(256) rmsnorm_rows(const float *X, const float *w, int dm, int dmp, float eps, T *XN) {
+    __shared__ float red[8];
+    const float *x = X + (size_t)blockIdx.x * dmp;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dmp; i += 256) ss += x[i] * x[i];
+    const float scale = 1.0f / sqrtf(block_sum<256>(ss, red) / dm + eps);
+    for (int i = threadIdx.x; i < dmp; i += 256) XN[(size_t)blockIdx.x * dmp + i] = T(w[i] * (x[i] * scale));
+}
+
+/* The causal depthwise conv1d over each sequence's tokens, then SiLU: u = SiLU(b + Σ_k w[k] ·
+ * x[t - (d_conv-1) + k]), where inputs before the pass come from the slot's conv state (which
+ * holds the last d_conv inputs, oldest first). One thread per (row, channel); u goes out both in
+ * fp32 (the scan) and in the weights' dtype (x_proj's input). */
+template <typename T>
+__global__ void conv_rows(const PassArgs p, const float *XZ, float *U, T *U16) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)p.rows * p.di) return;
+    const int r = (int)(i / p.di), c = (int)(i - (size_t)r * p.di), s = r / p.L, t = r - s * p.L;
+    const float *w = p.params + (size_t)c * p.pl.stride;
+    const float *state = p.conv_state + p.slots[s] * p.conv_slot + ((size_t)p.layer * p.di + c) * p.kcp;
+    float acc = w[p.pl.conv_b];
+    for (int k = 0; k < p.d_conv; k++) {
+        const int tau = t - (p.d_conv - 1) + k;
+        const float x = tau >= 0 ? XZ[(size_t)(r - t + tau) * 2 * p.di + c] : state[p.d_conv + tau];
+        acc += w[k] * x;
+    }
+    const float u = silu(acc);
+    U[i] = u;
+    U16[i] = T(u);
+}
+
+/* After conv_rows: each slot's conv state becomes its last d_conv inputs. */
+__global__ void conv_state_update(const PassArgs p, const float *XZ) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= p.S * p.di) return;
+    const int s = i / p.di, c = i - s * p.di;
+    float *state = p.conv_state + p.slots[s] * p.conv_slot + ((size_t)p.layer * p.di + c) * p.kcp;
+    float old[8], in[8];
+    for (int k = 0; k < p.d_conv; k++) old[k] = state[k];
+    for (int k = 0; k < p.d_conv; k++) {
+        const int tau = p.L - p.d_conv + k;
+        in[k] = tau >= 0 ? XZ[(size_t)(s * p.L + tau) * 2 * p.di + c] : old[p.d_conv + tau];
+    }
+    for (int k = 0; k < p.d_conv; k++) state[k] = in[k];
+}
+
+/* DT[r, 0:rkp] = dt of row r (the first dt_rank outputs of x_proj) in the weights' dtype, the
+ * padding zero: dt_proj's input. */
+template <typename T>
+__global__ void dt_rows(const float *DBC, int rows, int Rp, int dt_rank, int rkp, T *DT) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * rkp) return;
+    const int r = i / rkp, k = i - r * rkp;
+    DT[i] = T(k < dt_rank ? DBC[(size_t)r * Rp + k] : 0.0f);
+}
+
+constexpr int SCAN_THREADS = 128;          /* 32 channels a block: enough blocks for every SM */
+constexpr int SCAN_CHUNK = 32;               /* tokens staged in shared memory at a time */
+constexpr int SCAN_LANES = 4;                /* lanes per channel, */
+constexpr int SCAN_MAX_STATES = 64;          /* each with up to 16 states in registers */
+
+/* The selective scan over each sequence's tokens, as in the Mamba paper's hardware-aware
+ * algorithm: SCAN_LANES lanes per channel, each with PL of the states, h kept in registers for
+ * the whole sequence; only y goes to memory. The per-token inputs are staged in shared memory a
+ * chunk of SCAN_CHUNK tokens at a time, the next chunk's loads in flight (in registers) while
+ * the current one is scanned: Δ = softplus(dt_proj·dt + bias), Δ·u and the gate SiLU(z) once
+ * per (token, channel), and B, C (shared by the channels). Then, token after token:
+ *   h = exp(Δ·A)·h + (Δ·u)·B;  y = (C·h + D·u)·SiLU(z)
+ * Only h's update is sequential; the tokens' exponentials overlap (the loop is unrolled).
+ * Grid: (channel groups, S). */
+template <typename T, int PL>
+__global__ void __launch_bounds__(SCAN_THREADS) selective_scan(const PassArgs p, const float *DELTA, const float *U,
+                                                               const float *XZ, const float *DBC, T *Y) {
+    constexpr int per_block = SCAN_THREADS / SCAN_LANES;                     /* channels */
+    constexpr int CH_ITEMS = SCAN_CHUNK * per_block / SCAN_THREADS;          /* (token, channel) cells a thread stages */
+    constexpr int BC_ITEMS = SCAN_CHUNK * SCAN_LANES * PL / SCAN_THREADS;    /* B (and C) values a thread stages */
+    __shared__ float sD[SCAN_CHUNK][per_block], sDU[SCAN_CHUNK][per_block], sU[SCAN_CHUNK][per_block],
+        sG[SCAN_CHUNK][per_block], sB[SCAN_CHUNK][SCAN_LANES * PL], sC[SCAN_CHUNK][SCAN_LANES * PL];
+    const int lane_n = threadIdx.x % SCAN_LANES, j = threadIdx.x / SCAN_LANES;
+    const int c = blockIdx.x * per_block + j, s = blockIdx.y, ns = p.ns;
+    const bool active = c < p.di;
+    const float *w = p.params + (size_t)(active ? c : 0) * p.pl.stride;
+    const float Dc = w[p.pl.D];
+    float A2[PL], h[PL];   /* A·log2(e): exp(Δ·A) = 2^(Δ·A2) */
+    float *saved = p.ssm_state + p.slots[s] * p.ssm_slot + ((size_t)p.layer * p.di + (active ? c : 0)) * p.nsp;
+#pragma unroll
+    for (int q = 0; q < PL; q++) {
+        const int n = lane_n * PL + q;
+        A2[q] = active && n < ns ? w[p.pl.A + n] * 1.4426950408889634f : 0.0f;
+        h[q] = active && n < ns ? saved[n] : 0.0f;
+    }
+    const size_t row0 = (size_t)s * p.L;
+    /* the loads of one chunk, into registers */
+    float rD[CH_ITEMS], rU[CH_ITEMS], rZ[CH_ITEMS], rB[BC_ITEMS], rC[BC_ITEMS];
+    auto load = [&](int t0) {
+        const int nt = min(SCAN_CHUNK, p.L - t0);
+#pragma unroll
+        for (int k = 0; k < CH_ITEMS; k++) {
+            const int i = threadIdx.x + k * SCAN_THREADS, tt = i / per_block, cc = blockIdx.x * per_block + i % per_block;
+            const bool ok = tt < nt && cc < p.di;
+            const size_t r = row0 + t0 + tt;
+            rD[k] = ok ? DELTA[r * p.di + cc] : 0.0f;
+            rU[k] = ok ? U[r * p.di + cc] : 0.0f;
+            rZ[k] = ok ? XZ[r * 2 * p.di + p.di + cc] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < BC_ITEMS; k++) {
+            const int i = threadIdx.x + k * SCAN_THREADS, tt = i / (SCAN_LANES * PL), n = i % (SCAN_LANES * PL);
+            const bool ok = tt < nt && n < ns;
+            const float *dbc = DBC + (row0 + t0 + tt) * p.Rp + p.dt_rank;
+            rB[k] = ok ? dbc[n] : 0.0f;
+            rC[k] = ok ? dbc[ns + n] : 0.0f;
+        }
+    };
+    load(0);
+    for (int t0 = 0; t0 < p.L; t0 += SCAN_CHUNK) {
+        const int nt = min(SCAN_CHUNK, p.L - t0);
+        __syncthreads();   /* the previous chunk is used up */
+#pragma unroll
+        for (int k = 0; k < CH_ITEMS; k++) {
+            const int i = threadIdx.x + k * SCAN_THREADS, tt = i / per_block, jj = i % per_block;
+            const int cc = min(blockIdx.x * per_block + jj, p.di - 1);
+            const float delta = softplus(rD[k] + p.params[(size_t)cc * p.pl.stride + p.pl.dt_bias]);
+            sD[tt][jj] = delta, sDU[tt][jj] = delta * rU[k], sU[tt][jj] = rU[k], sG[tt][jj] = silu(rZ[k]);
+        }
+#pragma unroll
+        for (int k = 0; k < BC_ITEMS; k++) {
+            const int i = threadIdx.x + k * SCAN_THREADS, tt = i / (SCAN_LANES * PL), n = i % (SCAN_LANES * PL);
+            sB[tt][n] = rB[k], sC[tt][n] = rC[k];
+        }
+        __syncthreads();
+        if (t0 + SCAN_CHUNK < p.L) load(t0 + SCAN_CHUNK);   /* in flight while this chunk is scanned */
+#pragma unroll 8
+        for (int tt = 0; tt < SCAN_CHUNK; tt++) {
+            if (tt >= nt) break;
+            const float delta = sD[tt][j], du = sDU[tt][j];
+            float y = 0.0f;
+#pragma unroll
+            for (int q = 0; q < PL; q++) {
+                h[q] = exp2f(delta * A2[q]) * h[q] + du * sB[tt][lane_n * PL + q];
+                y += h[q] * sC[tt][lane_n * PL + q];
+            }
+#pragma unroll
+            for (int o = SCAN_LANES / 2; o > 0; o >>= 1) y += __shfl_xor_sync(FULL_MASK, y, o);
+            if (active && lane_n == 0) Y[(row0 + t0 + tt) * p.di + c] = T((y + Dc * sU[tt][j]) * sG[tt][j]);
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < PL; q++) {
+        const int n = lane_n * PL + q;
+        if (active && n < ns) saved[n] = h[q];
+    }
+}
+
+/* The instance of selective_scan for a number of states: PL, a power of two, per lane. */
+template <typename T>
+static const void *scan_kernel_for(int ns) {
+    const int per_lane = (ns + SCAN_LANES - 1) / SCAN_LANES;
+    if (per_lane <= 1) return (const void *)selective_scan<T, 1>;
+    if (per_lane <= 2) return (const void *)selective_scan<T, 2>;
+    if (per_lane <= 4) return (const void *)selective_scan<T, 4>;
+    if (per_lane <= 8) return (const void *)selective_scan<T, 8>;
+    return (const void *)selective_scan<T, 16>;
+}
+
+/* The largest logit of each row (ids below vocab_limit, lowest id on ties): the batched
+ * benchmark's greedy step, and the tokens it feeds back. */
+__global__ void argmax_rows(const float *logits, int vocab, int vocab_limit, int *out) {
+    __shared__ float redv[8];
+    __shared__ int redi[8];
+    const float *x = logits + (size_t)blockIdx.x * vocab;
+    float v = -INFINITY;
+    int id = -1;
+    for (int i = threadIdx.x; i < vocab_limit; i += 256)
+        if (x[i] == x[i] && (id < 0 || x[i] > v)) v = x[i], id = i;
+    block_argmax<256>(v, id, redv, redi);
+    if (threadIdx.x == 0) out[blockIdx.x] = id < 0 ? 0 : id;
+}
+
+/* Appends n prompt tokens to the repetition penalty's history (the single sequence's). */
+__global__ void append_history(const int *tokens, int n, int *history, unsigned long long *n_run) {
+    const unsigned long long run = *n_run;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) history[(run + i) % HISTORY_CAP] = tokens[i];
+    __syncthreads();
+    if (threadIdx.x == 0) *n_run = run + n;
+}
+
+/* ----------------------------------------------------------------------------------------
  * Upload helpers. */
 
 /* out[c * out_stride + r] = in[r * cols + c]: 32×32 tiles through shared memory. */
@@ -966,13 +1186,100 @@ __global__ void read_probe(const uint4 *p, size_t n, unsigned *sink) {
 }
 
 /* ----------------------------------------------------------------------------------------
+ * Many tokens at once, the host side: cuBLAS (loaded when the engine starts), the pass over
+ * all layers, the prompt pass chunk by chunk, and the batched step, one CUDA graph per batch
+ * size class (powers of two; unused rows run token 0 in a scratch slot). */
+
+constexpr int PREFILL_CHUNK = 4096;          /* prompt tokens a pass takes at most: bounds the memory */
+constexpr int PREFILL_LOGIT_ROWS = 256;      /* prompt tokens a pass takes when their logits are wanted */
+constexpr int MAX_BATCH = 1024;              /* sequences a batched step takes at most */
+constexpr size_t BLAS_WORKSPACE = 32u << 20; /* cuBLAS's workspace, set so that graphs can capture it */
+
+/* The cuBLAS functions the engine calls, looked up in libcublas at run time so that a binary
+ * built with CUDA starts on machines without the toolkit (and then runs on the CPU). */
+struct Blas {
+    void *lib;
+    decltype(&cublasCreate_v2) create;
+    decltype(&cublasDestroy_v2) destroy;
+    decltype(&cublasSetStream_v2) set_stream;
+    decltype(&cublasSetWorkspace_v2) set_workspace;
+    decltype(&cublasSetMathMode) set_math_mode;
+    cublasStatus_t (*gemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *, const void *,
+                           cudaDataType, int, const void *, cudaDataType, int, const void *, void *, cudaDataType, int,
+                           cublasComputeType_t, cublasGemmAlgo_t);
+    decltype(&cublasGetStatusName) status_name;
+};
+
+static bool blas_load(Blas *b, char *err, size_t err_len) {
+    const char *names[] = {"libcublas.so.13", "libcublas.so"};
+    for (const char *name : names)
+        if ((b->lib = dlopen(name, RTLD_NOW | RTLD_LOCAL))) break;
+    if (!b->lib) {
+        snprintf(err, err_len, "cuBLAS (libcublas.so.13) was not found: add the CUDA toolkit's lib64 to LD_LIBRARY_PATH");
+        return false;
+    }
+    b->create = (decltype(b->create))dlsym(b->lib, "cublasCreate_v2");
+    b->destroy = (decltype(b->destroy))dlsym(b->lib, "cublasDestroy_v2");
+    b->set_stream = (decltype(b->set_stream))dlsym(b->lib, "cublasSetStream_v2");
+    b->set_workspace = (decltype(b->set_workspace))dlsym(b->lib, "cublasSetWorkspace_v2");
+    b->set_math_mode = (decltype(b->set_math_mode))dlsym(b->lib, "cublasSetMathMode");
+    b->gemm = (decltype(b->gemm))dlsym(b->lib, "cublasGemmEx");
+    b->status_name = (decltype(b->status_name))dlsym(b->lib, "cublasGetStatusName");
+    if (!b->create || !b->destroy || !b->set_stream || !b->set_workspace || !b->set_math_mode || !b->gemm || !b->status_name) {
+        snprintf(err, err_len, "the cuBLAS library found lacks a function the engine needs");
+        dlclose(b->lib);
+        b->lib = NULL;
+        return false;
+    }
+    return true;
+}
+
+/* The smallest batch size class (a power of two) that holds n rows. */
+static int batch_class(int n) {
+    int k = 0;
+    while ((1 << k) < n) k++;
+    return k;
+}
+
+static void blas_check(const Blas &b, cublasStatus_t st, const char *call, const char *file, int line) {
+    if (st == CUBLAS_STATUS_SUCCESS) return;
+    fprintf(stderr, "mamba: error: cuBLAS call %s failed at %s:%d: %s\n", call, file, line, b.status_name(st));
+    exit(1);
+}
+#define BLAS_CHECK(g, call) blas_check((g)->blas, (call), #call, __FILE__, __LINE__)
+
+/* Kernel launches are checked where they are made; a fault while one runs surfaces at the next
+ * synchronization, which names the work that was in flight (see sync_or_die). */
+#define LAUNCH_CHECK(name) cuda_check(cudaGetLastError(), "launching " name, __FILE__, __LINE__)
+
+/* What the engine needs for passes over many rows. */
+struct PassBuffers {
+    int cap;                 /* rows */
+    int logit_rows;          /* rows of logits a pass can make */
+    float *X, *XZ, *U, *DBC, *DELTA, *logits;
+    void *XN, *U16, *DT, *Y; /* in the weights' dtype */
+    int *tokens, *slots, *argmax;
+    int *host_tokens, *host_slots;   /* pinned */
+    float *host_logits;              /* pinned [max class, vocab] */
+};
+
+
+/* ----------------------------------------------------------------------------------------
  * The engine. */
 
 struct GpuEngine {
     Config c;
     char name[256];
     int grid, dmp, rkp, R, Rp, kcp, nsp;
-    int max_batch;                                   /* sequence slots */
+    int max_batch;                                   /* sequence slots (one more, the scratch slot, pads batches) */
+    size_t conv_slot, ssm_slot;                      /* floats of state per slot */
+    Blas blas;
+    cublasHandle_t blas_handle;
+    void *blas_workspace;
+    PassBuffers pass;
+    char *pass_mem;
+    cudaGraphExec_t batch_graph[12];                 /* batched step of 2^k rows, k ≤ 11 */
+    const char *in_flight;                           /* the work a failed synchronization reports */
     size_t step_smem, sample_smem;
     void (*step_kernel)(StepArgs);
     cudaStream_t stream;
@@ -990,6 +1297,18 @@ struct GpuEngine {
     float *host_logits;                              /* pinned [OUTPUT_RING, vocab] */
     cudaEvent_t out_ready[OUTPUT_RING];
 };
+
+/* A fault in a kernel surfaces at the next synchronization, which names the work in flight. */
+static void die_in_flight(const GpuEngine *g, cudaError_t err) {
+    fprintf(stderr, "mamba: error: CUDA error %s (%s) while running %s\n", cudaGetErrorName(err), cudaGetErrorString(err),
+            g->in_flight);
+    exit(1);
+}
+
+static void sync_or_die(GpuEngine *g) {
+    const cudaError_t err = cudaStreamSynchronize(g->stream);
+    if (err != cudaSuccess) die_in_flight(g, err);
+}
 
 /* Offsets of one allocation carved in 256-byte-aligned pieces. */
 static size_t carve(size_t *top, size_t bytes) {
@@ -1052,7 +1371,7 @@ static void destroy_graphs(GpuEngine *g) {
 /* Captures the step reading token slot x (a prompt step) and, unless sampling is greedy (the
  * step's own argmax), the sampler writing slot x followed by that step (a decode step). */
 static void build_graphs(GpuEngine *g) {
-    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    sync_or_die(g);
     destroy_graphs(g);
     for (int x = 0; x < 2; x++) {
         for (int with_sampler = 0; with_sampler <= !g->greedy; with_sampler++) {
@@ -1091,9 +1410,22 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
         return NULL;
     }
 
+    if (max_batch < 1 || max_batch > MAX_BATCH) {
+        snprintf(err, err_len, "the GPU engine takes 1 to %d sequences at once, not %d", MAX_BATCH, max_batch);
+        return NULL;
+    }
+    if (c->d_conv > 8 || c->d_state > SCAN_MAX_STATES) {
+        snprintf(err, err_len, "the GPU engine handles d_conv up to 8 and d_state up to %d (this model: %d, %d)",
+                 SCAN_MAX_STATES, c->d_conv, c->d_state);
+        return NULL;
+    }
     GpuEngine *g = (GpuEngine *)calloc(1, sizeof *g);
     if (!g) {
         snprintf(err, err_len, "out of host memory");
+        return NULL;
+    }
+    if (!blas_load(&g->blas, err, err_len)) {
+        free(g);
         return NULL;
     }
     g->c = *c;
@@ -1178,8 +1510,9 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
     /* state and buffers; reset zeroes everything before rng */
     top = 0;
     const size_t resid = carve(&top, g->dmp * sizeof(float)), dbc = carve(&top, (size_t)L * g->Rp * sizeof(float));
-    const size_t conv = carve(&top, (size_t)max_batch * L * di * g->kcp * sizeof(float));
-    const size_t ssm = carve(&top, (size_t)max_batch * L * di * g->nsp * sizeof(float));
+    g->conv_slot = (size_t)L * di * g->kcp, g->ssm_slot = (size_t)L * di * g->nsp;
+    const size_t conv = carve(&top, (g->max_batch + 1) * g->conv_slot * sizeof(float));
+    const size_t ssm = carve(&top, (g->max_batch + 1) * g->ssm_slot * sizeof(float));
     const size_t logits = carve(&top, vocab_bytes), history = carve(&top, HISTORY_CAP * sizeof(int));
     const size_t best = carve(&top, g->grid * sizeof(float)), best_id = carve(&top, g->grid * sizeof(int));
     const size_t counters = carve(&top, 2 * sizeof(unsigned) + sizeof(unsigned long long) + 2 * sizeof(int));
@@ -1188,10 +1521,22 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
     const size_t scratch = sample_in_smem ? 0 : carve(&top, vocab_bytes);
     g->work_bytes = top;
     const size_t tmp_bytes = (size_t)di * (dm > g->R ? dm : g->R) * es;   /* transposes go through it */
+    /* the buffers of the passes over many rows: the prompt's chunks, or a batch */
+    const int classes = batch_class(g->max_batch) + 1, max_rows = 1 << (classes - 1);
+    const int cap = PREFILL_CHUNK > max_rows ? PREFILL_CHUNK : max_rows;
+    const int logit_rows = max_rows > PREFILL_LOGIT_ROWS ? max_rows : PREFILL_LOGIT_ROWS;
+    top = 0;
+    const size_t pX = carve(&top, (size_t)cap * g->dmp * 4), pXZ = carve(&top, (size_t)cap * 2 * di * 4);
+    const size_t pU = carve(&top, (size_t)cap * di * 4), pDBC = carve(&top, (size_t)cap * g->Rp * 4);
+    const size_t pDELTA = carve(&top, (size_t)cap * di * 4), pLOG = carve(&top, (size_t)logit_rows * vocab_bytes);
+    const size_t pXN = carve(&top, (size_t)cap * g->dmp * es), pU16 = carve(&top, (size_t)cap * di * es);
+    const size_t pDT = carve(&top, (size_t)cap * g->rkp * es), pY = carve(&top, (size_t)cap * di * es);
+    const size_t pINT = carve(&top, (size_t)3 * cap * sizeof(int)), pWS = carve(&top, BLAS_WORKSPACE);
+    const size_t pass_bytes = top;
 
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-    const size_t need = g->weight_bytes + g->work_bytes + tmp_bytes;
+    const size_t need = g->weight_bytes + g->work_bytes + tmp_bytes + pass_bytes;
     if (need > free_bytes) {
         snprintf(err, err_len, "out of GPU memory: the model needs %zu bytes on %s, %zu of %zu are free", need, prop.name,
                  free_bytes, total_bytes);
@@ -1251,6 +1596,26 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
     g->sample = SampleArgs{a.logits, sample_in_smem ? NULL : (float *)(K + scratch), c->vocab_size, a.history, a.n_run,
                            0.0f, 1.0f, 1.0f, 0, 0, g->rng, NULL};
 
+    /* the passes over many rows */
+    char *P = (char *)gpu_alloc(pass_bytes);
+    PassBuffers &pb = g->pass;
+    pb.cap = cap, pb.logit_rows = logit_rows;
+    pb.X = (float *)(P + pX), pb.XZ = (float *)(P + pXZ), pb.U = (float *)(P + pU), pb.DBC = (float *)(P + pDBC);
+    pb.DELTA = (float *)(P + pDELTA), pb.logits = (float *)(P + pLOG);
+    pb.XN = P + pXN, pb.U16 = P + pU16, pb.DT = P + pDT, pb.Y = P + pY;
+    pb.tokens = (int *)(P + pINT), pb.slots = pb.tokens + cap, pb.argmax = pb.slots + cap;
+    g->blas_workspace = P + pWS;
+    CUDA_CHECK(cudaMallocHost((void **)&pb.host_tokens, 2 * (size_t)cap * sizeof(int)));
+    pb.host_slots = pb.host_tokens + cap;
+    CUDA_CHECK(cudaMallocHost((void **)&pb.host_logits, (size_t)max_rows * vocab_bytes));
+    BLAS_CHECK(g, g->blas.create(&g->blas_handle));
+    BLAS_CHECK(g, g->blas.set_stream(g->blas_handle, g->stream));
+    BLAS_CHECK(g, g->blas.set_workspace(g->blas_handle, g->blas_workspace, BLAS_WORKSPACE));
+    BLAS_CHECK(g, g->blas.set_math_mode(g->blas_handle, CUBLAS_DEFAULT_MATH));   /* fp32 stays fp32: no TF32 */
+    g->pass_mem = P;
+    const char *trap = getenv("MAMBA_GPU_TRAP_AT_TOKEN");   /* fault injection for the tests */
+    a.trap_at_run = trap ? strtoull(trap, NULL, 10) : 0;
+
     CUDA_CHECK(cudaMallocHost((void **)&g->host_in, INPUT_RING * sizeof(int)));
     CUDA_CHECK(cudaMallocHost((void **)&g->host_out, OUTPUT_RING * sizeof(int)));
     CUDA_CHECK(cudaMallocHost((void **)&g->host_logits, OUTPUT_RING * vocab_bytes));
@@ -1262,7 +1627,7 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
 
 extern "C" void gpu_engine_free(GpuEngine *g) {
     if (!g) return;
-    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    sync_or_die(g);
     destroy_graphs(g);
     for (int i = 0; i < OUTPUT_RING; i++) CUDA_CHECK(cudaEventDestroy(g->out_ready[i]));
     CUDA_CHECK(cudaFreeHost(g->host_in));
@@ -1270,19 +1635,26 @@ extern "C" void gpu_engine_free(GpuEngine *g) {
     CUDA_CHECK(cudaFreeHost(g->host_logits));
     CUDA_CHECK(cudaFree(g->weights));
     CUDA_CHECK(cudaFree(g->work));
+    for (cudaGraphExec_t &x : g->batch_graph)
+        if (x) CUDA_CHECK(cudaGraphExecDestroy(x));
+    BLAS_CHECK(g, g->blas.destroy(g->blas_handle));
+    dlclose(g->blas.lib);
+    CUDA_CHECK(cudaFree(g->pass_mem));
+    CUDA_CHECK(cudaFreeHost(g->pass.host_tokens));
+    CUDA_CHECK(cudaFreeHost(g->pass.host_logits));
     CUDA_CHECK(cudaStreamDestroy(g->stream));
     free(g);
 }
 
 extern "C" void gpu_engine_reset(GpuEngine *g) {
-    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    sync_or_die(g);
     CUDA_CHECK(cudaMemsetAsync(g->work, 0, g->zeroed_bytes, g->stream));
-    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    sync_or_die(g);
     g->parity = 0, g->fed = g->launched = g->returned = 0;
 }
 
 extern "C" void gpu_engine_set_sampling(GpuEngine *g, const GpuSampling *s) {
-    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    sync_or_die(g);
     g->sample.temperature = s->temperature, g->sample.top_k = s->top_k, g->sample.top_p = s->top_p;
     g->sample.vocab = g->step.argmax_vocab = s->vocab < 1 ? 1 : s->vocab < g->c.vocab_size ? s->vocab : g->c.vocab_size;
     g->sample.penalty = s->repeat_penalty;
@@ -1297,21 +1669,23 @@ extern "C" void gpu_engine_set_sampling(GpuEngine *g, const GpuSampling *s) {
 
 extern "C" const float *gpu_engine_feed(GpuEngine *g, int token, int want_logits) {
     const int slot = (int)(g->fed % INPUT_RING);
-    if (slot == 0 && g->fed > 0) CUDA_CHECK(cudaStreamSynchronize(g->stream));   /* the ring's copies are done */
+    if (slot == 0 && g->fed > 0) sync_or_die(g);   /* the ring's copies are done */
     g->host_in[slot] = token;
     CUDA_CHECK(cudaMemcpyAsync(g->tokens + g->parity, &g->host_in[slot], sizeof(int), cudaMemcpyHostToDevice, g->stream));
+    g->in_flight = "forward_token (a step)";
     CUDA_CHECK(cudaGraphLaunch(g->prompt_graph[g->parity], g->stream));
     g->parity ^= 1, g->fed++;
     if (!want_logits) return NULL;
     CUDA_CHECK(cudaMemcpyAsync(g->host_logits, g->step.logits, g->c.vocab_size * sizeof(float), cudaMemcpyDeviceToHost,
                                g->stream));
-    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    sync_or_die(g);
     return g->host_logits;
 }
 
 /* Queues one decode step: sample into the slot the step reads, run it, copy the id (and logits) out. */
 static void launch_decode(GpuEngine *g, int want_logits) {
     const int out = (int)(g->launched % OUTPUT_RING);
+    g->in_flight = g->greedy ? "forward_token (a step)" : "sample_token and forward_token (a decode step)";
     CUDA_CHECK(cudaGraphLaunch(g->decode_graph[g->parity], g->stream));
     CUDA_CHECK(cudaMemcpyAsync(&g->host_out[out], g->tokens + g->parity, sizeof(int), cudaMemcpyDeviceToHost, g->stream));
     if (want_logits)
@@ -1324,13 +1698,14 @@ static void launch_decode(GpuEngine *g, int want_logits) {
 extern "C" int gpu_engine_sample_feed(GpuEngine *g, int want_logits, const float **logits) {
     while (g->launched - g->returned < 2) launch_decode(g, want_logits);   /* one step stays queued ahead */
     const int out = (int)(g->returned % OUTPUT_RING);
-    CUDA_CHECK(cudaEventSynchronize(g->out_ready[out]));
+    const cudaError_t err = cudaEventSynchronize(g->out_ready[out]);
+    if (err != cudaSuccess) die_in_flight(g, err);
     g->returned++;
     if (logits) *logits = want_logits ? g->host_logits + (size_t)out * g->c.vocab_size : NULL;
     return g->host_out[out];
 }
 
-extern "C" void gpu_engine_sync(GpuEngine *g) { CUDA_CHECK(cudaStreamSynchronize(g->stream)); }
+extern "C" void gpu_engine_sync(GpuEngine *g) { sync_or_die(g); }
 
 extern "C" const char *gpu_engine_device_name(const GpuEngine *g) { return g->name; }
 
@@ -1374,16 +1749,19 @@ extern "C" void gpu_engine_bench(GpuEngine *g, const int *prompt, int n_prompt, 
     gpu_engine_set_sampling(g, &greedy);
     /* warm-up: clocks, caches, the graphs' first launches */
     gpu_engine_reset(g);
-    for (int i = 0; i < n_prompt; i++) gpu_engine_feed(g, prompt[i], 0);
+    gpu_engine_prefill(g, 0, prompt, n_prompt - 1, 0, NULL);
+    gpu_engine_feed(g, prompt[n_prompt - 1], 0);
     for (int i = 0; i < 16; i++) CUDA_CHECK(cudaGraphLaunch(g->decode_graph[i & 1 ? 1 - g->parity : g->parity], g->stream));
-    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    sync_or_die(g);
 
-    /* time to first token: the prompt's steps, then the first id on the host */
+    /* time to first token: the prompt in parallel but its last token, that token's step, then
+     * the first id on the host */
     gpu_engine_reset(g);
     const double t0 = host_seconds();
-    for (int i = 0; i < n_prompt; i++) gpu_engine_feed(g, prompt[i], 0);
+    gpu_engine_prefill(g, 0, prompt, n_prompt - 1, 0, NULL);
+    gpu_engine_feed(g, prompt[n_prompt - 1], 0);
     CUDA_CHECK(cudaMemcpyAsync(g->host_out, g->tokens + g->parity, sizeof(int), cudaMemcpyDeviceToHost, g->stream));
-    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    sync_or_die(g);
     out->first_token_seconds = host_seconds() - t0;
 
     /* decode: n_decode greedy steps replayed back to back */
@@ -1405,4 +1783,235 @@ extern "C" void gpu_engine_bench(GpuEngine *g, const int *prompt, int n_prompt, 
     out->engine_bytes = g->weight_bytes + g->work_bytes;
     out->used_bytes = gpu_memory_used();
     out->read_bandwidth = measure_read_bandwidth(g);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Many tokens at once: the pass over all layers, the prompt in chunks, the batched step. */
+
+static cudaDataType weight_type(const GpuEngine *g) {
+    return g->c.dtype == DTYPE_F32 ? CUDA_R_32F : g->c.dtype == DTYPE_F16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+/* C[m, n] (column-major, fp32) = op(A) · B (+ C when accumulate): A the weights, B activations
+ * in the weights' dtype, fp32 accumulation. */
+static void gemm(GpuEngine *g, bool transpose_a, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
+                 float *C, int ldc, bool accumulate) {
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    const cudaDataType t = weight_type(g);
+    BLAS_CHECK(g, g->blas.gemm(g->blas_handle, transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, A, t, lda,
+                               B, t, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+template <typename T>
+static void enqueue_pass(GpuEngine *g, int S, int L, bool want_logits) {
+    PassBuffers &b = g->pass;
+    const StepArgs &a = g->step;
+    const int rows = S * L, di = a.di, dmp = a.dmp;
+    cudaStream_t st = g->stream;
+    PassArgs p{S, L, rows, b.slots, 0, di, a.dm, dmp, a.d_conv, a.kcp, a.ns, a.nsp, a.dt_rank, a.rkp, a.Rp, a.pl, NULL,
+               a.conv_state, a.ssm_state, g->conv_slot, g->ssm_slot};
+    T *XN = (T *)b.XN, *U16 = (T *)b.U16, *DT = (T *)b.DT, *Y = (T *)b.Y;
+    embed_rows<T><<<rows, 256, 0, st>>>((const T *)a.embedding, b.tokens, dmp, b.X);
+    LAUNCH_CHECK("embed_rows");
+    const int scan_channels = SCAN_THREADS / SCAN_LANES;
+    const dim3 scan_grid((di + scan_channels - 1) / scan_channels, S);
+    for (int l = 0; l < a.n_layer; l++) {
+        const char *base = a.layer0 + (size_t)l * a.layer_stride;
+        p.layer = l, p.params = (const float *)(base + a.lo.params);
+        rmsnorm_rows<T><<<rows, 256, 0, st>>>(b.X, (const float *)(base + a.lo.norm), a.dm, dmp, a.eps, XN);
+        LAUNCH_CHECK("rmsnorm_rows");
+        gemm(g, true, 2 * di, rows, dmp, base + a.lo.in_proj, dmp, XN, dmp, b.XZ, 2 * di, false);
+        const int cells = rows * di;
+        conv_rows<T><<<(cells + 255) / 256, 256, 0, st>>>(p, b.XZ, b.U, U16);
+        LAUNCH_CHECK("conv_rows");
+        conv_state_update<<<(S * di + 255) / 256, 256, 0, st>>>(p, b.XZ);
+        LAUNCH_CHECK("conv_state_update");
+        gemm(g, false, a.Rp, rows, di, base + a.lo.x_proj_t, a.Rp, U16, di, b.DBC, a.Rp, false);
+        dt_rows<T><<<(rows * a.rkp + 255) / 256, 256, 0, st>>>(b.DBC, rows, a.Rp, a.dt_rank, a.rkp, DT);
+        LAUNCH_CHECK("dt_rows");
+        gemm(g, true, di, rows, a.rkp, base + a.lo.dt_proj, a.rkp, DT, a.rkp, b.DELTA, di, false);
+        {
+            const float *delta = b.DELTA, *u = b.U, *xz = b.XZ, *dbc = b.DBC;
+            void *args[] = {&p, &delta, &u, &xz, &dbc, &Y};
+            CUDA_CHECK(cudaLaunchKernel(scan_kernel_for<T>(a.ns), scan_grid, dim3(SCAN_THREADS), args, 0, st));
+        }
+        LAUNCH_CHECK("selective_scan");
+        gemm(g, false, dmp, rows, di, base + a.lo.out_proj_t, dmp, Y, di, b.X, dmp, true);
+    }
+    if (want_logits) {
+        rmsnorm_rows<T><<<rows, 256, 0, st>>>(b.X, a.norm_f, a.dm, dmp, a.eps, XN);
+        LAUNCH_CHECK("rmsnorm_rows");
+        gemm(g, true, a.vocab, rows, dmp, a.head, dmp, XN, dmp, b.logits, a.vocab, false);
+    }
+}
+
+static void run_pass(GpuEngine *g, int S, int L, bool want_logits) {
+    if (g->c.dtype == DTYPE_F32) enqueue_pass<float>(g, S, L, want_logits);
+    else if (g->c.dtype == DTYPE_F16) enqueue_pass<__half>(g, S, L, want_logits);
+    else enqueue_pass<__nv_bfloat16>(g, S, L, want_logits);
+}
+
+static void check_slot(const GpuEngine *g, int slot) {
+    if (slot < 0 || slot >= g->max_batch) {
+        fprintf(stderr, "mamba: error: internal: sequence slot %d outside 0..%d\n", slot, g->max_batch - 1);
+        exit(1);
+    }
+}
+
+extern "C" void gpu_engine_reset_slot(GpuEngine *g, int slot) {
+    check_slot(g, slot);
+    CUDA_CHECK(cudaMemsetAsync(g->step.conv_state + slot * g->conv_slot, 0, g->conv_slot * sizeof(float), g->stream));
+    CUDA_CHECK(cudaMemsetAsync(g->step.ssm_state + slot * g->ssm_slot, 0, g->ssm_slot * sizeof(float), g->stream));
+}
+
+extern "C" void gpu_engine_prefill(GpuEngine *g, int slot, const int *tokens, long n, int chunk, float *logits) {
+    check_slot(g, slot);
+    PassBuffers &b = g->pass;
+    if (chunk < 1 || chunk > PREFILL_CHUNK) chunk = PREFILL_CHUNK;
+    if (logits && chunk > b.logit_rows) chunk = b.logit_rows;
+    for (long at = 0; at < n; at += chunk) {
+        const int len = (int)(n - at < chunk ? n - at : chunk);
+        sync_or_die(g);   /* the pinned staging is free again */
+        memcpy(b.host_tokens, tokens + at, len * sizeof(int));
+        b.host_slots[0] = slot;
+        CUDA_CHECK(cudaMemcpyAsync(b.tokens, b.host_tokens, len * sizeof(int), cudaMemcpyHostToDevice, g->stream));
+        CUDA_CHECK(cudaMemcpyAsync(b.slots, b.host_slots, sizeof(int), cudaMemcpyHostToDevice, g->stream));
+        g->in_flight = "the prompt pass (embed_rows, rmsnorm_rows, cuBLAS, conv_rows, selective_scan)";
+        run_pass(g, 1, len, logits != NULL);
+        if (logits)
+            CUDA_CHECK(cudaMemcpyAsync(logits + at * g->c.vocab_size, b.logits, (size_t)len * g->c.vocab_size * sizeof(float),
+                                       cudaMemcpyDeviceToHost, g->stream));
+        if (slot == 0) {   /* the single sequence's repetition penalty sees its prompt */
+            append_history<<<1, 1024, 0, g->stream>>>(b.tokens, len, g->step.history, g->step.n_run);
+            LAUNCH_CHECK("append_history");
+        }
+    }
+    sync_or_die(g);
+}
+
+/* The graph of one batched step of class k, captured on first use. */
+static cudaGraphExec_t batch_graph(GpuEngine *g, int k) {
+    if (!g->batch_graph[k]) {
+        cudaGraph_t graph;
+        CUDA_CHECK(cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeThreadLocal));
+        run_pass(g, 1 << k, 1, true);
+        CUDA_CHECK(cudaStreamEndCapture(g->stream, &graph));
+        CUDA_CHECK(cudaGraphInstantiate(&g->batch_graph[k], graph, 0));
+        CUDA_CHECK(cudaGraphDestroy(graph));
+    }
+    return g->batch_graph[k];
+}
+
+/* Stages n (token, slot) pairs, padded to the class with token 0 in the scratch slot. */
+static int stage_batch(GpuEngine *g, int n, const int *slots, const int *tokens) {
+    PassBuffers &b = g->pass;
+    const int k = batch_class(n), rows = 1 << k;
+    sync_or_die(g);
+    for (int i = 0; i < rows; i++) {
+        if (i < n) check_slot(g, slots[i]);
+        b.host_tokens[i] = i < n ? tokens[i] : 0;
+        b.host_slots[i] = i < n ? slots[i] : g->max_batch;   /* the scratch slot */
+    }
+    CUDA_CHECK(cudaMemcpyAsync(b.tokens, b.host_tokens, rows * sizeof(int), cudaMemcpyHostToDevice, g->stream));
+    CUDA_CHECK(cudaMemcpyAsync(b.slots, b.host_slots, rows * sizeof(int), cudaMemcpyHostToDevice, g->stream));
+    return k;
+}
+
+extern "C" const float *gpu_engine_forward_batch(GpuEngine *g, int n, const int *slots, const int *tokens) {
+    if (n < 1 || n > g->max_batch) {
+        fprintf(stderr, "mamba: error: internal: a batch of %d sequences, the engine holds %d\n", n, g->max_batch);
+        exit(1);
+    }
+    const int k = stage_batch(g, n, slots, tokens);
+    g->in_flight = "a batched step (embed_rows, rmsnorm_rows, cuBLAS, conv_rows, selective_scan)";
+    CUDA_CHECK(cudaGraphLaunch(batch_graph(g, k), g->stream));
+    CUDA_CHECK(cudaMemcpyAsync(g->pass.host_logits, g->pass.logits, (size_t)n * g->c.vocab_size * sizeof(float),
+                               cudaMemcpyDeviceToHost, g->stream));
+    sync_or_die(g);
+    return g->pass.host_logits;
+}
+
+/* ---- benchmarks of the parallel paths ---- */
+
+/* Seconds to run n pseudo-random prompt tokens through slot 0 in parallel. */
+extern "C" double gpu_engine_bench_prefill(GpuEngine *g, long n) {
+    int *tokens = (int *)malloc(n * sizeof(int));
+    if (!tokens) {
+        fprintf(stderr, "mamba: error: out of host memory for a %ld-token prompt\n", n);
+        exit(1);
+    }
+    for (long i = 0; i < n; i++) tokens[i] = (int)((1 + 7919ull * i) % (unsigned long long)g->c.vocab_size);
+    gpu_engine_reset(g);
+    gpu_engine_prefill(g, 0, tokens, n < PREFILL_CHUNK ? n : PREFILL_CHUNK, 0, NULL);   /* warm-up: cuBLAS picks its kernels */
+    gpu_engine_reset(g);
+    const double t0 = host_seconds();
+    gpu_engine_prefill(g, 0, tokens, n, 0, NULL);
+    const double seconds = host_seconds() - t0;
+    free(tokens);
+    gpu_engine_reset(g);
+    return seconds;
+}
+
+/* Seconds for `steps` greedy steps of `batch` sequences decoding together (each step one graph
+ * replay and an argmax per row that feeds the next step, all on the device). */
+extern "C" double gpu_engine_bench_batch(GpuEngine *g, int batch, int steps) {
+    int *slots = (int *)malloc(batch * sizeof(int)), *tokens = (int *)malloc(batch * sizeof(int));
+    if (!slots || !tokens) {
+        fprintf(stderr, "mamba: error: out of host memory\n");
+        exit(1);
+    }
+    for (int i = 0; i < batch; i++) slots[i] = i, tokens[i] = 1 + i;
+    gpu_engine_reset(g);
+    const int k = stage_batch(g, batch, slots, tokens), rows = 1 << k;
+    const cudaGraphExec_t graph = batch_graph(g, k);
+    g->in_flight = "the batched benchmark (a batched step, argmax_rows)";
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    for (int rep = 0; rep < 2; rep++) {   /* the first round warms up */
+        CUDA_CHECK(cudaEventRecord(e0, g->stream));
+        for (int i = 0; i < (rep ? steps : 8); i++) {
+            CUDA_CHECK(cudaGraphLaunch(graph, g->stream));
+            argmax_rows<<<rows, 256, 0, g->stream>>>(g->pass.logits, g->c.vocab_size, g->step.argmax_vocab, g->pass.tokens);
+            LAUNCH_CHECK("argmax_rows");
+        }
+        CUDA_CHECK(cudaEventRecord(e1, g->stream));
+        sync_or_die(g);
+    }
+    float ms;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    CUDA_CHECK(cudaEventDestroy(e0));
+    CUDA_CHECK(cudaEventDestroy(e1));
+    free(slots), free(tokens);
+    gpu_engine_reset(g);
+    return ms * 1e-3;
+}
+
+/* FLOP/s of a large cuBLAS product in the engine's setting (weights' dtype, fp32 accumulation
+ * and output): what the prompt pass is compared to. */
+extern "C" double gpu_engine_matmul_flops(GpuEngine *g) {
+    const int n = 8192;
+    const size_t es = g->c.dtype == DTYPE_F32 ? 4 : 2;
+    char *buf = (char *)gpu_alloc((size_t)n * n * (2 * es + 4));
+    void *A = buf, *B = buf + (size_t)n * n * es;
+    float *C = (float *)(buf + (size_t)n * n * 2 * es);
+    CUDA_CHECK(cudaMemsetAsync(buf, 0, (size_t)n * n * (2 * es + 4), g->stream));
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    g->in_flight = "the matrix-product benchmark (cuBLAS)";
+    float best = 1e30f;
+    for (int rep = 0; rep < 6; rep++) {
+        CUDA_CHECK(cudaEventRecord(e0, g->stream));
+        gemm(g, true, n, n, n, A, n, B, n, C, n, false);
+        CUDA_CHECK(cudaEventRecord(e1, g->stream));
+        sync_or_die(g);
+        float ms;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        if (rep > 0 && ms < best) best = ms;
+    }
+    CUDA_CHECK(cudaEventDestroy(e0));
+    CUDA_CHECK(cudaEventDestroy(e1));
+    CUDA_CHECK(cudaFree(buf));
+    return 2.0 * n * n * (double)n / (best * 1e-3);
 }

@@ -30,7 +30,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -898,88 +898,183 @@ static void cmd_convert(int argc, char **argv) {
 }
 
 /* ----------------------------------------------------------------------------------------
- * The CPU reference engine: one token at a time through every Mamba block. */
+ * The CPU reference engine: one token of each of n sequences at a time through every Mamba
+ * block. The sequences go through each layer together, so every weight matrix is read once per
+ * step whatever n; each output is summed in an order fixed by the model alone, so a sequence's
+ * logits do not depend on what else is in the batch (single-sequence use is n = 1). */
+
+#define MAX_BATCH 1024   /* sequences one engine runs together at most */
 
 typedef struct {
-    float *x;        /* [d_model] residual stream */
-    float *xn;       /* [d_model] normalized input of a block, then the block's output */
-    float *xz;       /* [2*d_inner] in_proj output: x then the gate z */
-    float *u;        /* [d_inner] conv1d + SiLU output, the SSM input */
-    float *dbc;      /* [dt_rank + 2*d_state] x_proj output: dt (low rank), B, C */
-    float *delta;    /* [d_inner] Δ after dt_proj and softplus */
-    float *y;        /* [d_inner] SSM output, gated */
-    float *logits;   /* [padded_vocab] */
+    int max_batch;   /* the scratch buffers below hold this many rows, one per sequence */
+    float *x;        /* [max_batch, d_model] residual stream */
+    float *xn;       /* [max_batch, d_model] normalized input of a block, then the block's output */
+    float *xz;       /* [max_batch, 2*d_inner] in_proj output: x then the gate z */
+    float *u;        /* [max_batch, d_inner] conv1d + SiLU output, the SSM input */
+    float *dbc;      /* [max_batch, dt_rank + 2*d_state] x_proj output: dt (low rank), B, C */
+    float *delta;    /* [max_batch, d_inner] Δ before dt_bias and softplus */
+    float *y;        /* [max_batch, d_inner] SSM output, gated */
+    float *logits;   /* [max_batch, padded_vocab] */
+    void *scratch;   /* the allocation the buffers above are carved from */
     float *A;        /* [n_layer, d_inner, d_state] A = -exp(A_log), computed once */
-    SeqState seq;
+    SeqState *slots; /* [max_batch] the state of each sequence slot */
 } CpuEngine;
 
-static void cpu_engine_reset(CpuEngine *e, const Config *c) {
-    memset(e->seq.conv, 0, (size_t)c->n_layer * c->d_inner * c->d_conv * sizeof(float));
-    memset(e->seq.ssm, 0, (size_t)c->n_layer * c->d_inner * c->d_state * sizeof(float));
+static void cpu_engine_reset_slot(CpuEngine *e, const Config *c, int slot) {
+    memset(e->slots[slot].conv, 0, (size_t)c->n_layer * c->d_inner * c->d_conv * sizeof(float));
+    memset(e->slots[slot].ssm, 0, (size_t)c->n_layer * c->d_inner * c->d_state * sizeof(float));
 }
 
-static void cpu_engine_init(CpuEngine *e, const Model *m) {
+/* Bytes of n floats rounded up to whole 64-byte cache lines. */
+static size_t line_bytes(size_t n) { return (n * sizeof(float) + 63) / 64 * 64; }
+
+static void cpu_engine_init(CpuEngine *e, const Model *m, int max_batch) {
     const Config *c = &m->config;
-    size_t di = c->d_inner, per_layer_A = di * c->d_state;
-    e->x = xcalloc(c->d_model, sizeof(float));
-    e->xn = xcalloc(c->d_model, sizeof(float));
-    e->xz = xcalloc(2 * di, sizeof(float));
-    e->u = xcalloc(di, sizeof(float));
-    e->dbc = xcalloc(c->dt_rank + 2 * c->d_state, sizeof(float));
-    e->delta = xcalloc(di, sizeof(float));
-    e->y = xcalloc(di, sizeof(float));
-    e->logits = xcalloc(c->padded_vocab, sizeof(float));
+    size_t di = c->d_inner, per_layer_A = di * c->d_state, rows = max_batch;
+    /* the scratch buffers, carved from one allocation, each from a cache line on: vector loads of
+     * a buffer's first row never straddle two lines */
+    float **buffers[] = {&e->x, &e->xn, &e->xz, &e->u, &e->dbc, &e->delta, &e->y, &e->logits};
+    const size_t floats[] = {rows * c->d_model, rows * c->d_model, rows * 2 * di, rows * di,
+                             rows * (c->dt_rank + 2 * c->d_state), rows * di, rows * di, rows * c->padded_vocab};
+    size_t bytes = 63;
+    for (size_t i = 0; i < sizeof floats / sizeof *floats; i++) bytes += line_bytes(floats[i]);
+    e->max_batch = max_batch;
+    e->scratch = xcalloc(bytes, 1);
+    char *at = (char *)e->scratch + (64 - (uintptr_t)e->scratch % 64) % 64;
+    for (size_t i = 0; i < sizeof floats / sizeof *floats; i++) {
+        *buffers[i] = (float *)at;
+        at += line_bytes(floats[i]);
+    }
     e->A = xcalloc(c->n_layer * per_layer_A, sizeof(float));
     for (int l = 0; l < c->n_layer; l++)
         for (size_t i = 0; i < per_layer_A; i++) e->A[l * per_layer_A + i] = -expf(m->weights.layers[l].A_log[i]);
-    e->seq.conv = xcalloc((size_t)c->n_layer * di * c->d_conv, sizeof(float));
-    e->seq.ssm = xcalloc((size_t)c->n_layer * per_layer_A, sizeof(float));
+    e->slots = xcalloc(rows, sizeof *e->slots);
+    for (int s = 0; s < max_batch; s++) {
+        e->slots[s].conv = xcalloc((size_t)c->n_layer * di * c->d_conv, sizeof(float));
+        e->slots[s].ssm = xcalloc((size_t)c->n_layer * per_layer_A, sizeof(float));
+    }
 }
 
 static void cpu_engine_free(CpuEngine *e) {
-    free(e->x), free(e->xn), free(e->xz), free(e->u), free(e->dbc), free(e->delta), free(e->y);
-    free(e->logits), free(e->A), free(e->seq.conv), free(e->seq.ssm);
+    free(e->scratch), free(e->A);
+    for (int s = 0; s < e->max_batch; s++) free(e->slots[s].conv), free(e->slots[s].ssm);
+    free(e->slots);
 }
 
-/* out[r] = Σ_c W[r, c] · x[c] for a row-major [rows, cols] matrix stored as dtype. */
-static void matvec(float *out, const void *W, DType dtype, const float *x, int rows, int cols) {
+/* Dot products are summed in DOT_LANES interleaved partial sums: lane k adds the products of
+ * the columns j ≡ k (mod DOT_LANES) in column order, then the lanes are added pairwise. That
+ * order depends on the number of columns alone, so an output is the same bits whichever other
+ * inputs share its matrix product. */
+enum { DOT_LANES = 16, MATMUL_GROUP = 4 };
+_Static_assert(DOT_LANES == 16, "sum_lanes and the f16 conversion handle 16 lanes");
+
+/* DOT_LANES floats, or their bits, as one value that the compiler keeps in vector registers at
+ * any optimization level (GCC and Clang vector extensions). Functions take them by pointer: GCC
+ * warns about passing 64-byte vectors by value where AVX-512 is off. */
+typedef float Lanes __attribute__((vector_size(DOT_LANES * sizeof(float))));
+typedef uint32_t LaneBits __attribute__((vector_size(DOT_LANES * sizeof(uint32_t))));
+typedef uint16_t HalfLanes __attribute__((vector_size(DOT_LANES * sizeof(uint16_t))));
+
+/* Element i of a matrix stored as dtype, as a float. */
+static inline float weight_at(const void *W, DType dtype, size_t i) {
+    return dtype == DTYPE_F32    ? ((const float *)W)[i]
+           : dtype == DTYPE_BF16 ? bf16_to_f32(((const uint16_t *)W)[i])
+                                 : f16_to_f32(((const uint16_t *)W)[i]);
+}
+
+/* Elements i .. i + DOT_LANES - 1 of a matrix stored as dtype, as floats: f32 loaded as they
+ * are, bf16 widened in registers (a bf16 is the top half of an f32), f16 by the F16C
+ * conversion where there is one. */
+static inline void weight_lanes(Lanes *w, const void *W, DType dtype, size_t i) {
+    const uint16_t *half = (const uint16_t *)W + i;
+    if (dtype == DTYPE_F32) {
+        memcpy(w, (const float *)W + i, sizeof *w);
+    } else if (dtype == DTYPE_BF16) {
+        HalfLanes bf16;
+        memcpy(&bf16, half, sizeof bf16);
+        LaneBits bits = __builtin_convertvector(bf16, LaneBits) << 16;
+        memcpy(w, &bits, sizeof *w);
+    } else {
+#if defined(__AVX512F__)
+        *w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)half));
+#else
+        float f[DOT_LANES];
+#if defined(__F16C__) && defined(__AVX__)
+        for (int k = 0; k < DOT_LANES; k += 8)
+            _mm256_storeu_ps(f + k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(half + k))));
+#else
+        for (int k = 0; k < DOT_LANES; k++) f[k] = f16_to_f32(half[k]);
+#endif
+        memcpy(w, f, sizeof *w);
+#endif
+    }
+}
+
+/* The lanes added pairwise, spelled out for DOT_LANES = 16. */
+static float sum_lanes(const float *lane) {
+    float half[8], quarter[4];
+    for (int k = 0; k < 8; k++) half[k] = lane[k] + lane[k + 8];
+    for (int k = 0; k < 4; k++) quarter[k] = half[k] + half[k + 4];
+    return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+}
+
+/* out[b * out_stride] = W[r, :] · x[b] for the group ≤ MATMUL_GROUP inputs x[b] (x_stride floats
+ * apart) and row r of a [rows, cols] matrix: each run of DOT_LANES weights is loaded and
+ * converted once and multiplied into the group's partial sums; the columns after the last whole
+ * run go into the first lanes at the end. */
+static inline __attribute__((always_inline)) void dot_row_group(float *out, size_t out_stride, const void *W,
+                                                                DType dtype, int r, int cols, const float *x,
+                                                                size_t x_stride, int group) {
+    size_t row = (size_t)r * cols;
+    int full = cols - cols % DOT_LANES;
+    Lanes sum[MATMUL_GROUP];
+    for (int b = 0; b < group; b++) sum[b] = (Lanes){0};
+    for (int j = 0; j < full; j += DOT_LANES) {
+        Lanes w, xb;
+        weight_lanes(&w, W, dtype, row + j);
+        for (int b = 0; b < group; b++) {
+            memcpy(&xb, x + b * x_stride + j, sizeof xb);
+            sum[b] += xb * w;
+        }
+    }
+    for (int b = 0; b < group; b++) {
+        float lane[DOT_LANES];
+        memcpy(lane, &sum[b], sizeof lane);
+        for (int j = full; j < cols; j++) lane[j - full] += weight_at(W, dtype, row + j) * x[b * x_stride + j];
+        out[b * out_stride] = sum_lanes(lane);
+    }
+}
+
+/* dot_row_group with the dtype as a constant, so that each dtype gets its own compiled copy. */
+static inline __attribute__((always_inline)) void dot_row_group_of(float *out, size_t out_stride, const void *W,
+                                                                   DType dtype, int r, int cols, const float *x,
+                                                                   size_t x_stride, int group) {
+    switch (dtype) {
+    case DTYPE_F32: dot_row_group(out, out_stride, W, DTYPE_F32, r, cols, x, x_stride, group); break;
+    case DTYPE_F16: dot_row_group(out, out_stride, W, DTYPE_F16, r, cols, x, x_stride, group); break;
+    case DTYPE_BF16: dot_row_group(out, out_stride, W, DTYPE_BF16, r, cols, x, x_stride, group); break;
+    }
+}
+
+/* out[b, r] = Σ_c W[r, c] · x[b, c] for the n input rows x[b] (x_stride floats apart) and a
+ * row-major [rows, cols] matrix stored as dtype; out is [n, rows]. OpenMP over rows; a row is
+ * read from memory once for all n inputs, in groups of MATMUL_GROUP then one by one (group sizes
+ * the compiler knows; later groups find the row in the cache). */
+static void matmul(float *out, const void *W, DType dtype, int rows, int cols, const float *x, size_t x_stride, int n) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
-        float sum = 0.0f;
-        if (dtype == DTYPE_F32) {
-            const float *w = (const float *)W + (size_t)r * cols;
-#pragma omp simd reduction(+ : sum)
-            for (int j = 0; j < cols; j++) sum += w[j] * x[j];
-        } else if (dtype == DTYPE_BF16) {
-            const uint16_t *w = (const uint16_t *)W + (size_t)r * cols;
-#pragma omp simd reduction(+ : sum)
-            for (int j = 0; j < cols; j++) sum += bf16_to_f32(w[j]) * x[j];
-        } else {
-            const uint16_t *w = (const uint16_t *)W + (size_t)r * cols;
-            int j = 0;
-#if defined(__F16C__) && defined(__AVX__)
-            __m256 acc = _mm256_setzero_ps();
-            for (; j + 8 <= cols; j += 8)
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + j))),
-                                                       _mm256_loadu_ps(x + j)));
-            float lanes[8];
-            _mm256_storeu_ps(lanes, acc);
-            for (int k = 0; k < 8; k++) sum += lanes[k];
-#endif
-            for (; j < cols; j++) sum += f16_to_f32(w[j]) * x[j];
-        }
-        out[r] = sum;
+        int b = 0;
+        for (; b + MATMUL_GROUP <= n; b += MATMUL_GROUP)
+            dot_row_group_of(out + (size_t)b * rows + r, rows, W, dtype, r, cols, x + b * x_stride, x_stride,
+                             MATMUL_GROUP);
+        for (; b < n; b++)
+            dot_row_group_of(out + (size_t)b * rows + r, rows, W, dtype, r, cols, x + b * x_stride, x_stride, 1);
     }
 }
 
 /* Row `row` of a [rows, cols] matrix as floats (the embedding lookup). */
 static void matrix_row(float *out, const void *W, DType dtype, int row, int cols) {
-    for (int j = 0; j < cols; j++) {
-        size_t at = (size_t)row * cols + j;
-        out[j] = dtype == DTYPE_F32  ? ((const float *)W)[at]
-                 : dtype == DTYPE_BF16 ? bf16_to_f32(((const uint16_t *)W)[at])
-                                       : f16_to_f32(((const uint16_t *)W)[at]);
-    }
+    for (int j = 0; j < cols; j++) out[j] = weight_at(W, dtype, (size_t)row * cols + j);
 }
 
 /* RMSNorm: out = x / sqrt(mean(x²) + eps) · weight */
@@ -995,59 +1090,61 @@ static float silu(float x) { return x / (1.0f + expf(-x)); }
 /* PyTorch's softplus, which is linear above 20. */
 static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
-/* One Mamba mixer in recurrent mode; reads e->xn, leaves its output in e->xn. */
-static void mamba_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l) {
-    int di = c->d_inner, ns = c->d_state, nk = c->d_conv, dt_rank = c->dt_rank;
+/* One Mamba mixer in recurrent mode for the n sequences in slots[]; reads e->xn (row b for
+ * slots[b]), leaves the outputs there. */
+static void mamba_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots) {
+    int di = c->d_inner, ns = c->d_state, nk = c->d_conv, dt_rank = c->dt_rank, n_dbc = dt_rank + 2 * ns;
     /* in_proj: (x, z) = W_in · xn */
-    matvec(e->xz, w->in_proj, c->dtype, e->xn, 2 * di, c->d_model);
-    const float *xin = e->xz, *z = e->xz + di;
+    matmul(e->xz, w->in_proj, c->dtype, 2 * di, c->d_model, e->xn, c->d_model, n);
     /* causal depthwise conv1d over the last d_conv inputs of each channel, then SiLU */
-    float *conv = e->seq.conv + (size_t)l * di * nk;
 #pragma omp parallel for schedule(static)
-    for (int ch = 0; ch < di; ch++) {
-        float *window = conv + (size_t)ch * nk;
+    for (int i = 0; i < n * di; i++) {
+        int b = i / di, ch = i % di;
+        float *window = e->slots[slots[b]].conv + ((size_t)l * di + ch) * nk;
         memmove(window, window + 1, (nk - 1) * sizeof(float));
-        window[nk - 1] = xin[ch];
+        window[nk - 1] = e->xz[(size_t)b * 2 * di + ch];
         float s = w->conv_b[ch];
         for (int k = 0; k < nk; k++) s += w->conv_w[ch * nk + k] * window[k];
-        e->u[ch] = silu(s);
+        e->u[i] = silu(s);
     }
-    /* x_proj: (dt, B, C) = W_x · u; dt_proj: Δ = softplus(W_dt · dt + b_dt) */
-    matvec(e->dbc, w->x_proj, c->dtype, e->u, dt_rank + 2 * ns, di);
-    matvec(e->delta, w->dt_proj, c->dtype, e->dbc, di, dt_rank);
-    const float *B = e->dbc + dt_rank, *C = B + ns;
-    float *ssm = e->seq.ssm + (size_t)l * di * ns;
+    /* x_proj: (dt, B, C) = W_x · u; dt_proj: W_dt · dt */
+    matmul(e->dbc, w->x_proj, c->dtype, n_dbc, di, e->u, di, n);
+    matmul(e->delta, w->dt_proj, c->dtype, di, dt_rank, e->dbc, n_dbc, n);
     const float *A = e->A + (size_t)l * di * ns;
 #pragma omp parallel for schedule(static)
-    for (int ch = 0; ch < di; ch++) {
-        float dt = softplus(e->delta[ch] + w->dt_bias[ch]), x = e->u[ch];
-        float *h = ssm + (size_t)ch * ns;
+    for (int i = 0; i < n * di; i++) {
+        int b = i / di, ch = i % di;
+        const float *B = e->dbc + (size_t)b * n_dbc + dt_rank, *C = B + ns, *z = e->xz + (size_t)b * 2 * di + di;
+        float dt = softplus(e->delta[i] + w->dt_bias[ch]), x = e->u[i];
+        float *h = e->slots[slots[b]].ssm + ((size_t)l * di + ch) * ns;
         float y = 0.0f;
-        for (int n = 0; n < ns; n++) {
+        for (int k = 0; k < ns; k++) {
             /* discretize (zero-order hold on A, Euler on B) and step: h = exp(Δ·A)·h + Δ·B·x */
-            h[n] = expf(dt * A[ch * ns + n]) * h[n] + dt * B[n] * x;
+            h[k] = expf(dt * A[ch * ns + k]) * h[k] + dt * B[k] * x;
             /* read out: y = C·h */
-            y += h[n] * C[n];
+            y += h[k] * C[k];
         }
         /* skip connection D·x, then the gate SiLU(z) */
-        e->y[ch] = (y + w->D[ch] * x) * silu(z[ch]);
+        e->y[i] = (y + w->D[ch] * x) * silu(z[ch]);
     }
     /* out_proj back to d_model */
-    matvec(e->xn, w->out_proj, c->dtype, e->y, c->d_model, di);
+    matmul(e->xn, w->out_proj, c->dtype, c->d_model, di, e->y, di, n);
 }
 
-/* Runs one token; returns the logits (padded_vocab floats). */
-static const float *cpu_engine_forward(CpuEngine *e, const Model *m, int token) {
+/* Runs tokens[b] through the sequence in slots[b] for b < n (distinct slots); returns the n
+ * rows of padded_vocab logits, row b for slots[b]. */
+static const float *cpu_engine_forward_batch(CpuEngine *e, const Model *m, int n, const int *slots, const int *tokens) {
     const Config *c = &m->config;
-    matrix_row(e->x, m->weights.embedding, c->dtype, token, c->d_model);
+    int dm = c->d_model;
+    for (int b = 0; b < n; b++) matrix_row(e->x + (size_t)b * dm, m->weights.embedding, c->dtype, tokens[b], dm);
     for (int l = 0; l < c->n_layer; l++) {
         const LayerWeights *w = &m->weights.layers[l];
-        rmsnorm(e->xn, e->x, w->norm, c->d_model, c->norm_eps);
-        mamba_block(e, c, w, l);
-        for (int i = 0; i < c->d_model; i++) e->x[i] += e->xn[i];      /* residual */
+        for (int b = 0; b < n; b++) rmsnorm(e->xn + (size_t)b * dm, e->x + (size_t)b * dm, w->norm, dm, c->norm_eps);
+        mamba_block(e, c, w, l, n, slots);
+        for (size_t i = 0; i < (size_t)n * dm; i++) e->x[i] += e->xn[i];      /* residual */
     }
-    rmsnorm(e->xn, e->x, m->weights.norm_f, c->d_model, c->norm_eps);
-    matvec(e->logits, m->weights.lm_head, c->dtype, e->xn, c->padded_vocab, c->d_model);
+    for (int b = 0; b < n; b++) rmsnorm(e->xn + (size_t)b * dm, e->x + (size_t)b * dm, m->weights.norm_f, dm, c->norm_eps);
+    matmul(e->logits, m->weights.lm_head, c->dtype, c->padded_vocab, dm, e->xn, dm, n);
     return e->logits;
 }
 
@@ -1075,12 +1172,17 @@ typedef struct {
     Candidate *cand;       /* [vocab] */
 } Sampler;
 
-static void sampler_init(Sampler *s, const SamplerConfig *cfg, int vocab) {
+/* New settings and seed for a sampler (each sequence of a batch gets its own seed). */
+static void sampler_configure(Sampler *s, const SamplerConfig *cfg) {
     s->cfg = *cfg;
+    if (s->cfg.rng == 0) s->cfg.rng = 0x9E3779B97F4A7C15ull;   /* xorshift must not start at 0 */
+}
+
+static void sampler_init(Sampler *s, const SamplerConfig *cfg, int vocab) {
     s->vocab = vocab;
     s->scratch = xmalloc(vocab * sizeof *s->scratch);
     s->cand = xmalloc(vocab * sizeof *s->cand);
-    if (s->cfg.rng == 0) s->cfg.rng = 0x9E3779B97F4A7C15ull;   /* xorshift must not start at 0 */
+    sampler_configure(s, cfg);
 }
 
 static void sampler_free(Sampler *s) { free(s->scratch), free(s->cand); }
@@ -1199,6 +1301,8 @@ typedef enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA } DeviceChoice;
 
 typedef struct {
     const Model *model;
+    int max_batch;              /* sequence slots 0 .. max_batch-1; slot 0 is the single sequence's */
+    unsigned char *in_batch;    /* [max_batch] marks, to check that a batch names each slot once */
     CpuEngine cpu;
 #ifdef MAMBA_CUDA
     GpuEngine *gpu;             /* NULL: the CPU engine runs */
@@ -1208,16 +1312,18 @@ typedef struct {
 #endif
 } Engine;
 
-/* --device cuda insists on the GPU; auto takes it when one is usable, else says so once and
- * runs on the CPU. */
-static void engine_open(Engine *e, const Model *m, DeviceChoice device) {
+/* An engine with the state of max_batch sequences (1 ≤ max_batch ≤ MAX_BATCH). --device cuda
+ * insists on the GPU; auto takes it when one is usable, else says so once and runs on the CPU. */
+static void engine_open(Engine *e, const Model *m, DeviceChoice device, int max_batch) {
     memset(e, 0, sizeof *e);
     e->model = m;
+    e->max_batch = max_batch;
+    e->in_batch = xcalloc(max_batch, 1);
 #ifdef MAMBA_CUDA
     e->ran_ahead = -1;
     if (device != DEVICE_CPU) {
         char err[512];
-        e->gpu = gpu_engine_create(&m->config, &m->weights, err, sizeof err);
+        e->gpu = gpu_engine_create(&m->config, &m->weights, max_batch, err, sizeof err);
         if (e->gpu) return;
         if (device == DEVICE_CUDA) die("--device cuda: %s", err);
         fprintf(stderr, "mamba: note: %s; running on the CPU\n", err);
@@ -1225,10 +1331,11 @@ static void engine_open(Engine *e, const Model *m, DeviceChoice device) {
 #else
     if (device == DEVICE_CUDA) die("this mamba was built without CUDA; use --device cpu");
 #endif
-    cpu_engine_init(&e->cpu, m);
+    cpu_engine_init(&e->cpu, m, max_batch);
 }
 
 static void engine_close(Engine *e) {
+    free(e->in_batch);
 #ifdef MAMBA_CUDA
     if (e->gpu) {
         gpu_engine_free(e->gpu);
@@ -1238,6 +1345,7 @@ static void engine_close(Engine *e) {
     cpu_engine_free(&e->cpu);
 }
 
+/* Empties the single sequence (slot 0). */
 static void engine_reset(Engine *e) {
 #ifdef MAMBA_CUDA
     if (e->gpu) {
@@ -1246,15 +1354,21 @@ static void engine_reset(Engine *e) {
         return;
     }
 #endif
-    cpu_engine_reset(&e->cpu, &e->model->config);
+    cpu_engine_reset_slot(&e->cpu, &e->model->config, 0);
 }
 
-/* Runs one token and returns its logits on the host. */
+/* The single sequence's token on the CPU: a batch of one, in slot 0. */
+static const float *cpu_forward_single(Engine *e, int token) {
+    static const int slot0 = 0;
+    return cpu_engine_forward_batch(&e->cpu, e->model, 1, &slot0, &token);
+}
+
+/* Runs one token of the single sequence and returns its logits on the host. */
 static const float *engine_forward(Engine *e, int token) {
 #ifdef MAMBA_CUDA
     if (e->gpu) return gpu_engine_feed(e->gpu, token, 1);
 #endif
-    return cpu_engine_forward(&e->cpu, e->model, token);
+    return cpu_forward_single(e, token);
 }
 
 /* Runs one token of a generation; the logits come back only when want_logits (the GPU keeps
@@ -1269,7 +1383,7 @@ static const float *engine_feed(Engine *e, int token, int want_logits) {
     }
 #endif
     (void)want_logits;
-    return cpu_engine_forward(&e->cpu, e->model, token);
+    return cpu_forward_single(e, token);
 }
 
 /* The next token. On the GPU the sampler reads the logits and the history there, and the
@@ -1290,6 +1404,68 @@ static int engine_sample(Engine *e, Sampler *s, const float *logits, const int *
 #endif
     (void)e, (void)want_logits;
     return sample(s, logits, history, n_history);
+}
+
+/* Empties one sequence slot. */
+static void engine_reset_slot(Engine *e, int slot) {
+#ifdef MAMBA_CUDA
+    if (e->gpu) {
+        gpu_engine_reset_slot(e->gpu, slot);
+        return;
+    }
+#endif
+    cpu_engine_reset_slot(&e->cpu, &e->model->config, slot);
+}
+
+/* Starts a sequence of n ≥ 1 prompt tokens in a slot: empties the slot and returns how many of
+ * the prompt's tokens it already ran. The GPU runs all but the last as parallel passes of up to
+ * `chunk` tokens, unless chunk is 1 (the last then goes through a batch step, which gives its
+ * logits); the CPU runs none: its prompt tokens go through the batch steps beside the other
+ * sequences' tokens. */
+static int engine_start(Engine *e, int slot, const int *prompt, int n, int chunk) {
+    engine_reset_slot(e, slot);
+#ifdef MAMBA_CUDA
+    if (e->gpu && chunk != 1) {
+        if (n > 1) gpu_engine_prefill(e->gpu, slot, prompt, n - 1, chunk, NULL);
+        return n - 1;
+    }
+#endif
+    (void)prompt, (void)n, (void)chunk;
+    return 0;
+}
+
+/* Floats from one row of engine_forward_batch's logits to the next: the CPU makes padded_vocab
+ * logits a row, the GPU vocab_size. */
+static int engine_logits_stride(const Engine *e) {
+#ifdef MAMBA_CUDA
+    if (e->gpu) return e->model->config.vocab_size;
+#endif
+    return e->model->config.padded_vocab;
+}
+
+/* A batch names each slot at most once, only slots the engine has, and ids of the vocabulary:
+ * anything else is a bug of the caller, stopped before it mixes up two sequences' states. */
+static void check_batch(Engine *e, int n, const int *slots, const int *tokens) {
+    if (n < 1 || n > e->max_batch) die("internal error: a batch of %d sequences for %d slots", n, e->max_batch);
+    for (int b = 0; b < n; b++) {
+        if (slots[b] < 0 || slots[b] >= e->max_batch || e->in_batch[slots[b]])
+            die("internal error: slot %d is out of range or twice in a batch", slots[b]);
+        if (tokens[b] < 0 || tokens[b] >= e->model->config.vocab_size)
+            die("internal error: token %d is outside the vocabulary", tokens[b]);
+        e->in_batch[slots[b]] = 1;
+    }
+    for (int b = 0; b < n; b++) e->in_batch[slots[b]] = 0;
+}
+
+/* Runs tokens[b] through the sequence in slots[b] for b < n as one batch; returns n rows of
+ * logits on the host, engine_logits_stride() floats apart, row b for slots[b] (valid until the
+ * next call). */
+static const float *engine_forward_batch(Engine *e, int n, const int *slots, const int *tokens) {
+    check_batch(e, n, slots, tokens);
+#ifdef MAMBA_CUDA
+    if (e->gpu) return gpu_engine_forward_batch(e->gpu, n, slots, tokens);
+#endif
+    return cpu_engine_forward_batch(&e->cpu, e->model, n, slots, tokens);
 }
 
 /* Waits until the queued work is done (for timings). */
@@ -1325,15 +1501,19 @@ typedef struct {
     char *prompt;              /* text, or NULL */
     const char *prompt_ids;    /* "1,2,3", or NULL */
     const char *logits_out;
+    const char *batch_file;    /* --batch-file: one prompt a line, or NULL */
     DeviceChoice device;
     int steps;
-    int ignore_eos, stats, print_ids, echo, threads;
+    int ignore_eos, stats, print_ids, echo, threads, json;
+    int batch_size;            /* batched runs: the most sequences in flight at once */
+    int prompt_batch;          /* GPU: prompt tokens a parallel pass takes (0: the most; 1: one step at a time) */
     long max_prompt_tokens;
     SamplerConfig sampler;
 } RunOptions;
 
-/* Ctrl-C during generation: the token being computed is finished and printed, then generate()
- * flushes, prints its stats when asked, and exits with 130. A second Ctrl-C kills at once. */
+/* Ctrl-C during generation: the token (or batch step) being computed is finished and printed,
+ * then generate() (or generate_batch()) flushes, prints its stats when asked, and exits with
+ * 130. A second Ctrl-C kills at once. */
 static volatile sig_atomic_t g_interrupted;
 
 static void on_sigint_stop(int sig) {
@@ -1421,8 +1601,10 @@ static size_t utf8_invalid_at(const unsigned char *s, size_t n) {
 static int *prompt_to_ids(const RunOptions *o, const Model *m, const Tokenizer *tok, size_t *n) {
     if (o->prompt_ids) {
         int *ids = parse_id_list(o->prompt_ids, m->config.vocab_size, n);
-        if (*n > (size_t)o->max_prompt_tokens)
+        if (*n > (size_t)o->max_prompt_tokens) {
+            free(ids);
             die("the prompt is %zu tokens, over the limit of %ld (--max-prompt-tokens)", *n, o->max_prompt_tokens);
+        }
         return ids;
     }
     int bos = m->bos_id >= 0 ? m->bos_id : tok ? tokenizer_bos_id(tok) : -1;
@@ -1437,45 +1619,113 @@ static int *prompt_to_ids(const RunOptions *o, const Model *m, const Tokenizer *
     if (!tok) die("this model has no tokenizer: use --prompt-ids, or --tokenizer FILE");
     size_t len = strlen(o->prompt), bad = utf8_invalid_at((const unsigned char *)o->prompt, len);
     if (bad < len)
-        fprintf(stderr, "mamba: note: the prompt is not valid UTF-8 (byte %zu); each ill-formed sequence is read as U+FFFD\n", bad);
+        fprintf(stderr, "mamba: note: the prompt is not valid UTF-8 (byte %zu); %s\n", bad,
+                tokenizer_kind(tok) == TOKENIZER_HF_JSON ? "its ill-formed bytes are tokenized as raw bytes (byte-level BPE)"
+                                                         : "each ill-formed byte is read as U+FFFD (SentencePiece)");
     char err[512];
     int *ids;
     if (tokenizer_encode(tok, o->prompt, len, tokenizer_wants_bos(tok), &ids, n, err, sizeof err))
         die("cannot tokenize the prompt: %s", err);
     if (*n == 0) die("the prompt encodes to no tokens");
-    if (*n > (size_t)o->max_prompt_tokens)
+    if (*n > (size_t)o->max_prompt_tokens) {
+        free(ids);
         die("the prompt is %zu tokens, over the limit of %ld (--max-prompt-tokens)", *n, o->max_prompt_tokens);
+    }
     for (size_t i = 0; i < *n; i++)
         if (ids[i] >= m->config.vocab_size) die("the tokenizer produced id %d, beyond the model's vocabulary", ids[i]);
     return ids;
 }
 
+/* The model and its tokenizer for generating; text output needs a tokenizer. */
+static Tokenizer *open_model_and_tokenizer(const RunOptions *o, Model *m) {
+    model_load(m, o->model_path);
+    Tokenizer *tok = open_tokenizer(m, o->tokenizer_path);
+    if (!tok && !o->print_ids) die("this model has no tokenizer to print text: use --print-ids, or --tokenizer FILE");
+    return tok;
+}
+
+/* The id that ends a generation, or -1. */
+static int eos_of(const Model *m, const Tokenizer *tok) {
+    return m->eos_id >= 0 ? m->eos_id : tok ? tokenizer_eos_id(tok) : -1;
+}
+
+/* The ids the sampler may pick: those beyond the tokenizer's vocabulary (padding rows) have no
+ * text, so they are never sampled. */
+static int sampling_vocab(const Model *m, const Tokenizer *tok) {
+    int vocab = m->config.vocab_size;
+    return tok && tokenizer_vocab_size(tok) < vocab ? tokenizer_vocab_size(tok) : vocab;
+}
+
+/* A generated id as --print-ids writes it, a space before all but the first; returns the length. */
+static int format_id(char buf[16], int id, int first) {
+    return snprintf(buf, 16, "%s%d", first ? "" : " ", id);
+}
+
+/* While generating, Ctrl-C sets g_interrupted (once: a second one kills). */
+static void catch_sigint(struct sigaction *old) {
+    struct sigaction stop = {.sa_handler = on_sigint_stop, .sa_flags = SA_RESETHAND};
+    sigaction(SIGINT, &stop, old);
+}
+
+/* The last --stats lines of a generation. */
+static void print_stats_end(const Engine *e) {
+    engine_report(e, stderr);
+    if (g_interrupted) fprintf(stderr, "interrupted\n");
+}
+
+/* After Ctrl-C, once everything is printed: the exit status says so. */
+static void exit_if_interrupted(void) {
+    if (!g_interrupted) return;
+    if (fflush(stdout) && errno != EPIPE) die("cannot write to stdout: %s", strerror(errno));
+    exit(130);
+}
+
+/* One prompt, its tokens streamed to stdout as they come. */
+/* The GPU runs the first n prompt tokens as parallel passes of up to `chunk` tokens (a chunk of
+ * 1: none, they go one step at a time as on the CPU); their logits rows go to logits_file when
+ * it is open, 256 rows at a time. Returns how many tokens it ran. */
+static size_t engine_prefill(Engine *e, const int *ids, size_t n, int chunk, FILE *logits_file, const char *path) {
+#ifdef MAMBA_CUDA
+    if (e->gpu && chunk != 1) {
+        const int vocab = e->model->config.vocab_size;
+        const size_t block = logits_file ? 256 : n;
+        float *rows = logits_file ? xmalloc(block * vocab * sizeof(float)) : NULL;
+        size_t done = 0;
+        while (done < n && !g_interrupted) {
+            const size_t len = n - done < block ? n - done : block;
+            gpu_engine_prefill(e->gpu, 0, ids + done, (long)len, chunk, rows);
+            for (size_t i = 0; rows && i < len; i++) write_logits_row(logits_file, rows + i * vocab, vocab, path);
+            done += len;
+        }
+        free(rows);
+        return done;
+    }
+#endif
+    (void)e, (void)ids, (void)n, (void)chunk, (void)logits_file, (void)path;
+    return 0;
+}
+
 static void generate(const RunOptions *o) {
     Model m;
-    model_load(&m, o->model_path);
-    Tokenizer *tok = open_tokenizer(&m, o->tokenizer_path);
-    if (!tok && !o->print_ids) die("this model has no tokenizer to print text: use --print-ids, or --tokenizer FILE");
+    Tokenizer *tok = open_model_and_tokenizer(o, &m);
     size_t n_prompt;
     int *prompt = prompt_to_ids(o, &m, tok, &n_prompt);
-    int eos = m.eos_id >= 0 ? m.eos_id : tok ? tokenizer_eos_id(tok) : -1;
+    int eos = eos_of(&m, tok);
 
     FILE *logits_file = NULL;
     if (o->logits_out && !(logits_file = fopen(o->logits_out, "wb")))
         die("cannot open %s: %s", o->logits_out, strerror(errno));
 
     Engine engine;
-    engine_open(&engine, &m, o->device);
-    /* ids beyond the tokenizer's vocabulary (padding rows) have no text: never sample them */
-    int sample_vocab = m.config.vocab_size;
-    if (tok && tokenizer_vocab_size(tok) < sample_vocab) sample_vocab = tokenizer_vocab_size(tok);
+    engine_open(&engine, &m, o->device, 1);
     Sampler sampler;
-    sampler_init(&sampler, &o->sampler, sample_vocab);
+    sampler_init(&sampler, &o->sampler, sampling_vocab(&m, tok));
     int *history = xmalloc((n_prompt + o->steps) * sizeof *history);
     memcpy(history, prompt, n_prompt * sizeof *history);
     int n_history = (int)n_prompt;
 
-    struct sigaction stop = {.sa_handler = on_sigint_stop, .sa_flags = SA_RESETHAND}, old_int;
-    sigaction(SIGINT, &stop, &old_int);
+    struct sigaction old_int;
+    catch_sigint(&old_int);
 
     TokenDecoder *decoder = tok ? decoder_new(tok) : NULL;
     for (size_t i = 0; i < n_prompt; i++) {
@@ -1485,7 +1735,8 @@ static void generate(const RunOptions *o) {
 
     double t_start = now_seconds();
     const float *logits = NULL;
-    for (size_t i = 0; i < n_prompt && !g_interrupted; i++) {
+    size_t ran = engine_prefill(&engine, prompt, n_prompt - 1, o->prompt_batch, logits_file, o->logits_out);
+    for (size_t i = ran; i < n_prompt && !g_interrupted; i++) {
         logits = engine_feed(&engine, prompt[i], logits_file != NULL);
         write_logits_row(logits_file, logits, m.config.vocab_size, o->logits_out);
     }
@@ -1499,8 +1750,7 @@ static void generate(const RunOptions *o) {
         if (++generated == 1) t_first = now_seconds();
         if (o->print_ids) {
             char buf[16];
-            int len = snprintf(buf, sizeof buf, "%s%d", generated > 1 ? " " : "", next);
-            emit(buf, len);
+            emit(buf, format_id(buf, next, generated == 1));
         } else {
             const char *text = decoder_push(decoder, next);
             emit(text, decoder_len(decoder));
@@ -1526,8 +1776,7 @@ static void generate(const RunOptions *o) {
                 generated > 1 ? (generated - 1) / gen_s : 0.0);
         fprintf(stderr, "time to first token: %.3f s\n", t_first - t_start);
         fprintf(stderr, "seed: %llu\n", (unsigned long long)o->sampler.rng);
-        engine_report(&engine, stderr);
-        if (g_interrupted) fprintf(stderr, "interrupted\n");
+        print_stats_end(&engine);
     }
     sigaction(SIGINT, &old_int, NULL);
     if (decoder) decoder_free(decoder);
@@ -1536,10 +1785,283 @@ static void generate(const RunOptions *o) {
     sampler_free(&sampler);
     engine_close(&engine);
     model_free(&m);
-    if (g_interrupted) {
-        if (fflush(stdout) && errno != EPIPE) die("cannot write to stdout: %s", strerror(errno));
-        exit(130);
+    exit_if_interrupted();
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Batched generation: several prompts decoded together, each in its own engine slot with its
+ * own random state (seeded --seed + its index, so that it generates what `mamba run -s SEED+i`
+ * generates for that prompt alone), stop condition and output. */
+
+/* One prompt of a batch. ids holds its prompt, then the tokens it generated (the repetition
+ * penalty reads them all). */
+typedef struct {
+    const char *text;          /* the prompt as given; NULL: none (BOS alone) */
+    int *ids;
+    size_t n_prompt, n_ids, ids_cap;
+    size_t fed;                /* prompt tokens the engine has run */
+    uint64_t rng;              /* its sampler's random state */
+    TokenDecoder *decoder;     /* text output: the streaming decode of its ids */
+    char *out;                 /* its output: the echoed prompt (text blocks only), then the completion */
+    size_t out_len, out_cap;
+    const char *finish;        /* NULL until it ends: "eos", "length" or "interrupted" */
+} Sequence;
+
+typedef struct {
+    const RunOptions *o;
+    const Tokenizer *tok;
+    Engine engine;
+    Sampler sampler;           /* serves every sequence in turn, with that sequence's rng */
+    int eos;
+    Sequence *seqs;
+    int n_seqs, n_slots;
+    int *running;              /* [n_slots] the sequence in each engine slot, or -1 */
+    int *step_slots, *step_tokens;   /* [n_slots] one step's batch */
+    int next_start;            /* the first sequence not started yet */
+    int next_print;            /* text output: the first sequence whose block is not printed yet */
+    long prompt_tokens, generated;
+} Batch;
+
+/* Room for need elements of elem_size bytes in p (capacity *cap), growing by doubling. */
+static void *reserve(void *p, size_t *cap, size_t need, size_t elem_size) {
+    if (need <= *cap) return p;
+    size_t grown = *cap ? *cap : 16;
+    while (grown < need) grown *= 2;
+    if (!(p = realloc(p, grown * elem_size))) die("out of memory");
+    *cap = grown;
+    return p;
+}
+
+static void sequence_print(Sequence *s, const char *text, size_t n) {
+    if (n == 0) return;
+    s->out = reserve(s->out, &s->out_cap, s->out_len + n, 1);
+    memcpy(s->out + s->out_len, text, n);
+    s->out_len += n;
+}
+
+static void sequence_free(Sequence *s) {
+    free(s->ids), free(s->out);
+    s->ids = NULL, s->out = NULL;
+}
+
+/* s[0..n) as a quoted JSON string: valid UTF-8 whatever the bytes (an ill-formed byte becomes
+ * U+FFFD) and NUL bytes kept, which a cJSON string cannot hold. */
+static char *json_quote(const char *s, size_t n) {
+    char *out = xmalloc(6 * n + 3), *p = out;
+    *p++ = '"';
+    for (size_t i = 0; i < n;) {
+        size_t valid = i + utf8_invalid_at((const unsigned char *)s + i, n - i);
+        for (; i < valid; i++) {
+            unsigned char c = s[i];
+            const char *short_escape = c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\r' ? "\\r" : NULL;
+            if (c == '"' || c == '\\') *p++ = '\\', *p++ = c;
+            else if (short_escape) memcpy(p, short_escape, 2), p += 2;
+            else if (c < 0x20) p += sprintf(p, "\\u%04x", c);
+            else *p++ = c;
+        }
+        if (i < n) memcpy(p, "\xEF\xBF\xBD", 3), p += 3, i++;
     }
+    *p++ = '"';
+    *p = '\0';
+    return out;
+}
+
+static void add_json_text(cJSON *o, const char *key, const char *s, size_t n) {
+    char *quoted = json_quote(s, n);
+    if (!cJSON_AddRawToObject(o, key, quoted)) die("out of memory making JSON");
+    free(quoted);
+}
+
+/* --json: a sequence's line, as soon as it ends. */
+static void print_json_result(Batch *r, int i) {
+    Sequence *s = &r->seqs[i];
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "index", i);
+    add_json_text(o, "prompt", s->text ? s->text : "", s->text ? strlen(s->text) : 0);
+    add_json_text(o, "completion", s->out ? s->out : "", s->out_len);
+    cJSON_AddNumberToObject(o, "tokens", (double)(s->n_ids - s->n_prompt));
+    cJSON_AddStringToObject(o, "finish", s->finish);
+    emit_json_line(o);
+    sequence_free(s);
+}
+
+/* Text output: a block per sequence ("==> i <==", then what `mamba run` prints for its prompt,
+ * then a blank line), in index order: a block waits for those before it. */
+static void print_text_blocks(Batch *r) {
+    for (; r->next_print < r->n_seqs && r->seqs[r->next_print].finish; r->next_print++) {
+        Sequence *s = &r->seqs[r->next_print];
+        char header[32];
+        emit(header, snprintf(header, sizeof header, "==> %d <==\n", r->next_print));
+        emit(s->out, s->out_len);
+        emit("\n\n", 2);
+        sequence_free(s);
+    }
+}
+
+/* Decodes the prompt, so that the completion decodes as it does after the prompt in a single
+ * run; text blocks echo it unless --no-echo. */
+static void sequence_open(Batch *r, Sequence *s) {
+    if (r->o->print_ids) return;
+    s->decoder = decoder_new(r->tok);
+    int echo = r->o->echo && !r->o->json;
+    for (size_t i = 0; i < s->n_prompt; i++) {
+        const char *text = decoder_push(s->decoder, s->ids[i]);
+        if (echo) sequence_print(s, text, decoder_len(s->decoder));
+    }
+}
+
+/* Ends sequence i and prints what can be printed. */
+static void sequence_finish(Batch *r, int i, const char *why) {
+    Sequence *s = &r->seqs[i];
+    s->finish = why;
+    if (s->decoder) {
+        const char *rest = decoder_finish(s->decoder);
+        sequence_print(s, rest, decoder_len(s->decoder));
+        decoder_free(s->decoder);
+        s->decoder = NULL;
+    }
+    if (r->o->json) print_json_result(r, i);
+    else print_text_blocks(r);
+}
+
+/* Frees a slot: its sequence ends. */
+static void slot_finish(Batch *r, int slot, const char *why) {
+    int i = r->running[slot];
+    r->running[slot] = -1;
+    sequence_finish(r, i, why);
+}
+
+/* Starts sequence i in a free slot; the engine may run part of its prompt at once. */
+static void sequence_start(Batch *r, int i, int slot) {
+    Sequence *s = &r->seqs[i];
+    SamplerConfig cfg = r->o->sampler;
+    cfg.rng += (uint64_t)i;
+    sampler_configure(&r->sampler, &cfg);
+    s->rng = r->sampler.cfg.rng;
+    sequence_open(r, s);
+    s->fed = engine_start(&r->engine, slot, s->ids, (int)s->n_prompt, r->o->prompt_batch);
+    r->prompt_tokens += (long)s->fed;
+    r->running[slot] = i;
+}
+
+/* The sequence in slot has read its prompt: it samples its next token from logits, or ends at
+ * EOS or after -n tokens. */
+static void sequence_sample(Batch *r, int slot, const float *logits) {
+    Sequence *s = &r->seqs[r->running[slot]];
+    if (s->n_ids - s->n_prompt == (size_t)r->o->steps) {     /* -n 0 */
+        slot_finish(r, slot, "length");
+        return;
+    }
+    r->sampler.cfg.rng = s->rng;
+    int next = sample(&r->sampler, logits, s->ids, (int)s->n_ids);
+    s->rng = r->sampler.cfg.rng;
+    if (next == r->eos && !r->o->ignore_eos) {
+        slot_finish(r, slot, "eos");
+        return;
+    }
+    s->ids = reserve(s->ids, &s->ids_cap, s->n_ids + 1, sizeof *s->ids);
+    s->ids[s->n_ids++] = next;
+    r->generated++;
+    if (r->o->print_ids) {
+        char buf[16];
+        sequence_print(s, buf, format_id(buf, next, s->n_ids == s->n_prompt + 1));
+    } else {
+        const char *text = decoder_push(s->decoder, next);
+        sequence_print(s, text, decoder_len(s->decoder));
+    }
+    if (s->n_ids - s->n_prompt == (size_t)r->o->steps) slot_finish(r, slot, "length");
+}
+
+/* Free slots take the next waiting prompts. */
+static void batch_fill_slots(Batch *r) {
+    for (int slot = 0; slot < r->n_slots && r->next_start < r->n_seqs; slot++)
+        if (r->running[slot] < 0) sequence_start(r, r->next_start++, slot);
+}
+
+/* One step: every running sequence feeds one token, its next prompt token or the one it sampled
+ * last, all in one engine batch; those that have read their whole prompt then sample. Returns
+ * 0 when no sequence was running. */
+static int batch_step(Batch *r) {
+    int n = 0;
+    for (int slot = 0; slot < r->n_slots; slot++) {
+        if (r->running[slot] < 0) continue;
+        const Sequence *s = &r->seqs[r->running[slot]];
+        r->step_slots[n] = slot;
+        r->step_tokens[n++] = s->ids[s->fed < s->n_prompt ? s->fed : s->n_ids - 1];
+    }
+    if (n == 0) return 0;
+    const float *logits = engine_forward_batch(&r->engine, n, r->step_slots, r->step_tokens);
+    size_t stride = engine_logits_stride(&r->engine);
+    for (int b = 0; b < n; b++) {
+        Sequence *s = &r->seqs[r->running[r->step_slots[b]]];
+        if (s->fed < s->n_prompt) s->fed++, r->prompt_tokens++;
+        if (s->fed == s->n_prompt) sequence_sample(r, r->step_slots[b], logits + b * stride);
+    }
+    return 1;
+}
+
+/* Ctrl-C: the sequences still running or waiting end as "interrupted". */
+static void batch_interrupt(Batch *r) {
+    for (int slot = 0; slot < r->n_slots; slot++)
+        if (r->running[slot] >= 0) slot_finish(r, slot, "interrupted");
+    for (; r->next_start < r->n_seqs; r->next_start++) {
+        sequence_open(r, &r->seqs[r->next_start]);
+        sequence_finish(r, r->next_start, "interrupted");
+    }
+}
+
+static void print_batch_stats(const Batch *r, double seconds) {
+    fprintf(stderr, "device: %s\n", engine_name(&r->engine));
+    fprintf(stderr, "sequences: %d, at most %d at once\n", r->n_seqs, r->n_slots);
+    fprintf(stderr, "prompt: %ld tokens\n", r->prompt_tokens);
+    fprintf(stderr, "generated: %ld tokens in %.3f s (%.1f tokens/s in all)\n", r->generated, seconds,
+            r->generated / seconds);
+    fprintf(stderr, "processed: %.1f tokens/s, prompt and generated\n", (r->prompt_tokens + r->generated) / seconds);
+    fprintf(stderr, "seed: %llu (prompt i samples with seed + i)\n", (unsigned long long)r->o->sampler.rng);
+    print_stats_end(&r->engine);
+}
+
+/* Decodes the n prompts texts[i] together, at most --batch-size at a time. */
+static void generate_batch(const RunOptions *o, const char *const *texts, int n) {
+    Model m;
+    Batch r = {.o = o, .n_seqs = n, .n_slots = n < o->batch_size ? n : o->batch_size};
+    Tokenizer *tok = open_model_and_tokenizer(o, &m);
+    r.tok = tok;
+    r.eos = eos_of(&m, tok);
+    /* every prompt is tokenized first, so that a bad one stops the run before any output */
+    r.seqs = xcalloc(n, sizeof *r.seqs);
+    for (int i = 0; i < n; i++) {
+        RunOptions one = *o;
+        one.prompt = (char *)texts[i];
+        r.seqs[i].text = texts[i];
+        r.seqs[i].ids = prompt_to_ids(&one, &m, tok, &r.seqs[i].n_prompt);
+        r.seqs[i].n_ids = r.seqs[i].ids_cap = r.seqs[i].n_prompt;
+    }
+    engine_open(&r.engine, &m, o->device, r.n_slots);
+    sampler_init(&r.sampler, &o->sampler, sampling_vocab(&m, tok));
+    r.running = xmalloc(r.n_slots * sizeof *r.running);
+    for (int slot = 0; slot < r.n_slots; slot++) r.running[slot] = -1;
+    r.step_slots = xmalloc(r.n_slots * sizeof *r.step_slots);
+    r.step_tokens = xmalloc(r.n_slots * sizeof *r.step_tokens);
+
+    struct sigaction old_int;
+    catch_sigint(&old_int);
+    double t_start = now_seconds();
+    while (!g_interrupted) {
+        batch_fill_slots(&r);
+        if (!batch_step(&r)) break;            /* every sequence has ended */
+    }
+    double seconds = now_seconds() - t_start;
+    if (g_interrupted) batch_interrupt(&r);
+    if (o->stats) print_batch_stats(&r, seconds);
+    sigaction(SIGINT, &old_int, NULL);
+
+    free(r.running), free(r.step_slots), free(r.step_tokens), free(r.seqs);
+    sampler_free(&r.sampler);
+    engine_close(&r.engine);
+    if (tok) tokenizer_free(tok);
+    model_free(&m);
+    exit_if_interrupted();
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -1606,16 +2128,99 @@ static char *read_stdin_prompt(size_t max_bytes, const char *note) {
     return text;
 }
 
+/* A prompt is refused before it is read whole or tokenized when its bytes could not fit the
+ * token limit: a token is rarely longer than a few bytes. */
+static void check_prompt_bytes(const char *text, const char *what, size_t max_bytes, long max_tokens) {
+    if (text && strlen(text) > max_bytes)
+        die("%s is larger than the limit of %zu bytes (%d per token of --max-prompt-tokens %ld)", what, max_bytes,
+            PROMPT_BYTES_PER_TOKEN, max_tokens);
+}
+
+/* The one prompt: the arguments, else standard input when it is not a terminal (a closed stdin
+ * is no prompt), else none (BOS alone). */
+static void read_single_prompt(RunOptions *o, size_t max_bytes) {
+    check_prompt_bytes(o->prompt, "the prompt", max_bytes, o->max_prompt_tokens);
+    if (!o->prompt && !o->prompt_ids && !isatty(STDIN_FILENO) && fcntl(STDIN_FILENO, F_GETFD) != -1) {
+        char note[96];
+        snprintf(note, sizeof note, "%d per token of --max-prompt-tokens %ld", PROMPT_BYTES_PER_TOKEN, o->max_prompt_tokens);
+        o->prompt = read_stdin_prompt(max_bytes, note);
+    }
+}
+
+#define MAX_BATCH_PROMPTS 65536
+
+static int is_blank(const char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    return !*s;
+}
+
+/* The prompts of --batch-file ("-": standard input): one a line, "\n" or "\r\n", blank lines
+ * skipped. They point into *text, which the caller frees. */
+static const char **read_batch_file(const RunOptions *o, size_t max_bytes, int *n_out, char **text) {
+    const char *name = strcmp(o->batch_file, "-") ? o->batch_file : "standard input";
+    size_t len, cap = 0;
+    *text = read_file(o->batch_file, MAX_PROMPT_BYTES, &len, NULL);
+    if (memchr(*text, '\0', len)) die("%s contains a NUL byte", name);
+    const char **prompts = NULL;
+    int n = 0, line_no = 0;
+    for (char *line = *text, *next; *line; line = next) {
+        char *end = strchr(line, '\n');
+        next = end ? end + 1 : line + strlen(line);
+        line_no++;
+        if (end) *end = '\0';
+        if (end > line && end[-1] == '\r') end[-1] = '\0';
+        if (is_blank(line)) continue;
+        char what[PATH_MAX + 32];
+        snprintf(what, sizeof what, "line %d of %s", line_no, name);
+        check_prompt_bytes(line, what, max_bytes, o->max_prompt_tokens);
+        if (n == MAX_BATCH_PROMPTS) die("%s has more than %d prompts (the limit)", name, MAX_BATCH_PROMPTS);
+        prompts = reserve(prompts, &cap, n + 1, sizeof *prompts);
+        prompts[n++] = line;
+    }
+    if (n == 0) die("%s has no prompt (blank lines are skipped)", name);
+    *n_out = n;
+    return prompts;
+}
+
+/* Several prompts (--batch-file, or -i more than once), or --json: decoded by generate_batch. */
+static void run_batched(RunOptions *o, const char **inputs, int n_inputs, int n_words, size_t max_bytes) {
+    const char *mode = o->batch_file ? "--batch-file" : n_inputs > 1 ? "several -i" : "--json";
+    if (o->prompt_ids) die("--prompt-ids cannot be combined with %s", mode);
+    if (o->logits_out) die("--logits-out cannot be combined with %s", mode);
+    if (o->batch_file && (n_inputs || n_words)) die("--batch-file gives the prompts: no -i or prompt words with it");
+    if (n_inputs > 1 && n_words) die("with several -i, give each prompt with its own -i (bare words found)");
+    if (o->batch_file) {
+        char *text;
+        int n;
+        const char **prompts = read_batch_file(o, max_bytes, &n, &text);
+        generate_batch(o, prompts, n);
+        free(prompts), free(text);
+    } else if (n_inputs > 1) {
+        for (int i = 0; i < n_inputs; i++) check_prompt_bytes(inputs[i], "a prompt", max_bytes, o->max_prompt_tokens);
+        generate_batch(o, inputs, n_inputs);
+    } else {
+        read_single_prompt(o, max_bytes);
+        generate_batch(o, (const char *const *)&o->prompt, 1);
+    }
+}
+
 static void cmd_run(int argc, char **argv) {
     RunOptions o = {.steps = 256, .echo = 1, .device = DEVICE_AUTO, .max_prompt_tokens = DEFAULT_MAX_PROMPT_TOKENS,
+                    .batch_size = 32,
                     .sampler = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .repeat_penalty = 1.0f,
                                 .repeat_last_n = 64}};
-    int seeded = 0;
+    const char **inputs = xmalloc(argc * sizeof *inputs);     /* each -i: a prompt of its own when several */
+    int n_inputs = 0, n_words = 0, seeded = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) o.model_path = option_value(argc, argv, &i);
-        else if (!strcmp(a, "-i") || !strcmp(a, "--prompt")) o.prompt = append_word(o.prompt, option_value(argc, argv, &i));
+        else if (!strcmp(a, "-i") || !strcmp(a, "--prompt")) {
+            inputs[n_inputs] = option_value(argc, argv, &i);
+            o.prompt = append_word(o.prompt, inputs[n_inputs++]);
+        }
         else if (!strcmp(a, "--prompt-ids")) o.prompt_ids = option_value(argc, argv, &i);
+        else if (!strcmp(a, "--batch-file")) o.batch_file = option_value(argc, argv, &i);
+        else if (!strcmp(a, "--batch-size")) o.batch_size = (int)parse_long(a, option_value(argc, argv, &i), 1, MAX_BATCH);
         else if (!strcmp(a, "--tokenizer")) o.tokenizer_path = option_value(argc, argv, &i);
         else if (!strcmp(a, "-n") || !strcmp(a, "--steps")) o.steps = (int)parse_long(a, option_value(argc, argv, &i), 0, 100000000);
         else if (!strcmp(a, "-t") || !strcmp(a, "--temperature")) o.sampler.temperature = (float)parse_double(a, option_value(argc, argv, &i), 0, 100);
@@ -1628,30 +2233,27 @@ static void cmd_run(int argc, char **argv) {
         else if (!strcmp(a, "--threads")) set_threads(option_value(argc, argv, &i));
         else if (!strcmp(a, "--logits-out")) o.logits_out = option_value(argc, argv, &i);
         else if (!strcmp(a, "--max-prompt-tokens")) o.max_prompt_tokens = parse_long(a, option_value(argc, argv, &i), 1, 1 << 30);
+        else if (!strcmp(a, "--prompt-batch")) o.prompt_batch = (int)parse_long(a, option_value(argc, argv, &i), 1, 4096);
         else if (!strcmp(a, "--ignore-eos")) o.ignore_eos = 1;
         else if (!strcmp(a, "--stats")) o.stats = 1;
         else if (!strcmp(a, "--print-ids")) o.print_ids = 1;
         else if (!strcmp(a, "--no-echo")) o.echo = 0;
+        else if (!strcmp(a, "--json")) o.json = 1;
         else if (a[0] == '-' && a[1]) die("unknown option %s (see mamba --help)", a);
-        else o.prompt = append_word(o.prompt, a);
-    }
-    if (o.prompt && o.prompt_ids) die("give the prompt as text or as --prompt-ids, not both");
-    /* A token is rarely longer than a few bytes: a longer text is refused before it is read
-     * whole or tokenized. A closed stdin (<&-) is no prompt. */
-    size_t max_bytes = (size_t)o.max_prompt_tokens * PROMPT_BYTES_PER_TOKEN;
-    if (max_bytes > MAX_PROMPT_BYTES) max_bytes = MAX_PROMPT_BYTES;
-    if (o.prompt && strlen(o.prompt) > max_bytes)
-        die("the prompt is larger than the limit of %zu bytes (%d per token of --max-prompt-tokens %ld)",
-            max_bytes, PROMPT_BYTES_PER_TOKEN, o.max_prompt_tokens);
-    if (!o.prompt && !o.prompt_ids && !isatty(STDIN_FILENO) && fcntl(STDIN_FILENO, F_GETFD) != -1) {
-        char note[96];
-        snprintf(note, sizeof note, "%d per token of --max-prompt-tokens %ld", PROMPT_BYTES_PER_TOKEN, o.max_prompt_tokens);
-        o.prompt = read_stdin_prompt(max_bytes, note);
+        else o.prompt = append_word(o.prompt, a), n_words++;
     }
     if (!seeded) o.sampler.rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     if (!o.model_path) o.model_path = default_model_path();
-    generate(&o);
-    free(o.prompt);
+    size_t max_bytes = (size_t)o.max_prompt_tokens * PROMPT_BYTES_PER_TOKEN;
+    if (max_bytes > MAX_PROMPT_BYTES) max_bytes = MAX_PROMPT_BYTES;
+    if (o.batch_file || n_inputs > 1 || o.json) {
+        run_batched(&o, inputs, n_inputs, n_words, max_bytes);
+    } else {
+        if (o.prompt && o.prompt_ids) die("give the prompt as text or as --prompt-ids, not both");
+        read_single_prompt(&o, max_bytes);
+        generate(&o);
+    }
+    free(o.prompt), free(inputs);
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -1759,7 +2361,7 @@ static void cmd_perplexity(int argc, char **argv) {
     if (bos < 0) die("perplexity needs a BOS token to start each window, and this model has none");
 
     Engine engine;
-    engine_open(&engine, &m, device);
+    engine_open(&engine, &m, device, 1);
     double nll = 0.0, t0 = now_seconds(), last_report = t0;
     int window = ctx - 1, progress = isatty(STDERR_FILENO);
     for (size_t start = 0; start < n_ids; start += window) {
@@ -1927,18 +2529,18 @@ static void cmd_init(int argc, char **argv) {
 }
 
 /* ----------------------------------------------------------------------------------------
- * mamba bench: prompt and decode throughput at batch 1 (greedy), time to first token, memory,
- * and the bytes a decode step must read against a read bandwidth measured in the same run. */
+ * mamba bench: prompt and decode throughput (greedy) of one sequence or of a batch decoding
+ * together, time to first token, memory, and the bytes a decode step must read against a read
+ * bandwidth measured in the same run. */
 
-/* Bytes one decode step reads: every weight once (the LM head whole, one embedding row) and the
- * recurrent state. */
-static uint64_t step_bytes(const Model *m) {
+/* Bytes one decode step of batch sequences reads: every weight once (the LM head whole, one
+ * embedding row a sequence) and their recurrent states. */
+static uint64_t step_bytes(const Model *m, int batch) {
     const Config *c = &m->config;
-    uint64_t emb = (uint64_t)c->padded_vocab * c->d_model * dtype_size(c->dtype);
+    uint64_t row = (uint64_t)c->d_model * dtype_size(c->dtype), emb = (uint64_t)c->padded_vocab * row;
     uint64_t state = (uint64_t)c->n_layer * c->d_inner * (c->d_conv + c->d_state) * sizeof(float);
-    return m->weight_bytes - (c->tied_head ? 0 : emb - (uint64_t)c->d_model * dtype_size(c->dtype)) + state;
+    return m->weight_bytes - (c->tied_head ? 0 : emb - batch * row) + batch * state;
 }
-
 /* The best of a few multi-threaded passes over a buffer far larger than the caches, in bytes/s. */
 static double cpu_read_bandwidth(void) {
     size_t n = (size_t)256 << 20 >> 3;
@@ -1959,90 +2561,201 @@ static double cpu_read_bandwidth(void) {
     return sink == 1 ? best + 1 : best;   /* keeps the reads */
 }
 
-static void cmd_bench(int argc, char **argv) {
-    const char *model_path = NULL;
-    int n_decode = 256, n_prompt = 16, json = 0;
-    DeviceChoice device = DEVICE_AUTO;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = option_value(argc, argv, &i);
-        else if (!strcmp(a, "-n") || !strcmp(a, "--steps")) n_decode = (int)parse_long(a, option_value(argc, argv, &i), 1, 1000000);
-        else if (!strcmp(a, "--prompt-len")) n_prompt = (int)parse_long(a, option_value(argc, argv, &i), 1, 1000000);
-        else if (!strcmp(a, "--device")) device = parse_device(option_value(argc, argv, &i));
-        else if (!strcmp(a, "--threads")) set_threads(option_value(argc, argv, &i));
-        else if (!strcmp(a, "--json")) json = 1;
-        else die("bench: unknown argument %s", a);
-    }
-    if (!model_path) model_path = default_model_path();
-    Model m;
-    model_load(&m, model_path);
-    const Config *c = &m.config;
-    Engine engine;
-    engine_open(&engine, &m, device);
-    int *prompt = xmalloc(n_prompt * sizeof *prompt);
-    for (int i = 0; i < n_prompt; i++) prompt[i] = (int)((1 + 7919ull * i) % (uint64_t)c->vocab_size);
+/* Token i of the synthetic prompt; sequence b of a batch reads it from token b on. */
+static int bench_token(long i, int vocab) { return (int)((1 + 7919ull * i) % (uint64_t)vocab); }
 
-    double ttft, decode_s, bandwidth;
-    uint64_t memory = 0, engine_memory = 0;
-    const char *device_name = "cpu";
-#ifdef MAMBA_CUDA
-    if (engine.gpu) {
-        GpuBench b;
-        gpu_engine_bench(engine.gpu, prompt, n_prompt, n_decode, &b);
-        ttft = b.first_token_seconds, decode_s = b.decode_seconds, bandwidth = b.read_bandwidth;
-        memory = b.used_bytes, engine_memory = b.engine_bytes;
-        device_name = gpu_engine_device_name(engine.gpu);
-    } else
-#endif
-    {
-        double t0 = now_seconds();
-        const float *logits = NULL;
-        for (int i = 0; i < n_prompt; i++) logits = engine_forward(&engine, prompt[i]);
-        int next = argmax(logits, c->vocab_size);
-        ttft = now_seconds() - t0;
-        t0 = now_seconds();
-        for (int i = 0; i < n_decode; i++) next = argmax(engine_forward(&engine, next), c->vocab_size);
-        decode_s = now_seconds() - t0;
-        bandwidth = cpu_read_bandwidth();
+typedef struct {
+    double ttft, decode_s, bandwidth;   /* seconds to the first generated tokens, of the decode steps; bytes/s */
+    uint64_t memory, engine_memory;     /* GPU bytes in use, the engine's */
+    const char *device_name;
+} BenchResult;
+
+/* The greedy choice of each of the batch rows of logits, into next. */
+static void argmax_rows(int *next, const float *logits, int batch, size_t stride, int vocab) {
+    for (int b = 0; b < batch; b++) next[b] = argmax(logits + b * stride, vocab);
+}
+
+/* On the CPU: batch sequences in slots 0 .. batch-1 read their prompts, then decode greedily,
+ * together. */
+static void bench_cpu(Engine *e, int vocab, int n_prompt, int n_decode, int batch, BenchResult *r) {
+    int *slots = xmalloc(batch * sizeof *slots), *tokens = xmalloc(batch * sizeof *tokens);
+    size_t stride = engine_logits_stride(e);
+    for (int b = 0; b < batch; b++) slots[b] = b;
+    double t0 = now_seconds();
+    const float *logits = NULL;
+    for (int i = 0; i < n_prompt; i++) {
+        for (int b = 0; b < batch; b++) tokens[b] = bench_token((long)i + b, vocab);
+        logits = engine_forward_batch(e, batch, slots, tokens);
     }
-    const uint64_t bytes = step_bytes(&m);
-    const double decode_tps = n_decode / decode_s, achieved = bytes * decode_tps;
+    argmax_rows(tokens, logits, batch, stride, vocab);
+    r->ttft = now_seconds() - t0;
+    t0 = now_seconds();
+    for (int i = 0; i < n_decode; i++)
+        argmax_rows(tokens, engine_forward_batch(e, batch, slots, tokens), batch, stride, vocab);
+    r->decode_s = now_seconds() - t0;
+    r->bandwidth = cpu_read_bandwidth();
+    r->device_name = "cpu";
+    free(slots), free(tokens);
+}
+
+static void print_bench(const char *model_path, const Model *m, const Engine *e, int n_prompt, int n_decode, int batch,
+                        const BenchResult *r, int json) {
+    const Config *c = &m->config;
+    const uint64_t bytes = step_bytes(m, batch);
+    const double steps_per_s = n_decode / r->decode_s, decode_tps = batch * steps_per_s, achieved = bytes * steps_per_s;
+    const double prompt_tps = (double)batch * n_prompt / r->ttft;
     if (json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "model", model_path);
         cJSON_AddNumberToObject(o, "n_layer", c->n_layer);
         cJSON_AddNumberToObject(o, "d_model", c->d_model);
         cJSON_AddStringToObject(o, "dtype", dtype_name(c->dtype));
-        cJSON_AddStringToObject(o, "engine", engine_name(&engine));
-        cJSON_AddStringToObject(o, "device", device_name);
+        cJSON_AddStringToObject(o, "engine", engine_name(e));
+        cJSON_AddStringToObject(o, "device", r->device_name);
+        cJSON_AddNumberToObject(o, "batch", batch);
         cJSON_AddNumberToObject(o, "prompt_tokens", n_prompt);
-        cJSON_AddNumberToObject(o, "prompt_tokens_per_s", n_prompt / ttft);
-        cJSON_AddNumberToObject(o, "time_to_first_token_ms", ttft * 1e3);
+        cJSON_AddNumberToObject(o, "prompt_tokens_per_s", prompt_tps);
+        cJSON_AddNumberToObject(o, "time_to_first_token_ms", r->ttft * 1e3);
         cJSON_AddNumberToObject(o, "decode_tokens", n_decode);
         cJSON_AddNumberToObject(o, "decode_tokens_per_s", decode_tps);
-        cJSON_AddNumberToObject(o, "ms_per_token", 1e3 / decode_tps);
-        cJSON_AddNumberToObject(o, "gpu_memory_bytes", (double)memory);
-        cJSON_AddNumberToObject(o, "engine_bytes", (double)engine_memory);
-        cJSON_AddNumberToObject(o, "bytes_per_token", (double)bytes);
+        cJSON_AddNumberToObject(o, "decode_tokens_per_s_per_sequence", steps_per_s);
+        cJSON_AddNumberToObject(o, "ms_per_token", 1e3 / steps_per_s);
+        cJSON_AddNumberToObject(o, "gpu_memory_bytes", (double)r->memory);
+        cJSON_AddNumberToObject(o, "engine_bytes", (double)r->engine_memory);
+        cJSON_AddNumberToObject(o, "bytes_per_token", (double)bytes / batch);
         cJSON_AddNumberToObject(o, "achieved_GBps", achieved / 1e9);
-        cJSON_AddNumberToObject(o, "read_bandwidth_GBps", bandwidth / 1e9);
-        cJSON_AddNumberToObject(o, "roofline_tokens_per_s", bandwidth / bytes);
-        cJSON_AddNumberToObject(o, "fraction_of_roofline", achieved / bandwidth);
+        cJSON_AddNumberToObject(o, "read_bandwidth_GBps", r->bandwidth / 1e9);
+        cJSON_AddNumberToObject(o, "roofline_tokens_per_s", r->bandwidth / bytes * batch);
+        cJSON_AddNumberToObject(o, "fraction_of_roofline", achieved / r->bandwidth);
         emit_json_line(o);
-    } else {
-        printf("model: %s (%d layers, d_model %d, %s)\ndevice: %s (%s)\n", model_path, c->n_layer, c->d_model,
-               dtype_name(c->dtype), engine_name(&engine), device_name);
-        printf("prompt: %d tokens, %.1f tokens/s\ntime to first token: %.3f ms\n", n_prompt, n_prompt / ttft, ttft * 1e3);
-        printf("decode: %d tokens, %.1f tokens/s (%.4f ms/token)\n", n_decode, decode_tps, 1e3 / decode_tps);
-        if (memory)
-            printf("gpu memory: %llu bytes in use, %llu of them the engine's\n", (unsigned long long)memory,
-                   (unsigned long long)engine_memory);
-        printf("bytes per token: %llu\nachieved: %.1f GB/s, %.1f%% of the measured read bandwidth %.1f GB/s "
-               "(roofline %.1f tokens/s)\n",
-               (unsigned long long)bytes, achieved / 1e9, 100 * achieved / bandwidth, bandwidth / 1e9, bandwidth / bytes);
+        return;
     }
-    free(prompt);
+    printf("model: %s (%d layers, d_model %d, %s)\ndevice: %s (%s)\n", model_path, c->n_layer, c->d_model,
+           dtype_name(c->dtype), engine_name(e), r->device_name);
+    if (batch > 1) printf("batch: %d sequences decoding together\n", batch);
+    printf("prompt: %d tokens, %.1f tokens/s\ntime to first token: %.3f ms\n", n_prompt, prompt_tps, r->ttft * 1e3);
+    if (batch > 1)
+        printf("decode: %d tokens a sequence, %.1f tokens/s in all, %.1f per sequence (%.4f ms a step)\n", n_decode,
+               decode_tps, steps_per_s, 1e3 / steps_per_s);
+    else
+        printf("decode: %d tokens, %.1f tokens/s (%.4f ms/token)\n", n_decode, decode_tps, 1e3 / decode_tps);
+    if (r->memory)
+        printf("gpu memory: %llu bytes in use, %llu of them the engine's\n", (unsigned long long)r->memory,
+               (unsigned long long)r->engine_memory);
+    printf("bytes per token: %llu\nachieved: %.1f GB/s, %.1f%% of the measured read bandwidth %.1f GB/s "
+           "(roofline %.1f tokens/s)\n",
+           (unsigned long long)(bytes / batch), achieved / 1e9, 100 * achieved / r->bandwidth, r->bandwidth / 1e9,
+           r->bandwidth / bytes * batch);
+}
+
+#ifdef MAMBA_CUDA
+#define SWEEP_MAX_BATCH 64
+
+/* bench --sweep: the GPU's parallel paths. The prompt pass at several lengths, its FLOP/s (2 ×
+ * parameters a token, a floor on the work) against a large matrix product's measured now; then
+ * batched decoding at several batch sizes against the batch-1 step. One table, or a JSON line
+ * a measurement. */
+static void bench_sweep_gpu(Engine *e, const Model *m, const char *model_path, int json) {
+    static const int lengths[] = {512, 2048, 8192, 65536}, batches[] = {1, 4, 16, 64};
+    GpuEngine *g = e->gpu;
+    const double params = (double)model_param_count(&m->config), matmul = gpu_engine_matmul_flops(g);
+    int prompt[16];
+    for (int i = 0; i < 16; i++) prompt[i] = bench_token(i, m->config.vocab_size);
+    GpuBench one;
+    gpu_engine_bench(g, prompt, 16, 256, &one);
+    const double batch1 = 256 / one.decode_seconds;
+    if (!json)
+        printf("model: %s (%d layers, d_model %d, %s) on %s\nmatrix products: %.1f TFLOP/s; batch-1 decode: %.1f tokens/s\n"
+               "\n%9s %9s %11s %8s %10s %9s\n",
+               model_path, m->config.n_layer, m->config.d_model, dtype_name(m->config.dtype), gpu_engine_device_name(g),
+               matmul / 1e12, batch1, "prompt", "seconds", "tokens/s", "TFLOP/s", "of matmul", "GPU MiB");
+    for (size_t k = 0; k < sizeof lengths / sizeof *lengths; k++) {
+        const double s = gpu_engine_bench_prefill(g, lengths[k]), flops = 2 * params * lengths[k] / s;
+        const double mib = gpu_memory_used() / 1048576.0;
+        if (json) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "kind", "prefill");
+            cJSON_AddNumberToObject(o, "prompt_tokens", lengths[k]);
+            cJSON_AddNumberToObject(o, "seconds", s);
+            cJSON_AddNumberToObject(o, "tokens_per_s", lengths[k] / s);
+            cJSON_AddNumberToObject(o, "tflops", flops / 1e12);
+            cJSON_AddNumberToObject(o, "matmul_tflops", matmul / 1e12);
+            cJSON_AddNumberToObject(o, "fraction_of_matmul", flops / matmul);
+            cJSON_AddNumberToObject(o, "gpu_memory_bytes", mib * 1048576.0);
+            emit_json_line(o);
+        } else {
+            printf("%9d %9.3f %11.0f %8.1f %9.1f%% %9.0f\n", lengths[k], s, lengths[k] / s, flops / 1e12, 100 * flops / matmul, mib);
+        }
+    }
+    if (!json) printf("\n%9s %11s %10s %9s\n", "batch", "tokens/s", "ms/step", "× batch 1");
+    for (size_t k = 0; k < sizeof batches / sizeof *batches; k++) {
+        const int steps = 64;
+        const double s = gpu_engine_bench_batch(g, batches[k], steps), tps = batches[k] * steps / s;
+        if (json) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "kind", "batch");
+            cJSON_AddNumberToObject(o, "batch", batches[k]);
+            cJSON_AddNumberToObject(o, "tokens_per_s", tps);
+            cJSON_AddNumberToObject(o, "ms_per_step", 1e3 * s / steps);
+            cJSON_AddNumberToObject(o, "batch1_tokens_per_s", batch1);
+            cJSON_AddNumberToObject(o, "speedup_over_batch1", tps / batch1);
+            emit_json_line(o);
+        } else {
+            printf("%9d %11.0f %10.3f %9.1f\n", batches[k], tps, 1e3 * s / steps, tps / batch1);
+        }
+    }
+}
+#else
+#define SWEEP_MAX_BATCH 1
+#endif
+
+static void cmd_bench(int argc, char **argv) {
+    const char *model_path = NULL;
+    int n_decode = 256, n_prompt = 16, batch = 1, json = 0, sweep = 0;
+    DeviceChoice device = DEVICE_AUTO;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = option_value(argc, argv, &i);
+        else if (!strcmp(a, "-n") || !strcmp(a, "--steps")) n_decode = (int)parse_long(a, option_value(argc, argv, &i), 1, 1000000);
+        else if (!strcmp(a, "--prompt-len")) n_prompt = (int)parse_long(a, option_value(argc, argv, &i), 1, 1000000);
+        else if (!strcmp(a, "--batch")) batch = (int)parse_long(a, option_value(argc, argv, &i), 1, MAX_BATCH);
+        else if (!strcmp(a, "--device")) device = parse_device(option_value(argc, argv, &i));
+        else if (!strcmp(a, "--threads")) set_threads(option_value(argc, argv, &i));
+        else if (!strcmp(a, "--json")) json = 1;
+        else if (!strcmp(a, "--sweep")) sweep = 1;
+        else die("bench: unknown argument %s", a);
+    }
+    if (!model_path) model_path = default_model_path();
+    Model m;
+    model_load(&m, model_path);
+    Engine engine;
+    engine_open(&engine, &m, device, sweep ? SWEEP_MAX_BATCH : batch);
+    BenchResult r = {0};
+#ifdef MAMBA_CUDA
+    if (engine.gpu && sweep) {
+        bench_sweep_gpu(&engine, &m, model_path, json);
+    } else if (engine.gpu) {
+        int *prompt = xmalloc(n_prompt * sizeof *prompt);
+        for (int i = 0; i < n_prompt; i++) prompt[i] = bench_token(i, m.config.vocab_size);
+        GpuBench b;
+        gpu_engine_bench(engine.gpu, prompt, n_prompt, n_decode, &b);
+        r.ttft = b.first_token_seconds, r.decode_s = b.decode_seconds, r.bandwidth = b.read_bandwidth;
+        r.memory = b.used_bytes, r.engine_memory = b.engine_bytes;
+        r.device_name = gpu_engine_device_name(engine.gpu);
+        if (batch > 1) {   /* the prompts are run one after another, then decode together */
+            r.ttft *= batch;
+            r.decode_s = gpu_engine_bench_batch(engine.gpu, batch, n_decode);
+        }
+        free(prompt);
+    } else
+#endif
+    {
+        if (sweep) die("bench --sweep measures the GPU's parallel paths: it needs --device cuda");
+        bench_cpu(&engine, m.config.vocab_size, n_prompt, n_decode, batch, &r);
+    }
+    if (!sweep) print_bench(model_path, &m, &engine, n_prompt, n_decode, batch, &r, json);
     engine_close(&engine);
+    model_free(&m);
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -2057,13 +2770,19 @@ static void usage(void) {
           "      -i TEXT          prompt   --prompt-ids 1,2,3      --tokenizer FILE\n"
           "      --ignore-eos  --print-ids  --no-echo  --stats  --logits-out FILE\n"
           "      --max-prompt-tokens N (1048576; text beyond 16 bytes a token is refused unread)\n"
+          "      --prompt-batch N GPU: prompt tokens a parallel pass takes (4096; 1 = one step at a time)\n"
           "      --device auto|cpu|cuda   --threads N\n"
+          "    several prompts decoded together (prompt i samples with seed + i):\n"
+          "      --batch-file FILE  one prompt a line (- = stdin), or -i TEXT given more than once\n"
+          "      --batch-size B   most sequences in flight at once (32, at most 1024)\n"
+          "      --json           a JSON line per prompt as it ends: index, prompt, completion,\n"
+          "                       tokens, finish (eos|length|interrupted); also with one prompt\n"
           "  mamba convert HF_DIR OUT.bin [--dtype f32|f16|bf16]\n"
           "  mamba info MODEL\n"
           "  mamba tokenize [-m MODEL | --tokenizer FILE] [--bos] [--decode] [TEXT]\n"
           "  mamba perplexity [-m MODEL] [--ctx N] [--max-tokens N] [--json] FILE\n"
           "  mamba init --shape tiny|130m|370m|790m|1.4b|2.8b [--dtype bf16] [--seed N] OUT.bin\n"
-          "  mamba bench [-m MODEL] [--device auto|cpu|cuda] [-n N] [--prompt-len L] [--json]\n",
+          "  mamba bench [-m MODEL] [--device auto|cpu|cuda] [-n N] [--prompt-len L] [--batch B] [--sweep] [--json]\n",
           stdout);
 }
 

@@ -19,8 +19,10 @@ if ! $GPU -m "$TMP/tiny32.bin" --prompt-ids 1 -n 1 --print-ids >/dev/null 2>&1; 
 fi
 
 vocab_of() { $MAMBA info "$1" | sed -n 's/^vocab_size: //p'; }
-# logits of the ids $3 through checkpoint $2 on device $1 → file $4 (teacher-forced: -n 0)
-logits() { $MAMBA run --device "$1" -m "$2" --prompt-ids "$3" -n 0 --print-ids --logits-out "$4" >/dev/null; }
+# logits of the ids $3 through checkpoint $2 on device $1 → file $4 (teacher-forced: -n 0), one
+# step at a time (the GPU's decode step); parallel_logits: the GPU's parallel prompt pass
+logits() { $MAMBA run --device "$1" -m "$2" --prompt-ids "$3" -n 0 --print-ids --prompt-batch 1 --logits-out "$4" >/dev/null; }
+parallel_logits() { $MAMBA run --device cuda -m "$1" --prompt-ids "$2" -n 0 --print-ids --logits-out "$3" >/dev/null; }
 greedy() { $MAMBA run --device "$1" -m "$2" --prompt-ids "$3" -n "$4" -t 0 --ignore-eos --print-ids; }
 
 # ---- fixtures: GPU = transformers, GPU = CPU, greedy = transformers' generate
@@ -57,6 +59,33 @@ mkdir -p "$(dirname "$big")"
 ids16=$(echo "$ids" | cut -d, -f1-16)
 check "1.4b bf16: GPU logits = CPU logits (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $big $ids16 $TMP/big.gpu && logits cpu $big $ids16 $TMP/big.cpu && $CMP $TMP/big.gpu $TMP/big.cpu $V 1e-4"
 check "tiny f32: 128 greedy tokens, GPU = CPU" bash -c "[ \"\$($(declare -f greedy); MAMBA=$MAMBA greedy cuda $TMP/tiny32.bin 7 128)\" = \"\$($(declare -f greedy); MAMBA=$MAMBA greedy cpu $TMP/tiny32.bin 7 128)\" ]"
+
+# ---- the parallel prompt pass (the default) against the token-by-token one (--prompt-batch 1)
+for dt in f32 bf16; do
+    tol=1e-4; top=""; [ $dt = bf16 ] && tol=2e-2 && top=0.99
+    check "130m $dt: parallel prompt pass logits = token by token (≤ $tol${top:+, top-1 ≥ 99%})" bash -c "$(declare -f parallel_logits); MAMBA=$MAMBA parallel_logits $TMP/130m-$dt.bin $ids $TMP/130m-$dt.par && $CMP $TMP/130m-$dt.par $TMP/130m-$dt.gpu $V $tol $top"
+done
+check "1.4b bf16: parallel prompt pass logits = CPU (≤ 2e-2, top-1 ≥ 99%)" bash -c "$(declare -f parallel_logits); MAMBA=$MAMBA parallel_logits $big $ids16 $TMP/big.par && $CMP $TMP/big.par $TMP/big.cpu $V 2e-2 0.99"
+check "130m f32: prompt in chunks of 7 carries the state (logits = token by token, ≤ 1e-4)" bash -c "
+    $GPU -m $TMP/130m-f32.bin --prompt-ids $ids -n 0 --print-ids --prompt-batch 7 --logits-out $TMP/chunks.gpu >/dev/null &&
+    $CMP $TMP/chunks.gpu $TMP/130m-f32.gpu $V 1e-4"
+check "awkward f32 (d_conv 3, d_state 12): prompt in chunks of 2 = transformers (≤ 1e-4)" bash -c "
+    $GPU -m $TMP/awkward.bin --prompt-ids $(cat $F/awkward/prompt_ids.txt) -n 0 --print-ids --prompt-batch 2 --logits-out $TMP/awk.chunks >/dev/null &&
+    $CMP $TMP/awk.chunks $F/awkward/ref_logits.bin $(vocab_of $TMP/awkward.bin) 1e-4"
+check "130m f32: 128 greedy tokens after a parallel 64-token prompt, GPU = CPU" bash -c "[ \"\$($(declare -f greedy); MAMBA=$MAMBA greedy cuda $TMP/130m-f32.bin $ids 128)\" = \"\$($(declare -f greedy); MAMBA=$MAMBA greedy cpu $TMP/130m-f32.bin $ids 128)\" ]"
+
+# ---- batched generation: each sequence as if alone (seed + index), GPU = CPU
+printf '%s\n' "Once upon a time" "The" "It was a dark and stormy night, and" "She said" "In the beginning" "A" "Call me" >"$TMP/prompts.txt"
+batch() { $MAMBA run --device "$1" -m "$2" --batch-file $TMP/prompts.txt -n 24 --json --ignore-eos "${@:3}" | python3 -c 'import json, sys; [print(r["index"], r["completion"]) for r in sorted(map(json.loads, sys.stdin), key=lambda r: r["index"])]'; }
+check "default model: batched greedy, GPU = CPU" bash -c "$(declare -f batch); MAMBA=$MAMBA; TMP=$TMP; [ \"\$(batch cuda weights/model.bin -t 0)\" = \"\$(batch cpu weights/model.bin -t 0)\" ]"
+check "default model: batched greedy with batch size 3 (slots reused) = batch size 7" bash -c "$(declare -f batch); MAMBA=$MAMBA; TMP=$TMP; [ \"\$(batch cuda weights/model.bin -t 0 --batch-size 3)\" = \"\$(batch cuda weights/model.bin -t 0)\" ]"
+check "default model: batched sampling on the GPU is reproducible, and the seed matters" bash -c "$(declare -f batch); MAMBA=$MAMBA; TMP=$TMP; a=\$(batch cuda weights/model.bin -t 0.8 -s 5); [ \"\$a\" = \"\$(batch cuda weights/model.bin -t 0.8 -s 5)\" ] && [ \"\$a\" != \"\$(batch cuda weights/model.bin -t 0.8 -s 6)\" ]"
+
+# ---- million-token prompts: bounded memory
+check "130m: a 1,000,000-token prompt runs, with the memory of a 10,000-token one" bash -c "
+    $MAMBA bench --device cuda -m $TMP/130m-bf16.bin --prompt-len 10000 -n 4 --json >$TMP/p10k.json &&
+    $MAMBA bench --device cuda -m $TMP/130m-bf16.bin --prompt-len 1000000 -n 4 --json >$TMP/p1m.json &&
+    python3 -c \"import json, sys; a, b = (json.load(open(f)) for f in sys.argv[1:]); print(a['gpu_memory_bytes'], b['gpu_memory_bytes'], b['prompt_tokens_per_s']); sys.exit(a['gpu_memory_bytes'] != b['gpu_memory_bytes'])\" $TMP/p10k.json $TMP/p1m.json"
 
 # ---- sampling on the GPU
 M="-m $TMP/tiny.bin --prompt-ids 5,6 -n 60 --ignore-eos --print-ids"
@@ -97,9 +126,33 @@ if [ -x "$SAN" ]; then
     check "compute-sanitizer memcheck: clean (greedy f32, sampling bf16 odd shape)" bash -c "
         $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/tiny32.bin --prompt-ids 1,2,3 -n 6 -t 0 --print-ids &&
         $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/awkward-bf16.bin --prompt-ids 1,2,3 -n 6 -t 0.8 -k 5 -p 0.9 --repeat-penalty 1.2 -s 1 --print-ids"
+    check "compute-sanitizer memcheck: clean (prompt pass in chunks, a batch)" bash -c "
+        $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/awkward-bf16.bin --prompt-ids 1,2,3,4,5,6,7 --prompt-batch 3 -n 3 -t 0 --print-ids &&
+        $SAN --tool memcheck --error-exitcode 99 $GPU -m weights/model.bin --batch-file $TMP/prompts.txt --batch-size 4 -n 3 --json >/dev/null"
+    # racecheck does not model the mbarriers that order forward_token's bulk copies into shared
+    # memory against its reads (it flags the copy instructions themselves), so that kernel is
+    # left out; initcheck does not see what cuBLAS writes with the tensor-memory engine, so it
+    # runs on the step path, which has no cuBLAS.
+    check "compute-sanitizer racecheck: clean (sampler, a chunked prompt, a batch)" bash -c "
+        $SAN --tool racecheck --error-exitcode 99 --kernel-name-exclude kns=forward_token $GPU -m $TMP/awkward-bf16.bin --prompt-ids 1,2,3,4,5 --prompt-batch 2 -n 4 -t 0.8 -k 5 -s 1 --print-ids &&
+        $SAN --tool racecheck --error-exitcode 99 $GPU -m weights/model.bin --batch-file $TMP/prompts.txt --batch-size 4 -n 2 --json >/dev/null"
+    check "compute-sanitizer initcheck: clean (steps and the sampler)" bash -c "
+        $SAN --tool initcheck --error-exitcode 99 $GPU -m $TMP/awkward-bf16.bin --prompt-ids 1,2,3,4,5 --prompt-batch 1 -n 4 -t 0.8 -k 5 -s 1 --print-ids"
 else
     fail "compute-sanitizer memcheck" "compute-sanitizer not found"
 fi
+
+# ---- a fault in a kernel: one line naming the error and the kernel, non-zero exit
+check "a CUDA fault mid-run: exit 1, one line naming the error and the kernel" bash -c "
+    MAMBA_GPU_TRAP_AT_TOKEN=5 $GPU -m $TMP/tiny32.bin --prompt-ids 1,2 --prompt-batch 1 -n 10 -t 0 --print-ids >/dev/null 2>$TMP/fault.err; rc=\$?
+    cat $TMP/fault.err; [ \$rc -eq 1 ] && [ \$(wc -l <$TMP/fault.err) -eq 1 ] && grep -Eq 'CUDA error cudaError[A-Za-z]+ .*forward_token' $TMP/fault.err"
+check "Ctrl-C during GPU generation: exit 130, output flushed, stats" bash -c "
+    $GPU -m $TMP/tiny32.bin --prompt-ids 1 -n 100000000 --ignore-eos -t 0 --print-ids --stats >$TMP/int.out 2>$TMP/int.err & pid=\$!
+    for i in \$(seq 600); do [ \$(stat -c %s $TMP/int.out) -gt 100 ] && break; sleep 0.05; done
+    kill -INT \$pid; wait \$pid; rc=\$?
+    [ \$rc -eq 130 ] && [ \"\$(tail -c 1 $TMP/int.out | od -An -c | tr -d ' ')\" = '\\n' ] && grep -q '^interrupted$' $TMP/int.err"
+check "GPU generation into | head: exit 0, quiet" bash -c "
+    set -o pipefail; $GPU -m $TMP/tiny32.bin --prompt-ids 1 -n 100000000 --ignore-eos -t 0 --print-ids 2>$TMP/pipe.err | head -c 100 >/dev/null; [ \$? -eq 0 ] && [ ! -s $TMP/pipe.err ]"
 
 # ---- errors: too little GPU memory says how much was needed and how much is free
 if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
@@ -112,6 +165,8 @@ time.sleep(120)" &
     hog=$!
     for _ in $(seq 60); do [ -e "$TMP/held" ] && break; sleep 0.5; done
     expect_error "too little GPU memory: needed and free bytes in one line" 'out of GPU memory.* [0-9]+ bytes.* [0-9]+ .*free' $GPU -m "$big" --prompt-ids 1 -n 1 --print-ids
+    for i in $(seq 1024); do echo "prompt $i"; done >"$TMP/many.txt"
+    expect_error "too little GPU memory for 1024 sequences: needed and free bytes in one line" 'out of GPU memory.* [0-9]+ bytes.* [0-9]+ .*free' $GPU -m "$TMP/130m-bf16.bin" --tokenizer weights/tokenizer.model --batch-file "$TMP/many.txt" --batch-size 1024 -n 2
     kill $hog 2>/dev/null
     wait $hog 2>/dev/null || true
 fi

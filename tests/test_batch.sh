@@ -117,7 +117,7 @@ PY
 }
 check "SIGINT: exit 130, unfinished prompts reported as interrupted" interrupt_batch
 closed_pipe_batch() {
-    $MAMBA -m $B -n 5 -s 1 --batch-size 2 $(for i in $(seq 200); do echo "-i p$i"; done) 2>$TMP/pipe.err | head -c 20 >/dev/null
+    $MAMBA --device cpu -m $B -n 5 -s 1 --batch-size 2 $(for i in $(seq 200); do echo "-i p$i"; done) 2>$TMP/pipe.err | head -c 20 >/dev/null
     [ "${PIPESTATUS[0]}" -eq 0 ] && [ ! -s $TMP/pipe.err ]
 }
 check "reader goes away (| head): exit 0, quiet" closed_pipe_batch

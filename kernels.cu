@@ -580,7 +580,7 @@ __global__ void __launch_bounds__(THREADS, 1) forward_token(const StepArgs a) {
     float *dbc = sm + a.off_dbc;       /* [Rp] (dt, B, C) */
     float *dtv = sm + a.off_dtv;       /* [rkp] dt, zero-padded */
     float *acc = sm + a.off_acc;       /* [max(Rp, dmp)] this block's share of a split product */
-    float *red = sm + a.off_red;       /* [WARPS] reductions */
+    float *red = sm + a.off_red;       /* [2 × CONSUMER_WARPS] reductions (values, then ids) */
     float *part = sm + a.off_part;     /* ColumnSums' group sums */
     float *prm = sm + a.off_params;    /* [channels, stride] per-channel parameters of the layer */
     float *conv = sm + a.off_conv;     /* [channels, kcp] conv state of the layer */
@@ -1293,7 +1293,7 @@ struct PassBuffers {
     int logit_rows;          /* rows of logits a pass can make */
     float *X, *XZ, *U, *DBC, *DELTA, *logits;
     void *XN, *U16, *DT, *Y; /* in the weights' dtype */
-    int *tokens, *slots, *argmax;
+    int *tokens, *slots;     /* [cap] each: the pass's token ids (the batched benchmark's argmax writes them) and slots */
     int *host_tokens, *host_slots;   /* pinned */
     float *host_logits;              /* pinned [max class, vocab] */
 };
@@ -1566,7 +1566,7 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
     const size_t pDELTA = carve(&top, (size_t)cap * di * 4), pLOG = carve(&top, (size_t)logit_rows * vocab_bytes);
     const size_t pXN = carve(&top, (size_t)cap * g->dmp * es), pU16 = carve(&top, (size_t)cap * di * es);
     const size_t pDT = carve(&top, (size_t)cap * g->rkp * es), pY = carve(&top, (size_t)cap * di * es);
-    const size_t pINT = carve(&top, (size_t)3 * cap * sizeof(int)), pWS = carve(&top, BLAS_WORKSPACE);
+    const size_t pINT = carve(&top, (size_t)2 * cap * sizeof(int)), pWS = carve(&top, BLAS_WORKSPACE);
     const size_t pass_bytes = top;
 
     size_t free_bytes = 0, total_bytes = 0;
@@ -1638,7 +1638,7 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
     pb.X = (float *)(P + pX), pb.XZ = (float *)(P + pXZ), pb.U = (float *)(P + pU), pb.DBC = (float *)(P + pDBC);
     pb.DELTA = (float *)(P + pDELTA), pb.logits = (float *)(P + pLOG);
     pb.XN = P + pXN, pb.U16 = P + pU16, pb.DT = P + pDT, pb.Y = P + pY;
-    pb.tokens = (int *)(P + pINT), pb.slots = pb.tokens + cap, pb.argmax = pb.slots + cap;
+    pb.tokens = (int *)(P + pINT), pb.slots = pb.tokens + cap;
     g->blas_workspace = P + pWS;
     CUDA_CHECK(cudaMallocHost((void **)&pb.host_tokens, 2 * (size_t)cap * sizeof(int)));
     pb.host_slots = pb.host_tokens + cap;

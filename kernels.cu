@@ -32,7 +32,12 @@
  *
  * The sampler (temperature, top-k, top-p, repetition penalty) is one more kernel; the step and
  * the sampler are captured in CUDA graphs and replayed, reading the token id from device
- * memory. */
+ * memory.
+ *
+ * Many tokens at once take another path (further down): the prompt pass (one sequence, up to
+ * 4096 tokens a pass) and the batched step (B sequences, one token each) run layer by layer as
+ * cuBLAS products over all the rows with small kernels between them (norm, conv, a selective
+ * scan that keeps h in registers), on sequence slots that each hold one sequence's state. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cublas_v2.h>

@@ -22,20 +22,26 @@ no_output() { ! ls "$1/$2" "$1/$2".partial-* >/dev/null 2>&1; }
 hf_with() {   # hf_with NAME PYTHON: a copy of the tiny fixture, then PYTHON run in it
     cp -r $F/tiny/hf $TMP/$1 && (cd $TMP/$1 && python3 -c "$2")
 }
-hf_with expand 'import json; c = json.load(open("config.json")); c["expand"] = 885746554; del c["intermediate_size"]; json.dump(c, open("config.json", "w"))'
-expect_error "config: expand × hidden_size beyond int (fuzz regression)" "d_inner must be in" $MAMBA convert $TMP/expand $TMP/x.bin
-hf_with deepconfig 'open("config.json", "w").write("{\"a\":" + "[" * 1500 + "]" * 1500 + "}")'
-expect_error "config: nesting beyond cJSON's limit" "deeper than 1000 levels \(the limit\)" $MAMBA convert $TMP/deepconfig $TMP/x.bin
-hf_with deepheader 'import struct; h = b"{\"a\":" + b"[" * 1500 + b"]" * 1500 + b"}"; open("model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h)'
-expect_error "safetensors: header nesting beyond cJSON's limit" "header nests deeper than 1000 levels \(the limit\)" $MAMBA convert $TMP/deepheader $TMP/x.bin
-hf_with manytensors 'import struct, json; h = json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(32769)}).encode(); open("model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h)'
-expect_error "safetensors: more tensors than the limit" "more than 32768 tensors in the checkpoint \(the limit\)" $MAMBA convert $TMP/manytensors $TMP/x.bin
-hf_with bigindex 'import json, os; os.remove("model.safetensors"); json.dump({"weight_map": {f"t{i}": "a.safetensors" for i in range(32769)}}, open("model.safetensors.index.json", "w"))'
-expect_error "safetensors index: more tensors than the limit" "weight_map lists more than 32768 tensors \(the limit\)" $MAMBA convert $TMP/bigindex $TMP/x.bin
-hf_with hugelen 'import struct; open("model.safetensors", "wb").write(struct.pack("<Q", 2**64 - 1) + b"{}")'
-expect_error "safetensors: header length 2^64-1" "header length .* exceeds the file" $MAMBA convert $TMP/hugelen $TMP/x.bin
-hf_with hugeshape 'import struct, json; h = json.dumps({"backbone.embeddings.weight": {"dtype": "F32", "shape": [2**32, 2**32], "data_offsets": [0, 0]}}).encode(); open("model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h)'
-expect_error "safetensors: shape whose product wraps to 0 (2^32 × 2^32)" "implausibly large \(over 2\^40 elements\)" $MAMBA convert $TMP/hugeshape $TMP/x.bin
+# convert_refuses NAME CHECK PATTERN PYTHON: converting the tiny fixture edited by PYTHON fails
+# with one line matching PATTERN
+convert_refuses() {
+    hf_with "$1" "$4"
+    expect_error "$2" "$3" $MAMBA convert $TMP/$1 $TMP/x.bin
+}
+convert_refuses expand "config: expand × hidden_size beyond int (fuzz regression)" "d_inner must be in" \
+    'import json; c = json.load(open("config.json")); c["expand"] = 885746554; del c["intermediate_size"]; json.dump(c, open("config.json", "w"))'
+convert_refuses deepconfig "config: nesting beyond cJSON's limit" "deeper than 1000 levels \(the limit\)" \
+    'open("config.json", "w").write("{\"a\":" + "[" * 1500 + "]" * 1500 + "}")'
+convert_refuses deepheader "safetensors: header nesting beyond cJSON's limit" "header nests deeper than 1000 levels \(the limit\)" \
+    'import struct; h = b"{\"a\":" + b"[" * 1500 + b"]" * 1500 + b"}"; open("model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h)'
+convert_refuses manytensors "safetensors: more tensors than the limit" "more than 32768 tensors in the checkpoint \(the limit\)" \
+    'import struct, json; h = json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(32769)}).encode(); open("model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h)'
+convert_refuses bigindex "safetensors index: more tensors than the limit" "weight_map lists more than 32768 tensors \(the limit\)" \
+    'import json, os; os.remove("model.safetensors"); json.dump({"weight_map": {f"t{i}": "a.safetensors" for i in range(32769)}}, open("model.safetensors.index.json", "w"))'
+convert_refuses hugelen "safetensors: header length 2^64-1" "header length .* exceeds the file" \
+    'import struct; open("model.safetensors", "wb").write(struct.pack("<Q", 2**64 - 1) + b"{}")'
+convert_refuses hugeshape "safetensors: shape whose product wraps to 0 (2^32 × 2^32)" "implausibly large \(over 2\^40 elements\)" \
+    'import struct, json; h = json.dumps({"backbone.embeddings.weight": {"dtype": "F32", "shape": [2**32, 2**32], "data_offsets": [0, 0]}}).encode(); open("model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h)'
 python3 -c 'print("{\"model\":" + "{\"a\":" * 1200 + "1" + "}" * 1201)' >$TMP/deep.json
 expect_error "tokenizer.json: nesting beyond cJSON's limit" "deeper than 1000 levels \(the limit\)" $MAMBA tokenize --tokenizer $TMP/deep.json hi
 expect_error "--tokenizer /dev/zero: refused at the size limit" "larger than the limit of 268435456 bytes for a tokenizer" \

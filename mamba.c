@@ -1417,23 +1417,6 @@ static void engine_reset_slot(Engine *e, int slot) {
     cpu_engine_reset_slot(&e->cpu, &e->model->config, slot);
 }
 
-/* Starts a sequence of n ≥ 1 prompt tokens in a slot: empties the slot and returns how many of
- * the prompt's tokens it already ran. The GPU runs all but the last as parallel passes of up to
- * `chunk` tokens, unless chunk is 1 (the last then goes through a batch step, which gives its
- * logits); the CPU runs none: its prompt tokens go through the batch steps beside the other
- * sequences' tokens. */
-static int engine_start(Engine *e, int slot, const int *prompt, int n, int chunk) {
-    engine_reset_slot(e, slot);
-#ifdef MAMBA_CUDA
-    if (e->gpu && chunk != 1) {
-        if (n > 1) gpu_engine_prefill(e->gpu, slot, prompt, n - 1, chunk, NULL);
-        return n - 1;
-    }
-#endif
-    (void)prompt, (void)n, (void)chunk;
-    return 0;
-}
-
 /* Floats from one row of engine_forward_batch's logits to the next: the CPU makes padded_vocab
  * logits a row, the GPU vocab_size. */
 static int engine_logits_stride(const Engine *e) {
@@ -1598,15 +1581,8 @@ static size_t utf8_invalid_at(const unsigned char *s, size_t n) {
     return n;
 }
 
-static int *prompt_to_ids(const RunOptions *o, const Model *m, const Tokenizer *tok, size_t *n) {
-    if (o->prompt_ids) {
-        int *ids = parse_id_list(o->prompt_ids, m->config.vocab_size, n);
-        if (*n > (size_t)o->max_prompt_tokens) {
-            free(ids);
-            die("the prompt is %zu tokens, over the limit of %ld (--max-prompt-tokens)", *n, o->max_prompt_tokens);
-        }
-        return ids;
-    }
+/* The ids of the prompt's text (BOS alone when there is none). */
+static int *text_to_ids(const RunOptions *o, const Model *m, const Tokenizer *tok, size_t *n) {
     int bos = m->bos_id >= 0 ? m->bos_id : tok ? tokenizer_bos_id(tok) : -1;
     if (!o->prompt || !o->prompt[0]) {
         /* no prompt: generate from BOS alone, as a model trained with it expects */
@@ -1627,12 +1603,18 @@ static int *prompt_to_ids(const RunOptions *o, const Model *m, const Tokenizer *
     if (tokenizer_encode(tok, o->prompt, len, tokenizer_wants_bos(tok), &ids, n, err, sizeof err))
         die("cannot tokenize the prompt: %s", err);
     if (*n == 0) die("the prompt encodes to no tokens");
+    for (size_t i = 0; i < *n; i++)
+        if (ids[i] >= m->config.vocab_size) die("the tokenizer produced id %d, beyond the model's vocabulary", ids[i]);
+    return ids;
+}
+
+/* The prompt's ids, from --prompt-ids or from its text, within --max-prompt-tokens. */
+static int *prompt_to_ids(const RunOptions *o, const Model *m, const Tokenizer *tok, size_t *n) {
+    int *ids = o->prompt_ids ? parse_id_list(o->prompt_ids, m->config.vocab_size, n) : text_to_ids(o, m, tok, n);
     if (*n > (size_t)o->max_prompt_tokens) {
         free(ids);
         die("the prompt is %zu tokens, over the limit of %ld (--max-prompt-tokens)", *n, o->max_prompt_tokens);
     }
-    for (size_t i = 0; i < *n; i++)
-        if (ids[i] >= m->config.vocab_size) die("the tokenizer produced id %d, beyond the model's vocabulary", ids[i]);
     return ids;
 }
 
@@ -1680,11 +1662,12 @@ static void exit_if_interrupted(void) {
     exit(130);
 }
 
-/* One prompt, its tokens streamed to stdout as they come. */
-/* The GPU runs the first n prompt tokens as parallel passes of up to `chunk` tokens (a chunk of
- * 1: none, they go one step at a time as on the CPU); their logits rows go to logits_file when
- * it is open, 256 rows at a time. Returns how many tokens it ran. */
-static size_t engine_prefill(Engine *e, const int *ids, size_t n, int chunk, FILE *logits_file, const char *path) {
+/* Runs the first n tokens of the prompt of the sequence in a slot before its steps begin, and
+ * returns how many it ran. The GPU runs them as parallel passes of up to `chunk` tokens (none
+ * when chunk is 1: they go one step at a time); the CPU runs none: its prompt tokens go through
+ * the steps, batched over the sequences. With logits_file open their logits rows go there, 256
+ * rows at a time. */
+static size_t engine_prefill(Engine *e, int slot, const int *ids, size_t n, int chunk, FILE *logits_file, const char *path) {
 #ifdef MAMBA_CUDA
     if (e->gpu && chunk != 1) {
         const int vocab = e->model->config.vocab_size;
@@ -1693,7 +1676,7 @@ static size_t engine_prefill(Engine *e, const int *ids, size_t n, int chunk, FIL
         size_t done = 0;
         while (done < n && !g_interrupted) {
             const size_t len = n - done < block ? n - done : block;
-            gpu_engine_prefill(e->gpu, 0, ids + done, (long)len, chunk, rows);
+            gpu_engine_prefill(e->gpu, slot, ids + done, (long)len, chunk, rows);
             for (size_t i = 0; rows && i < len; i++) write_logits_row(logits_file, rows + i * vocab, vocab, path);
             done += len;
         }
@@ -1701,10 +1684,18 @@ static size_t engine_prefill(Engine *e, const int *ids, size_t n, int chunk, FIL
         return done;
     }
 #endif
-    (void)e, (void)ids, (void)n, (void)chunk, (void)logits_file, (void)path;
+    (void)e, (void)slot, (void)ids, (void)n, (void)chunk, (void)logits_file, (void)path;
     return 0;
 }
 
+/* Starts a sequence of n ≥ 1 prompt tokens in an emptied slot; returns how many of them it ran:
+ * all but the last at most, which goes through a step and gives the logits to sample from. */
+static int engine_start(Engine *e, int slot, const int *prompt, int n, int chunk) {
+    engine_reset_slot(e, slot);
+    return (int)engine_prefill(e, slot, prompt, n - 1, chunk, NULL, NULL);
+}
+
+/* One prompt, its tokens streamed to stdout as they come. */
 static void generate(const RunOptions *o) {
     Model m;
     Tokenizer *tok = open_model_and_tokenizer(o, &m);
@@ -1735,7 +1726,7 @@ static void generate(const RunOptions *o) {
 
     double t_start = now_seconds();
     const float *logits = NULL;
-    size_t ran = engine_prefill(&engine, prompt, n_prompt - 1, o->prompt_batch, logits_file, o->logits_out);
+    size_t ran = engine_prefill(&engine, 0, prompt, n_prompt - 1, o->prompt_batch, logits_file, o->logits_out);
     for (size_t i = ran; i < n_prompt && !g_interrupted; i++) {
         logits = engine_feed(&engine, prompt[i], logits_file != NULL);
         write_logits_row(logits_file, logits, m.config.vocab_size, o->logits_out);
@@ -2302,8 +2293,7 @@ static void cmd_tokenize(int argc, char **argv) {
         if (tokenizer_encode(tok, text, len, bos, &ids, &n, err, sizeof err)) die("cannot tokenize: %s", err);
         for (size_t i = 0; i < n; i++) {
             char buf[16];
-            int k = snprintf(buf, sizeof buf, "%s%d", i ? " " : "", ids[i]);
-            emit(buf, k);
+            emit(buf, format_id(buf, ids[i], i == 0));
         }
         emit("\n", 1);
         free(ids);
@@ -2577,19 +2567,31 @@ static void argmax_rows(int *next, const float *logits, int batch, size_t stride
 
 /* On the CPU: batch sequences in slots 0 .. batch-1 read their prompts, then decode greedily,
  * together. */
+/* Seconds to take in the prompts of a batch in slots 0 .. batch-1 as a batched run does: each
+ * sequence started in its slot (the GPU runs all but its last token in parallel), then steps of
+ * every sequence until all the prompts are in. tokens gets each sequence's greedy next token. */
+static double bench_prompts(Engine *e, int vocab, int n_prompt, int batch, const int *slots, int *tokens) {
+    int *prompt = xmalloc((size_t)(n_prompt + batch) * sizeof *prompt);
+    for (long i = 0; i < n_prompt + batch; i++) prompt[i] = bench_token(i, vocab);
+    const double t0 = now_seconds();
+    int ran = 0;
+    for (int b = 0; b < batch; b++) ran = engine_start(e, slots[b], prompt + b, n_prompt, 0);   /* the same for every b */
+    const float *logits = NULL;
+    for (int i = ran; i < n_prompt; i++) {
+        for (int b = 0; b < batch; b++) tokens[b] = prompt[b + i];
+        logits = engine_forward_batch(e, batch, slots, tokens);
+    }
+    argmax_rows(tokens, logits, batch, engine_logits_stride(e), vocab);
+    free(prompt);
+    return now_seconds() - t0;
+}
+
 static void bench_cpu(Engine *e, int vocab, int n_prompt, int n_decode, int batch, BenchResult *r) {
     int *slots = xmalloc(batch * sizeof *slots), *tokens = xmalloc(batch * sizeof *tokens);
     size_t stride = engine_logits_stride(e);
     for (int b = 0; b < batch; b++) slots[b] = b;
+    r->ttft = bench_prompts(e, vocab, n_prompt, batch, slots, tokens);
     double t0 = now_seconds();
-    const float *logits = NULL;
-    for (int i = 0; i < n_prompt; i++) {
-        for (int b = 0; b < batch; b++) tokens[b] = bench_token((long)i + b, vocab);
-        logits = engine_forward_batch(e, batch, slots, tokens);
-    }
-    argmax_rows(tokens, logits, batch, stride, vocab);
-    r->ttft = now_seconds() - t0;
-    t0 = now_seconds();
     for (int i = 0; i < n_decode; i++)
         argmax_rows(tokens, engine_forward_batch(e, batch, slots, tokens), batch, stride, vocab);
     r->decode_s = now_seconds() - t0;
@@ -2711,20 +2713,21 @@ static void bench_sweep_gpu(Engine *e, const Model *m, const char *model_path, i
 
 static void cmd_bench(int argc, char **argv) {
     const char *model_path = NULL;
-    int n_decode = 256, n_prompt = 16, batch = 1, json = 0, sweep = 0;
+    int n_decode = 256, n_prompt = 16, batch = 1, json = 0, sweep = 0, sized = 0;
     DeviceChoice device = DEVICE_AUTO;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = option_value(argc, argv, &i);
-        else if (!strcmp(a, "-n") || !strcmp(a, "--steps")) n_decode = (int)parse_long(a, option_value(argc, argv, &i), 1, 1000000);
-        else if (!strcmp(a, "--prompt-len")) n_prompt = (int)parse_long(a, option_value(argc, argv, &i), 1, 1000000);
-        else if (!strcmp(a, "--batch")) batch = (int)parse_long(a, option_value(argc, argv, &i), 1, MAX_BATCH);
+        else if (!strcmp(a, "-n") || !strcmp(a, "--steps")) n_decode = (int)parse_long(a, option_value(argc, argv, &i), 1, 1000000), sized = 1;
+        else if (!strcmp(a, "--prompt-len")) n_prompt = (int)parse_long(a, option_value(argc, argv, &i), 1, 1000000), sized = 1;
+        else if (!strcmp(a, "--batch")) batch = (int)parse_long(a, option_value(argc, argv, &i), 1, MAX_BATCH), sized = 1;
         else if (!strcmp(a, "--device")) device = parse_device(option_value(argc, argv, &i));
         else if (!strcmp(a, "--threads")) set_threads(option_value(argc, argv, &i));
         else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--sweep")) sweep = 1;
         else die("bench: unknown argument %s", a);
     }
+    if (sweep && sized) die("bench --sweep sets its own lengths and batch sizes: drop -n, --prompt-len and --batch");
     if (!model_path) model_path = default_model_path();
     Model m;
     model_load(&m, model_path);
@@ -2737,14 +2740,17 @@ static void cmd_bench(int argc, char **argv) {
     } else if (engine.gpu) {
         int *prompt = xmalloc(n_prompt * sizeof *prompt);
         for (int i = 0; i < n_prompt; i++) prompt[i] = bench_token(i, m.config.vocab_size);
-        GpuBench b;
-        gpu_engine_bench(engine.gpu, prompt, n_prompt, n_decode, &b);
+        GpuBench b;   /* batch 1; with a batch, only its bandwidth and memory are kept */
+        gpu_engine_bench(engine.gpu, prompt, n_prompt, batch > 1 ? 1 : n_decode, &b);
         r.ttft = b.first_token_seconds, r.decode_s = b.decode_seconds, r.bandwidth = b.read_bandwidth;
         r.memory = b.used_bytes, r.engine_memory = b.engine_bytes;
         r.device_name = gpu_engine_device_name(engine.gpu);
-        if (batch > 1) {   /* the prompts are run one after another, then decode together */
-            r.ttft *= batch;
+        if (batch > 1) {
+            int *slots = xmalloc(batch * sizeof *slots), *next = xmalloc(batch * sizeof *next);
+            for (int i = 0; i < batch; i++) slots[i] = i;
+            r.ttft = bench_prompts(&engine, m.config.vocab_size, n_prompt, batch, slots, next);
             r.decode_s = gpu_engine_bench_batch(engine.gpu, batch, n_decode);
+            free(slots), free(next);
         }
         free(prompt);
     } else

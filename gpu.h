@@ -28,9 +28,10 @@ typedef struct {
     int vocab;             /* the sampler (greedy too) picks ids in [0, vocab) only */
 } GpuSampling;
 
-/* Uploads the weights and allocates the state of max_batch sequences (slots; slot 0 is the one
- * the single-sequence calls use) and the graphs, with greedy sampling. Returns
- * NULL and a one-line reason in err when there is no usable CUDA device, when the GPU has too
+/* Uploads the weights and allocates the state of max_batch (1 to 1024) sequences (slots; slot 0
+ * is the one the single-sequence calls use) and the step's graphs, with greedy sampling (a
+ * batch's graph is captured when a batch of its size first runs). Opens cuBLAS. Returns NULL
+ * and a one-line reason in err when there is no usable CUDA device or cuBLAS, when the GPU has too
  * little free memory (the reason says how many bytes are needed and how many are free), or
  * when the model's dtype or shape is one the kernels do not handle. */
 GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int max_batch, char *err, size_t err_len);
@@ -48,7 +49,8 @@ const float *gpu_engine_feed(GpuEngine *g, int token, int want_logits);
 /* Samples the next token on the GPU from the latest logits and runs it through the model, in
  * one graph; returns its id. With want_logits, *logits receives the host copy of the logits
  * after running it (valid until the next call). It keeps one such step queued ahead, so after
- * it only gpu_engine_sample_feed, gpu_engine_reset or gpu_engine_free may follow. */
+ * it only gpu_engine_sample_feed (with the same want_logits: the step queued ahead was launched
+ * with it), gpu_engine_reset or gpu_engine_free may follow. */
 int gpu_engine_sample_feed(GpuEngine *g, int want_logits, const float **logits);
 
 /* ---- Several sequences at once (slots 0 .. max_batch-1, each with its own state) ---- */
@@ -61,7 +63,7 @@ void gpu_engine_reset_slot(GpuEngine *g, int slot);
  * over the sequence. Memory stays bounded for any n. The slot's state afterwards is the one n
  * single steps would leave (and for slot 0, the repetition penalty's history has the tokens).
  * With logits (n rows of vocab_size floats, on the host) the passes make the tokens' logits
- * too, in chunks of at most 256. */
+ * too, in passes of at most 256 tokens (or max_batch, when larger). */
 void gpu_engine_prefill(GpuEngine *g, int slot, const int *tokens, long n, int chunk, float *logits);
 
 /* Runs tokens[i] through the sequence in slots[i] for i < n (distinct slots, n ≤ max_batch) as

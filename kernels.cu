@@ -128,14 +128,14 @@ struct StepArgs {
     const void *embedding;    /* [padded_vocab, dmp] */
     const float *norm_f;      /* [dmp] */
     const void *head;         /* [vocab, dmp]; the embedding when tied */
-    int n_layer, dm, dmp, di, ns, nsp, d_conv, kcp, dt_rank, rkp, R, Rp, vocab;
+    int n_layer, dm, dmp, di, ns, nsp, d_conv, kcp, dt_rank, rkp, Rp, vocab;
     float eps;
     int channels_per_block, head_rows_per_block;
     int argmax_vocab;         /* the argmax looks at ids below this only */
     /* the ring: n_slots slots of slot_bytes; a tile of a matrix holds rows_per_tile_* rows */
     int n_slots, slot_bytes, rows_per_tile_in, rows_per_tile_x, rows_per_tile_dt, rows_per_tile_out, rows_per_tile_head;
-    int small_conv, small_ssm, small_params;
-    unsigned long long trap_at_run;   /* fault injection: the step that runs token number trap_at_run traps (0: never) */   /* byte offsets in a layer's first tile (the norm is at 0) */
+    int small_conv, small_ssm, small_params;   /* byte offsets in a layer's first tile (the norm is at 0) */
+    unsigned long long trap_at_run;   /* fault injection: the step that runs token number trap_at_run traps (0: never) */
     int off_xn, off_rows, off_dt, off_u, off_z, off_y, off_dbc, off_dtv, off_acc, off_red, off_part, off_params,
         off_conv, off_ssm;    /* shared-memory layout after the ring, in floats */
     float *resid;             /* [dmp] the residual stream */
@@ -1233,6 +1233,7 @@ __global__ void read_probe(const uint4 *p, size_t n, unsigned *sink) {
 constexpr int PREFILL_CHUNK = 4096;          /* prompt tokens a pass takes at most: bounds the memory */
 constexpr int PREFILL_LOGIT_ROWS = 256;      /* prompt tokens a pass takes when their logits are wanted */
 constexpr int MAX_BATCH = 1024;              /* sequences a batched step takes at most */
+constexpr int BATCH_CLASSES = 11;            /* 2^0 .. 2^10 = MAX_BATCH rows */
 constexpr size_t BLAS_WORKSPACE = 32u << 20; /* cuBLAS's workspace, set so that graphs can capture it */
 
 /* The cuBLAS functions the engine calls, looked up in libcublas at run time so that a binary
@@ -1294,7 +1295,6 @@ static void blas_check(const Blas &b, cublasStatus_t st, const char *call, const
 
 /* What the engine needs for passes over many rows. */
 struct PassBuffers {
-    int cap;                 /* rows */
     int logit_rows;          /* rows of logits a pass can make */
     float *X, *XZ, *U, *DBC, *DELTA, *logits;
     void *XN, *U16, *DT, *Y; /* in the weights' dtype */
@@ -1318,7 +1318,7 @@ struct GpuEngine {
     void *blas_workspace;
     PassBuffers pass;
     char *pass_mem;
-    cudaGraphExec_t batch_graph[12];                 /* batched step of 2^k rows, k ≤ 11 */
+    cudaGraphExec_t batch_graph[BATCH_CLASSES];      /* batched step of 2^k rows */
     const char *in_flight;                           /* the work a failed synchronization reports */
     size_t step_smem, sample_smem;
     void (*step_kernel)(StepArgs);
@@ -1428,6 +1428,13 @@ static void build_graphs(GpuEngine *g) {
     g->graphs_built = true;
 }
 
+/* gpu_engine_create's way out before anything is on the device: the engine and cuBLAS let go. */
+static GpuEngine *abandon(GpuEngine *g) {
+    dlclose(g->blas.lib);
+    free(g);
+    return NULL;
+}
+
 extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int max_batch, char *err, size_t err_len) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
@@ -1469,7 +1476,7 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
         return NULL;
     }
     g->c = *c;
-    g->max_batch = max_batch < 1 ? 1 : max_batch;
+    g->max_batch = max_batch;
     snprintf(g->name, sizeof g->name, "%s", prop.name);
     const int L = c->n_layer, dm = c->d_model, di = c->d_inner, ns = c->d_state;
     const size_t es = c->dtype == DTYPE_F32 ? 4 : 2;
@@ -1510,8 +1517,7 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
     if (a.slot_bytes < slot_need || (g->dmp / (16 / (int)es) + CONSUMERS - 1) / CONSUMERS > MAX_COL_ITEMS) {
         snprintf(err, err_len, "this model's shape (d_model %d, d_inner %d) does not fit the step kernel's shared memory on %s",
                  dm, di, prop.name);
-        free(g);
-        return NULL;
+        return abandon(g);
     }
     a.rows_per_tile_in = a.rows_per_tile_out = a.rows_per_tile_head = a.slot_bytes / row_bytes;
     a.rows_per_tile_x = a.slot_bytes / (g->Rp * (int)es), a.rows_per_tile_dt = a.slot_bytes / (g->rkp * (int)es);
@@ -1521,8 +1527,7 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, (const void *)g->step_kernel, THREADS, g->step_smem));
     if (resident < 1) {
         snprintf(err, err_len, "the step kernel cannot be resident on %s", prop.name);
-        free(g);
-        return NULL;
+        return abandon(g);
     }
     /* the sampler works in shared memory when the vocabulary fits */
     const size_t vocab_bytes = (size_t)c->vocab_size * sizeof(float);
@@ -1580,8 +1585,7 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
     if (need > free_bytes) {
         snprintf(err, err_len, "out of GPU memory: the model needs %zu bytes on %s, %zu of %zu are free", need, prop.name,
                  free_bytes, total_bytes);
-        free(g);
-        return NULL;
+        return abandon(g);
     }
     CUDA_CHECK(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
     g->weights = (char *)gpu_alloc(g->weight_bytes);
@@ -1623,7 +1627,7 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
                         lo[0].dt_proj - lo[0].norm, lo[0].out_proj_t - lo[0].norm};
     a.embedding = W + emb, a.norm_f = (const float *)(W + norm_f), a.head = W + head;
     a.n_layer = L, a.dm = dm, a.dmp = g->dmp, a.di = di, a.ns = ns, a.nsp = g->nsp, a.d_conv = c->d_conv;
-    a.kcp = g->kcp, a.dt_rank = c->dt_rank, a.rkp = g->rkp, a.R = g->R, a.Rp = g->Rp, a.vocab = c->vocab_size;
+    a.kcp = g->kcp, a.dt_rank = c->dt_rank, a.rkp = g->rkp, a.Rp = g->Rp, a.vocab = c->vocab_size;
     a.eps = c->norm_eps;
     a.resid = (float *)(K + resid), a.dbc = (float *)(K + dbc);
     a.conv_state = (float *)(K + conv), a.ssm_state = (float *)(K + ssm), a.logits = (float *)(K + logits);
@@ -1639,7 +1643,7 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
     /* the passes over many rows */
     char *P = (char *)gpu_alloc(pass_bytes);
     PassBuffers &pb = g->pass;
-    pb.cap = cap, pb.logit_rows = logit_rows;
+    pb.logit_rows = logit_rows;
     pb.X = (float *)(P + pX), pb.XZ = (float *)(P + pXZ), pb.U = (float *)(P + pU), pb.DBC = (float *)(P + pDBC);
     pb.DELTA = (float *)(P + pDELTA), pb.logits = (float *)(P + pLOG);
     pb.XN = P + pXN, pb.U16 = P + pU16, pb.DT = P + pDT, pb.Y = P + pY;
@@ -1702,7 +1706,7 @@ extern "C" void gpu_engine_set_sampling(GpuEngine *g, const GpuSampling *s) {
     unsigned long long seed = s->rng ? s->rng : 0x9E3779B97F4A7C15ull;   /* xorshift must not start at 0 */
     upload(g->rng, &seed, sizeof seed, g->stream);
     const bool greedy = s->temperature == 0.0f && s->repeat_penalty == 1.0f;
-    destroy_graphs(g);
+    destroy_graphs(g);   /* under the old setting: it says which graphs are shared */
     g->greedy = greedy;
     build_graphs(g);
 }
@@ -1967,7 +1971,7 @@ extern "C" const float *gpu_engine_forward_batch(GpuEngine *g, int n, const int 
         exit(1);
     }
     const int k = stage_batch(g, n, slots, tokens);
-    g->in_flight = "a batched step (embed_rows, rmsnorm_rows, cuBLAS, conv_rows, selective_scan)";
+    g->in_flight = "a batched step (embed_rows, rmsnorm_rows, cuBLAS, conv_rows, scan_step)";
     CUDA_CHECK(cudaGraphLaunch(batch_graph(g, k), g->stream));
     CUDA_CHECK(cudaMemcpyAsync(g->pass.host_logits, g->pass.logits, (size_t)n * g->c.vocab_size * sizeof(float),
                                cudaMemcpyDeviceToHost, g->stream));

@@ -7,7 +7,7 @@
 #      batched decoding at several batch sizes, into OUT_DIR/sweep.jsonl.
 #   MAMBA=path/to/mamba  SHAPES="tiny 130m 1.4b 2.8b"  SWEEP_SHAPES="130m 1.4b"
 #   BENCH_DIR=/tmp/mamba-bench (models)
-set -u
+set -u -o pipefail
 cd "$(dirname "$0")/.."
 MAMBA=${MAMBA:-./mamba}
 OUT=${1:-.}
@@ -16,6 +16,8 @@ mkdir -p "$DIR" "$OUT"
 for shape in ${SHAPES:-tiny 130m 1.4b 2.8b} ${SWEEP_SHAPES:-130m 1.4b}; do
     [ -e "$DIR/$shape.bin" ] || $MAMBA init --shape "$shape" --dtype bf16 "$DIR/$shape.bin" 2>/dev/null || exit 1
 done
+: >"$OUT/bench.jsonl"
+: >"$OUT/sweep.jsonl"
 for shape in ${SHAPES:-tiny 130m 1.4b 2.8b}; do
     $MAMBA bench -m "$DIR/$shape.bin" --device cuda -n 256 --prompt-len 16 --json | sed "s/^{/{\"shape\":\"$shape\",/" >>"$OUT/bench.jsonl" || exit 1
 done

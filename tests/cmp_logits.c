@@ -29,10 +29,22 @@ static long argmax(const float *x, long n) {
     return best;
 }
 
+/* A command-line number, whole: anything else is a usage error (a misplaced argument would
+ * otherwise turn into a loose tolerance). */
+static double number(const char *s, const char *what) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || !(v > 0)) {
+        fprintf(stderr, "cmp_logits: %s must be a positive number, got '%s'\n", what, s);
+        exit(2);
+    }
+    return v;
+}
+
 int main(int argc, char **argv) {
     if (argc != 5 && argc != 6) { fprintf(stderr, "usage: cmp_logits GOT REF VOCAB TOL [MIN_TOP1]\n"); return 2; }
-    long n_got, n_ref, vocab = atol(argv[3]);
-    double tol = atof(argv[4]), min_top1 = argc == 6 ? atof(argv[5]) : -1;
+    long n_got, n_ref, vocab = (long)number(argv[3], "VOCAB");
+    double tol = number(argv[4], "TOL"), min_top1 = argc == 6 ? number(argv[5], "MIN_TOP1") : -1;
     float *got = read_floats(argv[1], &n_got), *ref = read_floats(argv[2], &n_ref);
     if (vocab <= 0 || n_ref % vocab || n_got != n_ref) {
         fprintf(stderr, "cmp_logits: %ld floats vs %ld reference floats (vocab %ld)\n", n_got, n_ref, vocab);
@@ -44,11 +56,14 @@ int main(int argc, char **argv) {
         const float *g = got + r * vocab, *x = ref + r * vocab;
         double max_ref = 0, max_diff = 0;
         for (long i = 0; i < vocab; i++) {
-            if (!isfinite(g[i])) { fprintf(stderr, "cmp_logits: row %ld has a non-finite value\n", r); return 1; }
+            if (!isfinite(g[i]) || !isfinite(x[i])) {
+                fprintf(stderr, "cmp_logits: row %ld has a non-finite value (in %s)\n", r, isfinite(g[i]) ? "REF" : "GOT");
+                return 1;
+            }
             max_ref = fmax(max_ref, fabs(x[i]));
             max_diff = fmax(max_diff, fabs((double)g[i] - x[i]));
         }
-        double rel = max_diff / max_ref;
+        double rel = max_ref > 0 ? max_diff / max_ref : max_diff;   /* an all-zero reference row: absolute */
         if (rel > worst) worst = rel, worst_row = r;
         same_top1 += argmax(g, vocab) == argmax(x, vocab);
     }

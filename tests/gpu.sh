@@ -26,7 +26,7 @@ if ! timeout 60 $MAMBA run --device cuda -m "$OUT/smoke.bin" --prompt-ids 1,2,3 
     echo "==== the GPU engine fails its smoke test:"; cat "$OUT/gpu.txt" "$OUT/smoke.txt"; exit 1
 fi
 rm -f "$OUT/smoke.bin"
-timeout 600 bash tests/run.sh tests/test_gpu.sh 2>&1 | tee "$OUT/test-gpu.log"
+EXPECT_GPU=1 timeout 600 bash tests/run.sh tests/test_gpu.sh 2>&1 | tee "$OUT/test-gpu.log"
 status=${PIPESTATUS[0]}
 if [ "${GPU_BENCH:-1}" = 1 ]; then
     MAMBA=$MAMBA timeout 600 bash bench/run.sh "$OUT" >"$OUT/bench.txt" 2>&1 || status=1

@@ -26,3 +26,18 @@ expect_error() {
     if ! grep -Eq -- "$pattern" "$TMP/err"; then fail "$name" "stderr '$(cat "$TMP/err")' lacks /$pattern/"; return; fi
     pass "$name"
 }
+
+# same A B / differ A B: run the shell commands A and B (a pipeline fails as a whole); pass when
+# both succeed with some output, and the outputs are equal (same) or not (differ). Two runs that
+# both fail never compare equal.
+outputs_of() {
+    OUT_A=$(set -o pipefail; eval "$1") && OUT_B=$(set -o pipefail; eval "$2") && [ -n "$OUT_A" ] && [ -n "$OUT_B" ]
+}
+same() {
+    outputs_of "$1" "$2" && [ "$OUT_A" = "$OUT_B" ] && return 0
+    echo "A: ${OUT_A:0:300}"; echo "B: ${OUT_B:0:300}"; return 1
+}
+differ() {
+    outputs_of "$1" "$2" && [ "$OUT_A" != "$OUT_B" ] && return 0
+    echo "A: ${OUT_A:0:300}"; echo "B: ${OUT_B:0:300}"; return 1
+}

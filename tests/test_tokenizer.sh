@@ -23,8 +23,7 @@ fi
 # check_out NAME EXPECTED CMD...: CMD must succeed and print exactly EXPECTED.
 check_out() {
     local name=$1 want=$2 got; shift 2
-    got=$("$@" 2>&1)
-    if [ "$got" = "$want" ]; then pass "$name"; else fail "$name" "got '$got', want '$want'"; fi
+    if got=$("$@" 2>&1) && [ "$got" = "$want" ]; then pass "$name"; else fail "$name" "got '$got', want '$want'"; fi
 }
 
 # --- SentencePiece: sp_bytes is Llama-style (BPE, byte fallback, no normalization), so every

@@ -164,9 +164,12 @@ static PairSlot *pairmap_slot(const PairMap *m, uint64_t key) {
         if (m->slots[i].key == key || m->slots[i].key == PAIR_EMPTY) return &m->slots[i];
 }
 
+/* The key of the pair (a, b) of symbol ids. */
+static uint64_t pair_key(int a, int b) { return (uint64_t)a << 32 | (uint32_t)b; }
+
 static const PairSlot *pairmap_get(const PairMap *m, int a, int b) {
     if (!m->cap) return NULL;
-    PairSlot *s = pairmap_slot(m, (uint64_t)a << 32 | (uint32_t)b);
+    PairSlot *s = pairmap_slot(m, pair_key(a, b));
     return s->key == PAIR_EMPTY ? NULL : s;
 }
 
@@ -182,10 +185,10 @@ static int pairmap_put(PairMap *m, int a, int b, uint32_t rank, int id) {
             if (old[i].key != PAIR_EMPTY) *pairmap_slot(m, old[i].key) = old[i];
         free(old);
     }
-    PairSlot *s = pairmap_slot(m, (uint64_t)a << 32 | (uint32_t)b);
+    PairSlot *s = pairmap_slot(m, pair_key(a, b));
     if (s->key == PAIR_EMPTY) m->n++;
     /* a repeated merge takes its later rank, as tokenizers' map built from the list does */
-    *s = (PairSlot){(uint64_t)a << 32 | (uint32_t)b, rank, id};
+    *s = (PairSlot){pair_key(a, b), rank, id};
     return 0;
 }
 
@@ -455,9 +458,9 @@ static int normalize(const Bpe *b, const char *s, size_t n, char **out, size_t *
         utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)cur, (utf8proc_ssize_t)len,
                                           &dst, b->norm_opts[k]);
         free(*out);
-        *out = r < 0 ? NULL : (char *)dst;
+        *out = NULL;
         if (r < 0) return -1;
-        cur = *out, len = (size_t)r;
+        *out = (char *)dst, cur = *out, len = (size_t)r;
     }
     *out_len = len;
     return 0;
@@ -1153,17 +1156,20 @@ Tokenizer *tokenizer_load_file(const char *path, char *err, size_t err_len) {
         set_err(err, err_len, "%s: cannot open (%s)", path, strerror(errno));
         return NULL;
     }
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        if (b.len + n > MAX_TOKENIZER_BYTES || buf_add(&b, chunk, n)) break;
-    int bad = ferror(f) || !feof(f);
+    int too_big = 0, no_memory = 0;
+    while (!too_big && !no_memory && (n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        too_big = b.len + n > MAX_TOKENIZER_BYTES;
+        no_memory = !too_big && buf_add(&b, chunk, n);
+    }
+    const int bad = too_big || no_memory || ferror(f) || !feof(f);
     fclose(f);
-    if (bad && b.len + n > MAX_TOKENIZER_BYTES) {
+    if (too_big) {
         set_err(err, err_len, "%s: larger than the limit of %u bytes for a tokenizer", path, MAX_TOKENIZER_BYTES);
         free(b.data);
         return NULL;
     }
     if (bad || !b.len) {
-        set_err(err, err_len, "%s: %s", path, bad ? "read error" : "empty file");
+        set_err(err, err_len, "%s: %s", path, no_memory ? "out of memory" : bad ? "read error" : "empty file");
         free(b.data);
         return NULL;
     }
@@ -1172,8 +1178,8 @@ Tokenizer *tokenizer_load_file(const char *path, char *err, size_t err_len) {
     while (i < b.len && strchr(" \t\r\n", b.data[i])) i++;
     TokenizerKind kind = i < b.len && b.data[i] == '{' ? TOKENIZER_HF_JSON : TOKENIZER_SENTENCEPIECE;
     char why[256];
-    Tokenizer *t = tokenizer_load_bytes(kind, b.data + (kind == TOKENIZER_HF_JSON ? i : 0),
-                                        b.len - (kind == TOKENIZER_HF_JSON ? i : 0), why, sizeof why);
+    const size_t skip = kind == TOKENIZER_HF_JSON ? i : 0;   /* the BOM and blanks before the object */
+    Tokenizer *t = tokenizer_load_bytes(kind, b.data + skip, b.len - skip, why, sizeof why);
     if (!t) set_err(err, err_len, "%s: %s%s", path,
                     kind == TOKENIZER_SENTENCEPIECE ? "no JSON object, and " : "", why);
     free(b.data);
@@ -1263,6 +1269,12 @@ static int sp_ends_incomplete(const TokenDecoder *d) {
     return 0;
 }
 
+/* Empties the text a push returns. */
+static void out_clear(TokenDecoder *d) {
+    d->out.len = 0;
+    d->out.data[0] = 0;
+}
+
 /* SentencePiece decodes a sequence as a whole: the first piece loses its leading "▁", byte
  * pieces are joined into characters. So the ids not yet printed are decoded together, and
  * printed once their text is not empty and does not end inside a character. Until then they
@@ -1271,8 +1283,7 @@ static int sp_ends_incomplete(const TokenDecoder *d) {
 static const char *sp_push(TokenDecoder *d, int id, int last) {
     const Tokenizer *t = d->t;
     size_t len, skip = d->anchored ? t->sp_anchor_len : 0;
-    d->out.len = 0;
-    d->out.data[0] = 0;
+    out_clear(d);
     if ((id >= 0 && ivec_add(&d->ids, &id, 1)) || (!last && sp_ends_incomplete(d))) return d->out.data;
     char *s = sp_decode(t->sp, d->ids.data + !d->anchored, d->ids.len - !d->anchored, &len);
     if (!s || len < skip || memcmp(s, t->sp_anchor_text, skip)) {   /* only out of memory */
@@ -1292,8 +1303,7 @@ static const char *sp_push(TokenDecoder *d, int id, int last) {
  * once, the same maximal subparts as decoding the whole text lossily. */
 static const char *bpe_push(TokenDecoder *d, int id) {
     size_t used = 0;
-    d->out.len = 0;
-    d->out.data[0] = 0;
+    out_clear(d);
     if (bpe_piece_bytes(d->t->bpe, id, &d->pend) || !d->pend.len ||   /* a piece may be "" */
         utf8_lossy(d->pend.data, d->pend.len, &d->out, &used))
         return d->out.data;
@@ -1304,8 +1314,7 @@ static const char *bpe_push(TokenDecoder *d, int id) {
 
 const char *decoder_push(TokenDecoder *d, int id) {
     if (id < 0 || id >= d->t->vocab_size || (d->t->bpe && !d->t->bpe->piece[id])) {
-        d->out.len = 0;
-        d->out.data[0] = 0;
+        out_clear(d);
         return d->out.data;
     }
     return d->t->sp ? sp_push(d, id, 0) : bpe_push(d, id);
@@ -1315,8 +1324,7 @@ size_t decoder_len(const TokenDecoder *d) { return d->out.len; }
 
 const char *decoder_finish(TokenDecoder *d) {
     if (d->t->sp) return sp_push(d, -1, 1);
-    d->out.len = 0;
-    d->out.data[0] = 0;
+    out_clear(d);
     if (d->pend.len) buf_add(&d->out, REPLACEMENT, 3);
     d->pend.len = 0;
     return d->out.data;

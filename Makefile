@@ -98,7 +98,8 @@ devlibs: $(GPU_OBJ)
 	$(CXX) -O3 -march=x86-64-v3 -g -std=c++17 -c -o .devlibs/sp_wrapper.o sp_wrapper.cc
 	$(CC) -O3 -march=x86-64-v3 -g -fopenmp -std=c11 $(GPU_FLAGS) -o .devlibs/mamba $(HOST_SRC) .devlibs/sp_wrapper.o \
 		$(GPU_OBJ) $(LDLIBS) $(GPU_LIBS) -Wl,--disable-new-dtags,-rpath,'$$ORIGIN'
-	$(CC) -O2 -std=c11 -Wall -Wextra -o .devlibs/cmp_logits tests/cmp_logits.c -lm
+	$(MAKE) tests/cmp_logits
+	cp tests/cmp_logits .devlibs/
 	rm .devlibs/sp_wrapper.o
 	ldd .devlibs/mamba | awk '$$3 ~ /^\// {print $$3}' | grep -Ev '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*)\.so' | xargs -r cp -L -t .devlibs/
 

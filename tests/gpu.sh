@@ -9,8 +9,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 if [ -x .devlibs/mamba ]; then
-    export MAMBA=$PWD/.devlibs/mamba
-    cp .devlibs/cmp_logits tests/cmp_logits
+    export MAMBA=$PWD/.devlibs/mamba CMP=$PWD/.devlibs/cmp_logits
 else
     make mamba tests/cmp_logits >/dev/null || exit 1
     export MAMBA=$PWD/mamba

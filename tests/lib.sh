@@ -41,3 +41,28 @@ differ() {
     outputs_of "$1" "$2" && [ "$OUT_A" != "$OUT_B" ] && return 0
     echo "A: ${OUT_A:0:300}"; echo "B: ${OUT_B:0:300}"; return 1
 }
+
+# quiet_when_reader_leaves CMD...: the reader of CMD's output goes away after 20 bytes (| head);
+# CMD must exit 0 and say nothing.
+quiet_when_reader_leaves() {
+    "$@" 2>"$TMP/pipe.err" | head -c 20 >/dev/null
+    [ "${PIPESTATUS[0]}" -eq 0 ] && [ ! -s "$TMP/pipe.err" ] && return 0
+    head -c 300 "$TMP/pipe.err"; return 1
+}
+
+# interrupted_after_output OUT ERR CMD...: runs CMD (stdout into OUT, stderr into ERR), sends it
+# SIGINT once OUT has some output, and checks that it exits with 130 and OUT ends with a newline
+# (what was generated is flushed).
+interrupted_after_output() {
+    local out=$1 err=$2 pid i rc; shift 2
+    "$@" >"$out" 2>"$err" &
+    pid=$!
+    for i in $(seq 1200); do
+        [ "$(stat -c %s "$out")" -gt 40 ] && break
+        sleep 0.05
+    done
+    kill -INT $pid
+    wait $pid
+    rc=$?
+    [ $rc -eq 130 ] && [ "$(tail -c 1 "$out" | od -An -c | tr -d ' ')" = '\n' ]
+}

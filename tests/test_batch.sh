@@ -103,7 +103,7 @@ interrupt_batch() {
     local pid rc
     $MAMBA -m $B -n 100000000 --ignore-eos -s 1 --batch-size 2 -i one -i two -i three --json >$TMP/int.jsonl 2>$TMP/int.err &
     pid=$!
-    sleep 0.5
+    sleep 1   # no output comes before the interruption: a batch's lines come as prompts end
     kill -INT $pid
     wait $pid
     rc=$?
@@ -115,11 +115,8 @@ assert rows[0]['tokens'] > 0 and rows[2]['tokens'] == 0, rows       # prompt 2 w
 PY
 }
 check "SIGINT: exit 130, unfinished prompts reported as interrupted" interrupt_batch
-closed_pipe_batch() {
-    $MAMBA --device cpu -m $B -n 5 -s 1 --batch-size 2 $(for i in $(seq 200); do echo "-i p$i"; done) 2>$TMP/pipe.err | head -c 20 >/dev/null
-    [ "${PIPESTATUS[0]}" -eq 0 ] && [ ! -s $TMP/pipe.err ]
-}
-check "reader goes away (| head): exit 0, quiet" closed_pipe_batch
+check "reader goes away (| head): exit 0, quiet" \
+    quiet_when_reader_leaves $MAMBA --device cpu -m $B -n 5 -s 1 --batch-size 2 $(for i in $(seq 200); do echo "-i p$i"; done)
 
 # ---- bench --batch: B sequences decoding together
 check "bench --batch 3 --json: batch and per-sequence rate, existing fields kept" bash -c "

@@ -40,7 +40,7 @@ check "repetition penalty changes a greedy run" differ "$MAMBA -m $TMP/tiny.bin 
 check "-n N generates N tokens" bash -c "[ \$($MAMBA -m $TMP/tiny.bin --prompt-ids 1 -n 17 --ignore-eos --print-ids | wc -w) -eq 17 ]"
 check "logits rows = prompt + generated - 1" bash -c "$MAMBA -m $TMP/awkward.bin --prompt-ids 1,2,3 -n 5 --ignore-eos --print-ids --logits-out $TMP/rows.bin >/dev/null && [ \$(stat -c %s $TMP/rows.bin) -eq \$(( 7 * 1003 * 4 )) ]"
 check "--stats goes to stderr only" bash -c "out=\$($MAMBA -m $TMP/tiny.bin --prompt-ids 1,2 -n 5 --ignore-eos --print-ids --stats 2>$TMP/stats) && [ \$(echo \"\$out\" | wc -w) -eq 5 ] && grep -q 'tokens/s' $TMP/stats && grep -q 'time to first token' $TMP/stats"
-check "closed stdout (| head -c 10) exits 0 quietly" bash -c "$MAMBA -m $TMP/tiny.bin --device cpu --prompt-ids 1 -n 100000 --ignore-eos --print-ids 2>$TMP/pipe.err | head -c 10 >/dev/null; [ \${PIPESTATUS[0]} -eq 0 ] && [ ! -s $TMP/pipe.err ]"
+check "closed stdout (| head) exits 0 quietly" quiet_when_reader_leaves $MAMBA -m $TMP/tiny.bin --device cpu --prompt-ids 1 -n 100000 --ignore-eos --print-ids
 check "stops at EOS unless --ignore-eos" bash -c "
     n_eos=\$($MAMBA -m $TMP/tiny.bin --prompt-ids 3 -n 3000 -t 1.5 --seed 1 --print-ids | wc -w)
     n_all=\$($MAMBA -m $TMP/tiny.bin --prompt-ids 3 -n 3000 -t 1.5 --seed 1 --print-ids --ignore-eos | wc -w)

@@ -154,13 +154,13 @@ fi
 check "a CUDA fault mid-run: exit 1, one line naming the error and the kernel" bash -c "
     MAMBA_GPU_TRAP_AT_TOKEN=5 $GPU -m $TMP/tiny32.bin --prompt-ids 1,2 --prompt-batch 1 -n 10 -t 0 --print-ids >/dev/null 2>$TMP/fault.err; rc=\$?
     cat $TMP/fault.err; [ \$rc -eq 1 ] && [ \$(wc -l <$TMP/fault.err) -eq 1 ] && grep -Eq 'CUDA error cudaError[A-Za-z]+ .*forward_token' $TMP/fault.err"
-check "Ctrl-C during GPU generation: exit 130, output flushed, stats" bash -c "
-    $GPU -m $TMP/tiny32.bin --prompt-ids 1 -n 100000000 --ignore-eos -t 0 --print-ids --stats >$TMP/int.out 2>$TMP/int.err & pid=\$!
-    for i in \$(seq 600); do [ \$(stat -c %s $TMP/int.out) -gt 100 ] && break; sleep 0.05; done
-    kill -INT \$pid; wait \$pid; rc=\$?
-    [ \$rc -eq 130 ] && [ \"\$(tail -c 1 $TMP/int.out | od -An -c | tr -d ' ')\" = '\\n' ] && grep -q '^interrupted$' $TMP/int.err"
-check "GPU generation into | head: exit 0, quiet" bash -c "
-    set -o pipefail; $GPU -m $TMP/tiny32.bin --prompt-ids 1 -n 100000000 --ignore-eos -t 0 --print-ids 2>$TMP/pipe.err | head -c 100 >/dev/null; [ \$? -eq 0 ] && [ ! -s $TMP/pipe.err ]"
+gpu_interrupt() {
+    interrupted_after_output $TMP/int.out $TMP/int.err $GPU -m $TMP/tiny32.bin --prompt-ids 1 -n 100000000 --ignore-eos -t 0 --print-ids --stats &&
+        grep -q '^interrupted$' $TMP/int.err
+}
+check "Ctrl-C during GPU generation: exit 130, output flushed, stats" gpu_interrupt
+check "GPU generation into | head: exit 0, quiet" \
+    quiet_when_reader_leaves $GPU -m $TMP/tiny32.bin --prompt-ids 1 -n 100000000 --ignore-eos -t 0 --print-ids
 
 # ---- errors: too little GPU memory says how much was needed and how much is free
 if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then

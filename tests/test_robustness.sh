@@ -126,28 +126,15 @@ expect_error "convert into a missing folder" "cannot create a file beside" $MAMB
 # interrupt_run NAME ARGS...: SIGINT once some output came; exit 130, the output ends with a
 # newline, and --stats still prints, saying it was interrupted.
 interrupt_run() {
-    local pid rc i
-    $MAMBA --device cpu -n 1000000 --seed 1 --ignore-eos --stats "$@" >$TMP/out 2>$TMP/err &
-    pid=$!
-    for i in $(seq 1200); do
-        [ "$(stat -c %s $TMP/out)" -gt 40 ] && break
-        sleep 0.05
-    done
-    kill -INT $pid
-    wait $pid
-    rc=$?
-    [ $rc -eq 130 ] && [ "$(tail -c 1 $TMP/out | od -An -c | tr -d ' ')" = '\n' ] &&
+    interrupted_after_output $TMP/out $TMP/err $MAMBA --device cpu -n 1000000 --seed 1 --ignore-eos --stats "$@" &&
         grep -q '^generated: [0-9]* tokens' $TMP/err && grep -q '^interrupted$' $TMP/err
 }
 check "SIGINT during generation (text): exit 130, output flushed, stats" interrupt_run -m $TMP/bpe.bin "Once upon a time"
 check "SIGINT during generation (--print-ids): exit 130, output flushed, stats" interrupt_run -m $TMP/sp.bin --print-ids "Once"
-# closed_pipe ARGS...: the reader goes away after 20 bytes; mamba exits 0 and says nothing.
-closed_pipe() {
-    $MAMBA --device cpu -n 100000 --seed 1 --ignore-eos "$@" 2>$TMP/err | head -c 20 >/dev/null
-    [ "${PIPESTATUS[0]}" -eq 0 ] && [ ! -s $TMP/err ]
-}
-check "reader goes away (| head), text: exit 0, quiet" closed_pipe -m $TMP/bpe.bin "Once upon a time"
-check "reader goes away (| head), --print-ids: exit 0, quiet" closed_pipe -m $TMP/sp.bin --print-ids "Once"
+check "reader goes away (| head), text: exit 0, quiet" \
+    quiet_when_reader_leaves $MAMBA --device cpu -n 100000 --seed 1 --ignore-eos -m $TMP/bpe.bin "Once upon a time"
+check "reader goes away (| head), --print-ids: exit 0, quiet" \
+    quiet_when_reader_leaves $MAMBA --device cpu -n 100000 --seed 1 --ignore-eos -m $TMP/sp.bin --print-ids "Once"
 check "closed stdin: no prompt, generation from BOS" bash -c "$MAMBA -m $TMP/sp.bin --device cpu -n 5 --seed 1 <&- >$TMP/out 2>$TMP/err && [ -s $TMP/out ]"
 closed_stdin_tokenize() {
     $MAMBA tokenize -m $TMP/sp.bin <&- >$TMP/out 2>$TMP/err

@@ -97,8 +97,9 @@ double gpu_engine_bench_prefill(GpuEngine *g, long n);
  * the argmax on the device. */
 double gpu_engine_bench_batch(GpuEngine *g, int batch, int steps);
 
-/* FLOP/s of a large matrix product in the engine's dtype with fp32 accumulation, measured now. */
-double gpu_engine_matmul_flops(GpuEngine *g);
+/* FLOP/s of a large matrix product in the engine's dtype with fp32 accumulation, measured now, on
+ * random operands or on zeros (zeros run faster). */
+double gpu_engine_matmul_flops(GpuEngine *g, int zeros);
 
 #ifdef __cplusplus
 }

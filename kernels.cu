@@ -270,6 +270,10 @@ __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 /* PyTorch's softplus, linear above 20. */
 __device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
+/* The same with the fast intrinsics (about 1e-7 relative apart), for the prompt pass's scan. */
+__device__ __forceinline__ float silu_fast(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
+__device__ __forceinline__ float softplus_fast(float x) { return x > 20.0f ? x : log1pf(__expf(x)); }
+
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
@@ -944,11 +948,17 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_token(const SampleArgs 
  * Many tokens at once: the prompt pass (one sequence, L tokens) and the batched step (B
  * sequences, one token each) share one layout, S sequences × L tokens = rows, row r = s·L + t.
  * The projections are matrix products over all rows (cuBLAS, fp32 accumulation); the kernels
- * below do what lies between them. State lives in slots: conv [slot, layer, di, kcp] and SSM
- * [slot, layer, di, nsp]; sequence s of a pass uses slot slots[s]. */
+ * below do what lies between them. The residual X and its norm XN are row-major [rows, d_model].
+ * The activations inside a block (XZ, U, DBC, DT, DELTA, Y) are channel-major [channel, ld] in
+ * the prompt pass (ld = rows rounded up to 8), so a channel's tokens lie together for the conv
+ * and the scan, and row-major [rows, width] in the batched step, whose products cuBLAS runs
+ * faster that way round. State lives in slots: conv [slot, layer, di, kcp] and SSM [slot, layer, di, nsp]; sequence s
+ * of a pass uses slot slots[s]. */
 
 struct PassArgs {
     int S, L, rows;
+    bool by_channel;          /* the activations' layout: channel-major (ld apart), else row-major */
+    int ld;
     const int *slots;         /* [S] */
     int layer;
     int di, dm, dmp, d_conv, kcp, ns, nsp, dt_rank, rkp, Rp;
@@ -957,6 +967,11 @@ struct PassArgs {
     float *conv_state, *ssm_state;   /* slot 0, layer 0 */
     size_t conv_slot, ssm_slot;      /* floats per slot */
 };
+
+/* Where (row r, channel c) of an activation `width` channels wide lies. */
+__device__ __forceinline__ size_t at(const PassArgs &p, int c, int r, int width) {
+    return p.by_channel ? (size_t)c * p.ld + r : (size_t)r * width + c;
+}
 
 /* X[r] = embedding row of tokens[r], in fp32. */
 template <typename T>
@@ -978,8 +993,9 @@ __global__ void __launch_bounds__(256) rmsnorm_rows(const float *X, const float 
 
 /* The causal depthwise conv1d over each sequence's tokens, then SiLU: u = SiLU(b + Σ_k w[k] ·
  * x[t - (d_conv-1) + k]), where inputs before the pass come from the slot's conv state (which
- * holds the last d_conv inputs, oldest first). One thread per (row, channel); u goes out both in
- * fp32 (the scan) and in the weights' dtype (x_proj's input). */
+ * holds the last d_conv inputs, oldest first); u goes out both in fp32 (the scan) and in the
+ * weights' dtype (x_proj's input). conv_rows: one (row, channel) a thread, for the batched step;
+ * conv_tokens: CONV_ITEMS consecutive tokens of a channel a thread, for the prompt pass. */
 template <typename T>
 __global__ void conv_rows(const PassArgs p, const float *XZ, float *U, T *U16) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -990,12 +1006,52 @@ __global__ void conv_rows(const PassArgs p, const float *XZ, float *U, T *U16) {
     float acc = w[p.pl.conv_b];
     for (int k = 0; k < p.d_conv; k++) {
         const int tau = t - (p.d_conv - 1) + k;
-        const float x = tau >= 0 ? XZ[(size_t)(r - t + tau) * 2 * p.di + c] : state[p.d_conv + tau];
-        acc += w[k] * x;
+        acc += w[k] * (tau >= 0 ? XZ[at(p, c, r - t + tau, 2 * p.di)] : state[p.d_conv + tau]);
     }
     const float u = silu(acc);
-    U[i] = u;
-    U16[i] = T(u);
+    U[at(p, c, r, p.di)] = u;
+    U16[at(p, c, r, p.di)] = T(u);
+}
+
+constexpr int CONV_ITEMS = 4;
+constexpr int CONV_MAX = 8;   /* d_conv at most */
+
+/* Grid: (token groups, channels, S); channel-major. The thread's inputs are a sliding window. */
+template <typename T>
+__global__ void conv_tokens(const PassArgs p, const float *XZ, float *U, T *U16) {
+    const int t0 = (blockIdx.x * blockDim.x + threadIdx.x) * CONV_ITEMS, c = blockIdx.y, s = blockIdx.z, K = p.d_conv;
+    if (t0 >= p.L) return;
+    const float *w = p.params + (size_t)c * p.pl.stride;
+    const float *state = p.conv_state + p.slots[s] * p.conv_slot + ((size_t)p.layer * p.di + c) * p.kcp;
+    const size_t row = (size_t)c * p.ld + (size_t)s * p.L;
+    float win[CONV_MAX - 1 + CONV_ITEMS];   /* inputs t0 - (K-1) … t0 + CONV_ITEMS - 1 */
+#pragma unroll
+    for (int j = 0; j < CONV_MAX - 1 + CONV_ITEMS; j++) {
+        const int tau = t0 - (K - 1) + j;
+        win[j] = j >= K - 1 + CONV_ITEMS ? 0.0f : tau < 0 ? state[K + tau] : tau < p.L ? XZ[row + tau] : 0.0f;
+    }
+    float u[CONV_ITEMS];
+#pragma unroll
+    for (int i = 0; i < CONV_ITEMS; i++) {
+        float acc = w[p.pl.conv_b];
+#pragma unroll
+        for (int k = 0; k < CONV_MAX; k++)
+            if (k < K) acc += w[k] * win[i + k];
+        u[i] = silu(acc);
+    }
+    if (t0 + CONV_ITEMS <= p.L && ((row + t0) & 3) == 0) {
+        *(float4 *)(U + row + t0) = make_float4(u[0], u[1], u[2], u[3]);
+        union {
+            T e[CONV_ITEMS];
+            uint2 v[CONV_ITEMS * sizeof(T) / 8];
+        } h;
+#pragma unroll
+        for (int i = 0; i < CONV_ITEMS; i++) h.e[i] = T(u[i]);
+#pragma unroll
+        for (int k = 0; k < (int)(CONV_ITEMS * sizeof(T) / 8); k++) ((uint2 *)(U16 + row + t0))[k] = h.v[k];
+    } else {
+        for (int i = 0; i < CONV_ITEMS && t0 + i < p.L; i++) U[row + t0 + i] = u[i], U16[row + t0 + i] = T(u[i]);
+    }
 }
 
 /* After conv_rows: each slot's conv state becomes its last d_conv inputs. */
@@ -1004,126 +1060,200 @@ __global__ void conv_state_update(const PassArgs p, const float *XZ) {
     if (i >= p.S * p.di) return;
     const int s = i / p.di, c = i - s * p.di;
     float *state = p.conv_state + p.slots[s] * p.conv_slot + ((size_t)p.layer * p.di + c) * p.kcp;
-    float old[8], in[8];
+    float old[CONV_MAX], in[CONV_MAX];
     for (int k = 0; k < p.d_conv; k++) old[k] = state[k];
     for (int k = 0; k < p.d_conv; k++) {
         const int tau = p.L - p.d_conv + k;
-        in[k] = tau >= 0 ? XZ[(size_t)(s * p.L + tau) * 2 * p.di + c] : old[p.d_conv + tau];
+        in[k] = tau >= 0 ? XZ[at(p, c, s * p.L + tau, 2 * p.di)] : old[p.d_conv + tau];
     }
     for (int k = 0; k < p.d_conv; k++) state[k] = in[k];
 }
 
-/* DT[r, 0:rkp] = dt of row r (the first dt_rank outputs of x_proj) in the weights' dtype, the
- * padding zero: dt_proj's input. */
+/* DT = dt (the first dt_rank outputs of x_proj) in the weights' dtype, padded to rkp with zeros:
+ * dt_proj's input. Grid: (row blocks, rkp). */
 template <typename T>
-__global__ void dt_rows(const float *DBC, int rows, int Rp, int dt_rank, int rkp, T *DT) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= rows * rkp) return;
-    const int r = i / rkp, k = i - r * rkp;
-    DT[i] = T(k < dt_rank ? DBC[(size_t)r * Rp + k] : 0.0f);
+__global__ void dt_rows(const PassArgs p, const float *DBC, T *DT) {
+    const int r = blockIdx.x * blockDim.x + threadIdx.x, k = blockIdx.y;
+    if (r < p.rows) DT[at(p, k, r, p.rkp)] = T(k < p.dt_rank ? DBC[at(p, k, r, p.Rp)] : 0.0f);
 }
 
-constexpr int SCAN_THREADS = 128;          /* 32 channels a block: enough blocks for every SM */
-constexpr int SCAN_CHUNK = 32;               /* tokens staged in shared memory at a time */
-constexpr int SCAN_LANES = 8;                /* lanes per channel (4 and 16 measured slower on the H100), */
-constexpr int SCAN_MAX_STATES = 64;          /* each with up to 8 states in registers */
+constexpr int SCAN_WARPS = 8;                  /* channels a block, a warp each; they share the staged B and C */
+constexpr int SCAN_ITEMS = 8;                  /* consecutive tokens a lane holds */
+constexpr int SCAN_CHUNK = 32 * SCAN_ITEMS;    /* tokens a warp scans at once */
+constexpr int SCAN_MAX_STATES = 64;            /* the carried states: two a lane */
+constexpr int SCAN_LANES = 8;                  /* scan_step: lanes per (sequence, channel), */
+constexpr float LOG2E = 1.4426950408889634f;
 
-/* The selective scan over each sequence's tokens, as in the Mamba paper's hardware-aware
- * algorithm: SCAN_LANES lanes per channel, each with PL of the states, h kept in registers for
- * the whole sequence; only y goes to memory. The per-token inputs are staged in shared memory a
- * chunk of SCAN_CHUNK tokens at a time, the next chunk's loads in flight (in registers) while
- * the current one is scanned: Δ = softplus(dt_proj·dt + bias), Δ·u and the gate SiLU(z) once
- * per (token, channel), and B, C (shared by the channels). Then, token after token:
- *   h = exp(Δ·A)·h + (Δ·u)·B;  y = (C·h + D·u)·SiLU(z)
- * Only h's update is sequential; the tokens' exponentials overlap (the loop is unrolled).
- * Grid: (channel groups, S). */
-template <typename T, int PL>
-__global__ void __launch_bounds__(SCAN_THREADS) selective_scan(const PassArgs p, const float *DELTA, const float *U,
-                                                               const float *XZ, const float *DBC, T *Y) {
-    constexpr int per_block = SCAN_THREADS / SCAN_LANES;                     /* channels */
-    constexpr int CH_ITEMS = SCAN_CHUNK * per_block / SCAN_THREADS;          /* (token, channel) cells a thread stages */
-    constexpr int BC_ITEMS = SCAN_CHUNK * SCAN_LANES * PL / SCAN_THREADS;    /* B (and C) values a thread stages */
-    __shared__ float sD[SCAN_CHUNK][per_block], sDU[SCAN_CHUNK][per_block], sU[SCAN_CHUNK][per_block],
-        sG[SCAN_CHUNK][per_block], sB[SCAN_CHUNK][SCAN_LANES * PL], sC[SCAN_CHUNK][SCAN_LANES * PL];
-    const int lane_n = threadIdx.x % SCAN_LANES, j = threadIdx.x / SCAN_LANES;
-    const int c = blockIdx.x * per_block + j, s = blockIdx.y, ns = p.ns;
-    const bool active = c < p.di;
-    const float *w = p.params + (size_t)(active ? c : 0) * p.pl.stride;
-    const float Dc = w[p.pl.D];
-    float A2[PL], h[PL];   /* A·log2(e): exp(Δ·A) = 2^(Δ·A2) */
-    float *saved = p.ssm_state + p.slots[s] * p.ssm_slot + ((size_t)p.layer * p.di + (active ? c : 0)) * p.nsp;
+/* Shared memory of selective_scan: B and C for a chunk. */
+static size_t scan_smem_bytes(int ns) { return (size_t)2 * ns * SCAN_CHUNK * sizeof(float); }
+
+/* 2^x in one instruction (the step and the CPU use expf; the two differ by about 1e-7 relative). */
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* A staged row of B or C holds SCAN_CHUNK/4 float4 units; unit u is kept at u ^ bit 3 of u, so
+ * that the eight lanes of a quarter warp, each reading units 2l and 2l + 1, hit eight banks. */
+__device__ __forceinline__ int swizzle_unit(int u) { return u ^ ((u >> 3) & 1); }
+
+/* A lane's SCAN_ITEMS values of a channel's row from token `first`, those at or past n zero. */
+__device__ __forceinline__ void load_span(const float *row, int first, int n, float *v) {
+    if (first + SCAN_ITEMS <= n && ((uintptr_t)(row + first) & 15) == 0) {
 #pragma unroll
-    for (int q = 0; q < PL; q++) {
-        const int n = lane_n * PL + q;
-        A2[q] = active && n < ns ? w[p.pl.A + n] * 1.4426950408889634f : 0.0f;
-        h[q] = active && n < ns ? saved[n] : 0.0f;
+        for (int i = 0; i < SCAN_ITEMS; i += 4) {
+            const float4 q = *(const float4 *)(row + first + i);
+            v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < SCAN_ITEMS; i++) v[i] = first + i < n ? row[first + i] : 0.0f;
     }
-    const size_t row0 = (size_t)s * p.L;
-    /* the loads of one chunk, into registers */
-    float rD[CH_ITEMS], rU[CH_ITEMS], rZ[CH_ITEMS], rB[BC_ITEMS], rC[BC_ITEMS];
-    auto load = [&](int t0) {
-        const int nt = min(SCAN_CHUNK, p.L - t0);
+}
+
+/* Store a lane's SCAN_ITEMS values into a channel's row from token `first`, up to token n. */
+template <typename T>
+__device__ __forceinline__ void store_span(T *row, int first, int n, const float *v) {
+    union {
+        T e[SCAN_ITEMS];
+        uint4 q[SCAN_ITEMS * sizeof(T) / 16];
+    } out;
 #pragma unroll
-        for (int k = 0; k < CH_ITEMS; k++) {
-            const int i = threadIdx.x + k * SCAN_THREADS, tt = i / per_block, cc = blockIdx.x * per_block + i % per_block;
-            const bool ok = tt < nt && cc < p.di;
-            const size_t r = row0 + t0 + tt;
-            rD[k] = ok ? DELTA[r * p.di + cc] : 0.0f;
-            rU[k] = ok ? U[r * p.di + cc] : 0.0f;
-            rZ[k] = ok ? XZ[r * 2 * p.di + p.di + cc] : 0.0f;
-        }
+    for (int i = 0; i < SCAN_ITEMS; i++) out.e[i] = T(v[i]);
+    if (first + SCAN_ITEMS <= n && ((uintptr_t)(row + first) & 15) == 0) {
 #pragma unroll
-        for (int k = 0; k < BC_ITEMS; k++) {
-            const int i = threadIdx.x + k * SCAN_THREADS, tt = i / (SCAN_LANES * PL), n = i % (SCAN_LANES * PL);
-            const bool ok = tt < nt && n < ns;
-            const float *dbc = DBC + (row0 + t0 + tt) * p.Rp + p.dt_rank;
-            rB[k] = ok ? dbc[n] : 0.0f;
-            rC[k] = ok ? dbc[ns + n] : 0.0f;
-        }
-    };
-    load(0);
+        for (int k = 0; k < (int)(SCAN_ITEMS * sizeof(T) / 16); k++) ((uint4 *)(row + first))[k] = out.q[k];
+    } else {
+#pragma unroll
+        for (int i = 0; i < SCAN_ITEMS; i++)
+            if (first + i < n) row[first + i] = out.e[i];
+    }
+}
+
+/* A lane's SCAN_ITEMS values of a staged (swizzled) row of B or C. */
+__device__ __forceinline__ void load_staged(const float *row, int lane, float *v) {
+#pragma unroll
+    for (int q = 0; q < SCAN_ITEMS / 4; q++) {
+        const float4 f = ((const float4 *)row)[swizzle_unit(lane * (SCAN_ITEMS / 4) + q)];
+        v[4 * q] = f.x, v[4 * q + 1] = f.y, v[4 * q + 2] = f.z, v[4 * q + 3] = f.w;
+    }
+}
+
+/* The selective scan over each sequence's tokens, as the Mamba paper's hardware-aware algorithm
+ * (h stays on chip, only y is written), parallel over channels and over time. A block takes
+ * SCAN_WARPS channels, a warp one channel, and walks the sequence SCAN_CHUNK tokens at a time;
+ * each lane holds SCAN_ITEMS consecutive tokens: its Δ = softplus(dt_proj·dt + bias), u and z
+ * straight from the channel's rows, B and C from shared memory (the block's channels share them;
+ * reading them from L1 instead, with no block synchronization, measured 45% slower).
+ * The recurrence h_t = a_t·h_{t-1} + b_t, with a_t = exp(Δ_t·A) and b_t = Δ_t·u_t·B_t, composes
+ * affine maps, which is associative; so for each state:
+ *   1. each lane runs its tokens from h = 0, giving its span's map h ↦ Πa·h + h_local,
+ *   2. a warp scan (shuffles) composes the lanes' maps in order: each lane learns the state before
+ *      its span from the state before the chunk, and lane 31 the state after the chunk,
+ *   3. each lane runs its tokens again from that state, adding C_t·h_t to y_t.
+ * Then y = (Σ_n C·h + D·u)·SiLU(z). Grid: (channel groups, S); shared memory scan_smem_bytes(ns). */
+template <typename T>
+__global__ void __launch_bounds__(SCAN_WARPS * 32, 4) selective_scan(const PassArgs p, const float *DELTA, const float *U,
+                                                                     const float *XZ, const float *DBC, T *Y) {
+    extern __shared__ __align__(16) float scan_smem[];
+    float *sB = scan_smem, *sC = scan_smem + p.ns * SCAN_CHUNK;   /* [ns][SCAN_CHUNK] each */
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, ns = p.ns, first = lane * SCAN_ITEMS;
+    const int c = blockIdx.x * SCAN_WARPS + warp, s = blockIdx.y;
+    const bool active = c < p.di;
+    const int cc = active ? c : 0;
+    const float *w = p.params + (size_t)cc * p.pl.stride;
+    const float dt_bias = w[p.pl.dt_bias], Dc = w[p.pl.D];
+    float *saved = p.ssm_state + p.slots[s] * p.ssm_slot + ((size_t)p.layer * p.di + cc) * p.nsp;
+    /* per state n, in lane n % 32, register n / 32: A·log2(e) (exp(Δ·A) = 2^(Δ·A2)), and the state
+     * carried between chunks */
+    float A2[2], carry[2];
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        const int n = lane + 32 * k;
+        A2[k] = n < ns ? w[p.pl.A + n] * LOG2E : 0.0f;
+        carry[k] = active && n < ns ? saved[n] : 0.0f;
+    }
+    const size_t row0 = (size_t)s * p.L, mine = (size_t)cc * p.ld + row0;
     for (int t0 = 0; t0 < p.L; t0 += SCAN_CHUNK) {
         const int nt = min(SCAN_CHUNK, p.L - t0);
-        __syncthreads();   /* the previous chunk is used up */
+        /* tokens past the end get Δ = 0 and u = 0: a = 1, b = 0, the identity */
+        float delta[SCAN_ITEMS], du[SCAN_ITEMS], y[SCAN_ITEMS];
+        load_span(DELTA + mine + t0, first, nt, delta);
+        load_span(U + mine + t0, first, nt, du);
+        float delta_sum = 0.0f;
 #pragma unroll
-        for (int k = 0; k < CH_ITEMS; k++) {
-            const int i = threadIdx.x + k * SCAN_THREADS, tt = i / per_block, jj = i % per_block;
-            const int cc = min(blockIdx.x * per_block + jj, p.di - 1);
-            const float delta = softplus(rD[k] + p.params[(size_t)cc * p.pl.stride + p.pl.dt_bias]);
-            sD[tt][jj] = delta, sDU[tt][jj] = delta * rU[k], sU[tt][jj] = rU[k], sG[tt][jj] = silu(rZ[k]);
+        for (int i = 0; i < SCAN_ITEMS; i++) {
+            delta[i] = first + i < nt ? softplus_fast(delta[i] + dt_bias) : 0.0f;
+            du[i] *= delta[i];
+            delta_sum += delta[i];
+            y[i] = 0.0f;
         }
-#pragma unroll
-        for (int k = 0; k < BC_ITEMS; k++) {
-            const int i = threadIdx.x + k * SCAN_THREADS, tt = i / (SCAN_LANES * PL), n = i % (SCAN_LANES * PL);
-            sB[tt][n] = rB[k], sC[tt][n] = rC[k];
+        __syncthreads();   /* the previous chunk's B and C are used up */
+        for (int i = threadIdx.x; i < 2 * ns * (SCAN_CHUNK / 4); i += blockDim.x) {
+            const int n = i / (SCAN_CHUNK / 4), u = i % (SCAN_CHUNK / 4);
+            const float *src = DBC + (size_t)(p.dt_rank + n) * p.ld + row0 + t0;
+            float4 v;
+            float *e = &v.x;
+            if (4 * u + 4 <= nt && ((uintptr_t)(src + 4 * u) & 15) == 0)
+                v = *(const float4 *)(src + 4 * u);
+            else
+                for (int k = 0; k < 4; k++) e[k] = 4 * u + k < nt ? src[4 * u + k] : 0.0f;
+            ((float4 *)(scan_smem + n * SCAN_CHUNK))[swizzle_unit(u)] = v;
         }
         __syncthreads();
-        if (t0 + SCAN_CHUNK < p.L) load(t0 + SCAN_CHUNK);   /* in flight while this chunk is scanned */
-#pragma unroll 8
-        for (int tt = 0; tt < SCAN_CHUNK; tt++) {
-            if (tt >= nt) break;
-            const float delta = sD[tt][j], du = sDU[tt][j];
-            float y = 0.0f;
+        for (int n = 0; n < ns; n++) {
+            const float a2 = __shfl_sync(FULL_MASK, n < 32 ? A2[0] : A2[1], n % 32);
+            float a[SCAN_ITEMS], b[SCAN_ITEMS];
+            load_staged(sB + n * SCAN_CHUNK, lane, b);
+            /* 1. my span from h = 0: h_local and Πa = 2^(A2·ΣΔ) */
+            float h = 0.0f, prod = fast_exp2(a2 * delta_sum);
 #pragma unroll
-            for (int q = 0; q < PL; q++) {
-                h[q] = exp2f(delta * A2[q]) * h[q] + du * sB[tt][lane_n * PL + q];
-                y += h[q] * sC[tt][lane_n * PL + q];
+            for (int i = 0; i < SCAN_ITEMS; i++) {
+                a[i] = fast_exp2(delta[i] * a2);
+                b[i] *= du[i];
+                h = a[i] * h + b[i];
             }
+            /* 2. compose the spans' maps, earlier lanes first: (P, H) after (p, q) is (P·p, P·q + H) */
 #pragma unroll
-            for (int o = SCAN_LANES / 2; o > 0; o >>= 1) y += __shfl_xor_sync(FULL_MASK, y, o);
-            if (active && lane_n == 0) Y[(row0 + t0 + tt) * p.di + c] = T((y + Dc * sU[tt][j]) * sG[tt][j]);
+            for (int o = 1; o < 32; o <<= 1) {
+                const float p_up = __shfl_up_sync(FULL_MASK, prod, o), h_up = __shfl_up_sync(FULL_MASK, h, o);
+                if (lane >= o) {
+                    h = prod * h_up + h;
+                    prod *= p_up;
+                }
+            }
+            const float before_chunk = __shfl_sync(FULL_MASK, n < 32 ? carry[0] : carry[1], n % 32);
+            const float after_me = prod * before_chunk + h;
+            const float after_left = __shfl_up_sync(FULL_MASK, after_me, 1);   /* every lane takes part */
+            const float after_chunk = __shfl_sync(FULL_MASK, after_me, 31);
+            if (lane == n % 32) carry[n / 32] = after_chunk;
+            /* 3. my tokens' states from the one before my span, and their part of y */
+            float cv[SCAN_ITEMS];
+            load_staged(sC + n * SCAN_CHUNK, lane, cv);
+            h = lane ? after_left : before_chunk;
+#pragma unroll
+            for (int i = 0; i < SCAN_ITEMS; i++) {
+                h = a[i] * h + b[i];
+                y[i] += cv[i] * h;
+            }
         }
+        /* y = (C·h + D·u)·SiLU(z) */
+        float u[SCAN_ITEMS], z[SCAN_ITEMS];
+        load_span(U + mine + t0, first, nt, u);
+        load_span(XZ + (size_t)p.di * p.ld + mine + t0, first, nt, z);
+#pragma unroll
+        for (int i = 0; i < SCAN_ITEMS; i++) y[i] = (y[i] + Dc * u[i]) * silu_fast(z[i]);
+        if (active) store_span(Y + mine + t0, first, nt, y);
     }
 #pragma unroll
-    for (int q = 0; q < PL; q++) {
-        const int n = lane_n * PL + q;
-        if (active && n < ns) saved[n] = h[q];
-    }
+    for (int k = 0; k < 2; k++)
+        if (active && lane + 32 * k < ns) saved[lane + 32 * k] = carry[k];
 }
 
 /* One step of the scan for each of S sequences (a pass of one token a sequence: the batched
- * decode step): a group of SCAN_LANES lanes per (sequence, channel), no staging, every group
- * independent, so the whole batch runs at once. */
+ * decode step, row-major): a group of SCAN_LANES lanes per (sequence, channel), no staging,
+ * every group independent, so the whole batch runs at once. */
 template <typename T, int PL>
 __global__ void __launch_bounds__(256) scan_step(const PassArgs p, const float *DELTA, const float *U, const float *XZ,
                                                  const float *DBC, T *Y) {
@@ -1150,21 +1280,14 @@ __global__ void __launch_bounds__(256) scan_step(const PassArgs p, const float *
         Y[(size_t)r * p.di + cc] = T((y + w[p.pl.D] * u) * silu(XZ[(size_t)r * 2 * p.di + p.di + cc]));
 }
 
-/* The instance of selective_scan (over L tokens) or scan_step (one token) for a number of
- * states: PL, a power of two, per lane. */
+/* The instance of scan_step for a number of states: PL, a power of two, per lane. */
 template <typename T>
-static const void *scan_kernel_for(int ns, bool one_token) {
+static const void *scan_step_for(int ns) {
     const int per_lane = (ns + SCAN_LANES - 1) / SCAN_LANES;
-    if (one_token) {
-        if (per_lane <= 1) return (const void *)scan_step<T, 1>;
-        if (per_lane <= 2) return (const void *)scan_step<T, 2>;
-        if (per_lane <= 4) return (const void *)scan_step<T, 4>;
-        return (const void *)scan_step<T, 8>;
-    }
-    if (per_lane <= 1) return (const void *)selective_scan<T, 1>;
-    if (per_lane <= 2) return (const void *)selective_scan<T, 2>;
-    if (per_lane <= 4) return (const void *)selective_scan<T, 4>;
-    return (const void *)selective_scan<T, 8>;
+    if (per_lane <= 1) return (const void *)scan_step<T, 1>;
+    if (per_lane <= 2) return (const void *)scan_step<T, 2>;
+    if (per_lane <= 4) return (const void *)scan_step<T, 4>;
+    return (const void *)scan_step<T, 8>;
 }
 
 /* The largest logit of each row (ids below vocab_limit, lowest id on ties): the batched
@@ -1535,6 +1658,9 @@ extern "C" GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int m
     g->sample_smem = sample_in_smem ? vocab_bytes : 0;
     if (sample_in_smem)
         CUDA_CHECK(cudaFuncSetAttribute((const void *)sample_token, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)vocab_bytes));
+    const void *scan = c->dtype == DTYPE_F32 ? (const void *)selective_scan<float>
+                       : c->dtype == DTYPE_F16 ? (const void *)selective_scan<__half> : (const void *)selective_scan<__nv_bfloat16>;
+    CUDA_CHECK(cudaFuncSetAttribute(scan, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)scan_smem_bytes(ns)));
 
     /* weights: one allocation, every row padded to dmp / Rp / rkp elements */
     size_t top = 0;
@@ -1836,60 +1962,75 @@ static cudaDataType weight_type(const GpuEngine *g) {
     return g->c.dtype == DTYPE_F32 ? CUDA_R_32F : g->c.dtype == DTYPE_F16 ? CUDA_R_16F : CUDA_R_16BF;
 }
 
-/* C[m, n] (column-major, fp32) = op(A) · B (+ C when accumulate): A the weights, B activations
- * in the weights' dtype, fp32 accumulation. */
-static void gemm(GpuEngine *g, bool transpose_a, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
-                 float *C, int ldc, bool accumulate) {
+/* C[m, n] (column-major, fp32) = op(A) · op(B) (+ C when accumulate), A and B in the weights'
+ * dtype, fp32 accumulation. */
+static void gemm(GpuEngine *g, bool transpose_a, bool transpose_b, int m, int n, int k, const void *A, int lda,
+                 const void *B, int ldb, float *C, int ldc, bool accumulate) {
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     const cudaDataType t = weight_type(g);
-    BLAS_CHECK(g, g->blas.gemm(g->blas_handle, transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, A, t, lda,
-                               B, t, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    BLAS_CHECK(g, g->blas.gemm(g->blas_handle, transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N, transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                               m, n, k, &one, A, t, lda, B, t, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT));
 }
 
 template <typename T>
 static void enqueue_pass(GpuEngine *g, int S, int L, bool want_logits) {
     PassBuffers &b = g->pass;
     const StepArgs &a = g->step;
-    const int rows = S * L, di = a.di, dmp = a.dmp;
+    const int rows = S * L, di = a.di, dmp = a.dmp, Rp = a.Rp, rkp = a.rkp;
+    const bool by_channel = L > 1;
+    const int ld = round_up(rows, 8);
     cudaStream_t st = g->stream;
-    PassArgs p{S, L, rows, b.slots, 0, di, a.dm, dmp, a.d_conv, a.kcp, a.ns, a.nsp, a.dt_rank, a.rkp, a.Rp, a.pl, NULL,
-               a.conv_state, a.ssm_state, g->conv_slot, g->ssm_slot};
+    PassArgs p{S, L, rows, by_channel, ld, b.slots, 0, di, a.dm, dmp, a.d_conv, a.kcp, a.ns, a.nsp, a.dt_rank, rkp, Rp, a.pl,
+               NULL, a.conv_state, a.ssm_state, g->conv_slot, g->ssm_slot};
     T *XN = (T *)b.XN, *U16 = (T *)b.U16, *DT = (T *)b.DT, *Y = (T *)b.Y;
     embed_rows<T><<<rows, 256, 0, st>>>((const T *)a.embedding, b.tokens, dmp, b.X);
     LAUNCH_CHECK("embed_rows");
-    const int scan_channels = SCAN_THREADS / SCAN_LANES;
-    const dim3 scan_grid((di + scan_channels - 1) / scan_channels, S);
+    const int row_blocks = (rows + 255) / 256;
     for (int l = 0; l < a.n_layer; l++) {
         const char *base = a.layer0 + (size_t)l * a.layer_stride;
+        const void *in_proj = base + a.lo.in_proj, *x_proj_t = base + a.lo.x_proj_t, *dt_proj = base + a.lo.dt_proj;
         p.layer = l, p.params = (const float *)(base + a.lo.params);
         rmsnorm_rows<T><<<rows, 256, 0, st>>>(b.X, (const float *)(base + a.lo.norm), a.dm, dmp, a.eps, XN);
         LAUNCH_CHECK("rmsnorm_rows");
-        gemm(g, true, 2 * di, rows, dmp, base + a.lo.in_proj, dmp, XN, dmp, b.XZ, 2 * di, false);
-        const int cells = rows * di;
-        conv_rows<T><<<(cells + 255) / 256, 256, 0, st>>>(p, b.XZ, b.U, U16);
-        LAUNCH_CHECK("conv_rows");
+        /* XZ = in_proj · XN: x then z */
+        if (by_channel) gemm(g, true, false, rows, 2 * di, dmp, XN, dmp, in_proj, dmp, b.XZ, ld, false);
+        else gemm(g, true, false, 2 * di, rows, dmp, in_proj, dmp, XN, dmp, b.XZ, 2 * di, false);
+        if (by_channel) {
+            const int groups = (L + CONV_ITEMS - 1) / CONV_ITEMS;
+            conv_tokens<T><<<dim3((groups + 255) / 256, di, S), 256, 0, st>>>(p, b.XZ, b.U, U16);
+            LAUNCH_CHECK("conv_tokens");
+        } else {
+            conv_rows<T><<<(rows * di + 255) / 256, 256, 0, st>>>(p, b.XZ, b.U, U16);
+            LAUNCH_CHECK("conv_rows");
+        }
         conv_state_update<<<(S * di + 255) / 256, 256, 0, st>>>(p, b.XZ);
         LAUNCH_CHECK("conv_state_update");
-        gemm(g, false, a.Rp, rows, di, base + a.lo.x_proj_t, a.Rp, U16, di, b.DBC, a.Rp, false);
-        dt_rows<T><<<(rows * a.rkp + 255) / 256, 256, 0, st>>>(b.DBC, rows, a.Rp, a.dt_rank, a.rkp, DT);
+        /* DBC = x_proj · u: dt, B, C */
+        if (by_channel) gemm(g, false, true, rows, Rp, di, U16, ld, x_proj_t, Rp, b.DBC, ld, false);
+        else gemm(g, false, false, Rp, rows, di, x_proj_t, Rp, U16, di, b.DBC, Rp, false);
+        dt_rows<T><<<dim3(row_blocks, rkp), 256, 0, st>>>(p, b.DBC, DT);
         LAUNCH_CHECK("dt_rows");
-        gemm(g, true, di, rows, a.rkp, base + a.lo.dt_proj, a.rkp, DT, a.rkp, b.DELTA, di, false);
-        {
+        /* DELTA = dt_proj · dt (softplus and bias come in the scan) */
+        if (by_channel) gemm(g, false, false, rows, di, rkp, DT, ld, dt_proj, rkp, b.DELTA, ld, false);
+        else gemm(g, true, false, di, rows, rkp, dt_proj, rkp, DT, rkp, b.DELTA, di, false);
+        if (by_channel) {
+            selective_scan<T><<<dim3((di + SCAN_WARPS - 1) / SCAN_WARPS, S), SCAN_WARPS * 32, scan_smem_bytes(a.ns), st>>>(
+                p, b.DELTA, b.U, b.XZ, b.DBC, Y);
+            LAUNCH_CHECK("selective_scan");
+        } else {
             const float *delta = b.DELTA, *u = b.U, *xz = b.XZ, *dbc = b.DBC;
             void *args[] = {&p, &delta, &u, &xz, &dbc, &Y};
-            if (L == 1)
-                CUDA_CHECK(cudaLaunchKernel(scan_kernel_for<T>(a.ns, true), dim3((S * di * SCAN_LANES + 255) / 256), dim3(256),
-                                            args, 0, st));
-            else
-                CUDA_CHECK(cudaLaunchKernel(scan_kernel_for<T>(a.ns, false), scan_grid, dim3(SCAN_THREADS), args, 0, st));
+            CUDA_CHECK(cudaLaunchKernel(scan_step_for<T>(a.ns), dim3((S * di * SCAN_LANES + 255) / 256), dim3(256), args, 0, st));
+            LAUNCH_CHECK("scan_step");
         }
-        LAUNCH_CHECK("selective_scan");
-        gemm(g, false, dmp, rows, di, base + a.lo.out_proj_t, dmp, Y, di, b.X, dmp, true);
+        /* X += out_proj · y */
+        gemm(g, false, by_channel, dmp, rows, di, base + a.lo.out_proj_t, dmp, Y, by_channel ? ld : di, b.X, dmp, true);
     }
     if (want_logits) {
         rmsnorm_rows<T><<<rows, 256, 0, st>>>(b.X, a.norm_f, a.dm, dmp, a.eps, XN);
         LAUNCH_CHECK("rmsnorm_rows");
-        gemm(g, true, a.vocab, rows, dmp, a.head, dmp, XN, dmp, b.logits, a.vocab, false);
+        gemm(g, true, false, a.vocab, rows, dmp, a.head, dmp, XN, dmp, b.logits, a.vocab, false);
     }
 }
 
@@ -2037,13 +2178,34 @@ extern "C" double gpu_engine_bench_batch(GpuEngine *g, int batch, int steps) {
 
 /* FLOP/s of a large cuBLAS product in the engine's setting (weights' dtype, fp32 accumulation
  * and output): what the prompt pass is compared to. */
-extern "C" double gpu_engine_matmul_flops(GpuEngine *g) {
+/* Uniform values in [-1, 1) from a hash of the index: operands for the matrix-product benchmark. */
+template <typename T>
+__global__ void fill_uniform(T *p, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned h = (unsigned)i * 0x9E3779B1u;
+        h ^= h >> 15, h *= 0x85EBCA77u, h ^= h >> 13;
+        p[i] = T((float)(h >> 8) / 8388608.0f - 1.0f);
+    }
+}
+
+/* FLOP/s of an 8192³ product in the weights' dtype (fp32 accumulation), the best of five, on
+ * uniform random operands, or on zeros (which the GPU runs faster: it draws less power). */
+extern "C" double gpu_engine_matmul_flops(GpuEngine *g, int zeros) {
     const int n = 8192;
-    const size_t es = g->c.dtype == DTYPE_F32 ? 4 : 2;
-    char *buf = (char *)gpu_alloc((size_t)n * n * (2 * es + 4));
-    void *A = buf, *B = buf + (size_t)n * n * es;
-    float *C = (float *)(buf + (size_t)n * n * 2 * es);
-    CUDA_CHECK(cudaMemsetAsync(buf, 0, (size_t)n * n * (2 * es + 4), g->stream));
+    const size_t es = g->c.dtype == DTYPE_F32 ? 4 : 2, elems = (size_t)n * n;
+    char *buf = (char *)gpu_alloc(elems * (2 * es + 4));
+    void *A = buf, *B = buf + elems * es;
+    float *C = (float *)(buf + elems * 2 * es);
+    if (zeros) {
+        CUDA_CHECK(cudaMemsetAsync(buf, 0, elems * 2 * es, g->stream));
+    } else if (g->c.dtype == DTYPE_F32) {
+        fill_uniform<<<g->grid * 8, 256, 0, g->stream>>>((float *)buf, 2 * elems);
+    } else if (g->c.dtype == DTYPE_F16) {
+        fill_uniform<<<g->grid * 8, 256, 0, g->stream>>>((__half *)buf, 2 * elems);
+    } else {
+        fill_uniform<<<g->grid * 8, 256, 0, g->stream>>>((__nv_bfloat16 *)buf, 2 * elems);
+    }
+    LAUNCH_CHECK("fill_uniform");
     cudaEvent_t e0, e1;
     CUDA_CHECK(cudaEventCreate(&e0));
     CUDA_CHECK(cudaEventCreate(&e1));
@@ -2051,7 +2213,7 @@ extern "C" double gpu_engine_matmul_flops(GpuEngine *g) {
     float best = 1e30f;
     for (int rep = 0; rep < 6; rep++) {
         CUDA_CHECK(cudaEventRecord(e0, g->stream));
-        gemm(g, true, n, n, n, A, n, B, n, C, n, false);
+        gemm(g, true, false, n, n, n, A, n, B, n, C, n, false);
         CUDA_CHECK(cudaEventRecord(e1, g->stream));
         sync_or_die(g);
         float ms;

@@ -2654,23 +2654,25 @@ static void print_bench(const char *model_path, const Model *m, const Engine *e,
 #define SWEEP_MAX_BATCH 64
 
 /* bench --sweep: the GPU's parallel paths. The prompt pass at several lengths, its FLOP/s (2 ×
- * parameters a token, a floor on the work) against a large matrix product's measured now; then
- * batched decoding at several batch sizes against the batch-1 step. One table, or a JSON line
- * a measurement. */
+ * parameters a token, a floor on the work) against a large matrix product's measured now on
+ * random operands (the one on zeros, faster, is shown beside it); then batched decoding at
+ * several batch sizes against the batch-1 step. One table, or a JSON line a measurement. */
 static void bench_sweep_gpu(Engine *e, const Model *m, const char *model_path, int json) {
     static const int lengths[] = {512, 2048, 8192, 65536}, batches[] = {1, 4, 16, 64};
     GpuEngine *g = e->gpu;
-    const double params = (double)model_param_count(&m->config), matmul = gpu_engine_matmul_flops(g);
+    const double params = (double)model_param_count(&m->config), matmul = gpu_engine_matmul_flops(g, 0);
+    const double matmul_zeros = gpu_engine_matmul_flops(g, 1);
     int prompt[16];
     for (int i = 0; i < 16; i++) prompt[i] = bench_token(i, m->config.vocab_size);
     GpuBench one;
     gpu_engine_bench(g, prompt, 16, 256, &one);
     const double batch1 = 256 / one.decode_seconds;
     if (!json)
-        printf("model: %s (%d layers, d_model %d, %s) on %s\nmatrix products: %.1f TFLOP/s; batch-1 decode: %.1f tokens/s\n"
+        printf("model: %s (%d layers, d_model %d, %s) on %s\nmatrix products: %.1f TFLOP/s (%.1f on zeros); batch-1 "
+               "decode: %.1f tokens/s\n"
                "\n%9s %9s %11s %8s %10s %9s\n",
                model_path, m->config.n_layer, m->config.d_model, dtype_name(m->config.dtype), gpu_engine_device_name(g),
-               matmul / 1e12, batch1, "prompt", "seconds", "tokens/s", "TFLOP/s", "of matmul", "GPU MiB");
+               matmul / 1e12, matmul_zeros / 1e12, batch1, "prompt", "seconds", "tokens/s", "TFLOP/s", "of matmul", "GPU MiB");
     for (size_t k = 0; k < sizeof lengths / sizeof *lengths; k++) {
         const double s = gpu_engine_bench_prefill(g, lengths[k]), flops = 2 * params * lengths[k] / s;
         const double mib = gpu_memory_used() / 1048576.0;
@@ -2682,6 +2684,7 @@ static void bench_sweep_gpu(Engine *e, const Model *m, const char *model_path, i
             cJSON_AddNumberToObject(o, "tokens_per_s", lengths[k] / s);
             cJSON_AddNumberToObject(o, "tflops", flops / 1e12);
             cJSON_AddNumberToObject(o, "matmul_tflops", matmul / 1e12);
+            cJSON_AddNumberToObject(o, "matmul_zeros_tflops", matmul_zeros / 1e12);
             cJSON_AddNumberToObject(o, "fraction_of_matmul", flops / matmul);
             cJSON_AddNumberToObject(o, "gpu_memory_bytes", mib * 1048576.0);
             emit_json_line(o);

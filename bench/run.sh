@@ -35,11 +35,15 @@ for r in rows:
           f"{r['gpu_memory_bytes'] / 2**20:8.0f} {r['read_bandwidth_GBps']:9.1f}")
 sweep = [json.loads(line) for line in open(sys.argv[2])]
 print("\nprompt pass (prefill)")
-print(f"{'shape':6} {'tokens':>8} {'seconds':>8} {'tokens/s':>10} {'TFLOP/s':>8} {'of matmul':>9} {'GPU MiB':>8}")
+print(f"{'shape':6} {'tokens':>8} {'seconds':>8} {'tokens/s':>10} {'TFLOP/s':>8} {'of matmul':>9} {'of zeros':>9} {'GPU MiB':>8}")
 for r in sweep:
     if r['kind'] == 'prefill':
         print(f"{r['shape']:6} {r['prompt_tokens']:8d} {r['seconds']:8.3f} {r['tokens_per_s']:10.0f} {r['tflops']:8.1f} "
-              f"{100 * r['fraction_of_matmul']:8.1f}% {r['gpu_memory_bytes'] / 2**20:8.0f}")
+              f"{100 * r['fraction_of_matmul']:8.1f}% {100 * r['tflops'] / r['matmul_zeros_tflops']:8.1f}% "
+              f"{r['gpu_memory_bytes'] / 2**20:8.0f}")
+print("matmul: an 8192³ product on random operands, " +
+      ", ".join(f"{r['shape']} {r['matmul_tflops']:.0f} TFLOP/s ({r['matmul_zeros_tflops']:.0f} on zeros)"
+                for r in sweep if r['kind'] == 'prefill' and r['prompt_tokens'] == 2048))
 print("\nbatched decode")
 print(f"{'shape':6} {'batch':>5} {'tokens/s':>10} {'× batch 1':>9} {'ms/step':>8}")
 for r in sweep:

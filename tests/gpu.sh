@@ -14,10 +14,7 @@ else
     make mamba tests/cmp_logits >/dev/null || exit 1
     export MAMBA=$PWD/mamba
 fi
-# cuBLAS (opened at run time) from the machine's CUDA toolkit, or from PyTorch's wheels
-for lib in /usr/local/cuda/lib64 /usr/local/cuda*/lib64 $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in os.listdir(p)))' 2>/dev/null); do
-    [ -e "$lib/libcublas.so.13" ] && export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} && break
-done
+. tests/cuda_env.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,clocks.mem,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 # smoke test first: a broken engine fails here in seconds instead of in every test
 $MAMBA init --shape tiny --dtype f32 "$OUT/smoke.bin" 2>/dev/null

@@ -1131,6 +1131,12 @@ __device__ __forceinline__ void store_span(T *row, int first, int n, const float
     }
 }
 
+/* 16 bytes from global to shared memory without passing through registers (Ampere's cp.async). */
+__device__ __forceinline__ void copy16_async(float *dst, const float *src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(__cvta_generic_to_global(src)) : "memory");
+}
+__device__ __forceinline__ void wait_async_copies() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
 /* A lane's SCAN_ITEMS values of a staged (swizzled) row of B or C. */
 __device__ __forceinline__ void load_staged(const float *row, int lane, float *v) {
 #pragma unroll
@@ -1177,6 +1183,17 @@ __global__ void __launch_bounds__(SCAN_WARPS * 32, 4) selective_scan(const PassA
     const size_t row0 = (size_t)s * p.L, mine = (size_t)cc * p.ld + row0;
     for (int t0 = 0; t0 < p.L; t0 += SCAN_CHUNK) {
         const int nt = min(SCAN_CHUNK, p.L - t0);
+        /* B and C of the chunk into shared memory, copied while this lane's Δ and u load */
+        __syncthreads();   /* the previous chunk's B and C are used up */
+        for (int i = threadIdx.x; i < 2 * ns * (SCAN_CHUNK / 4); i += blockDim.x) {
+            const int n = i / (SCAN_CHUNK / 4), u = i % (SCAN_CHUNK / 4);
+            const float *src = DBC + (size_t)(p.dt_rank + n) * p.ld + row0 + t0 + 4 * u;
+            float *dst = scan_smem + n * SCAN_CHUNK + 4 * swizzle_unit(u);
+            if (4 * u + 4 <= nt && ((uintptr_t)src & 15) == 0)
+                copy16_async(dst, src);
+            else
+                for (int k = 0; k < 4; k++) dst[k] = 4 * u + k < nt ? src[k] : 0.0f;
+        }
         /* tokens past the end get Δ = 0 and u = 0: a = 1, b = 0, the identity */
         float delta[SCAN_ITEMS], du[SCAN_ITEMS], y[SCAN_ITEMS];
         load_span(DELTA + mine + t0, first, nt, delta);
@@ -1189,18 +1206,7 @@ __global__ void __launch_bounds__(SCAN_WARPS * 32, 4) selective_scan(const PassA
             delta_sum += delta[i];
             y[i] = 0.0f;
         }
-        __syncthreads();   /* the previous chunk's B and C are used up */
-        for (int i = threadIdx.x; i < 2 * ns * (SCAN_CHUNK / 4); i += blockDim.x) {
-            const int n = i / (SCAN_CHUNK / 4), u = i % (SCAN_CHUNK / 4);
-            const float *src = DBC + (size_t)(p.dt_rank + n) * p.ld + row0 + t0;
-            float4 v;
-            float *e = &v.x;
-            if (4 * u + 4 <= nt && ((uintptr_t)(src + 4 * u) & 15) == 0)
-                v = *(const float4 *)(src + 4 * u);
-            else
-                for (int k = 0; k < 4; k++) e[k] = 4 * u + k < nt ? src[4 * u + k] : 0.0f;
-            ((float4 *)(scan_smem + n * SCAN_CHUNK))[swizzle_unit(u)] = v;
-        }
+        wait_async_copies();
         __syncthreads();
         for (int n = 0; n < ns; n++) {
             const float a2 = __shfl_sync(FULL_MASK, n < 32 ? A2[0] : A2[1], n % 32);

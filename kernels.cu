@@ -2071,7 +2071,7 @@ extern "C" void gpu_engine_prefill(GpuEngine *g, int slot, const int *tokens, lo
         b.host_slots[0] = slot;
         CUDA_CHECK(cudaMemcpyAsync(b.tokens, b.host_tokens, len * sizeof(int), cudaMemcpyHostToDevice, g->stream));
         CUDA_CHECK(cudaMemcpyAsync(b.slots, b.host_slots, sizeof(int), cudaMemcpyHostToDevice, g->stream));
-        g->in_flight = "the prompt pass (embed_rows, rmsnorm_rows, cuBLAS, conv_rows, selective_scan)";
+        g->in_flight = "the prompt pass (embed_rows, rmsnorm_rows, cuBLAS, conv_tokens, selective_scan)";
         run_pass(g, 1, len, logits != NULL);
         if (logits)
             CUDA_CHECK(cudaMemcpyAsync(logits + at * g->c.vocab_size, b.logits, (size_t)len * g->c.vocab_size * sizeof(float),

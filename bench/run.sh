@@ -4,11 +4,13 @@
 #   1. batch-1 decode: greedy, 256 tokens after a 16-token prompt; each line of
 #      OUT_DIR/bench.jsonl is one `mamba bench --json`;
 #   2. the sweep (`mamba bench --sweep --json`): the parallel prompt pass at several lengths and
-#      batched decoding at several batch sizes, into OUT_DIR/sweep.jsonl.
+#      batched decoding at several batch sizes, into OUT_DIR/sweep.jsonl;
+#   3. a 1,000,000-token prompt on the first sweep shape, into OUT_DIR/million.jsonl.
 #   MAMBA=path/to/mamba  SHAPES="tiny 130m 1.4b 2.8b"  SWEEP_SHAPES="130m 1.4b"
 #   BENCH_DIR=/tmp/mamba-bench (models)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
+. tests/cuda_env.sh
 MAMBA=${MAMBA:-./mamba}
 OUT=${1:-.}
 DIR=${BENCH_DIR:-/tmp/mamba-bench}
@@ -18,13 +20,16 @@ for shape in ${SHAPES:-tiny 130m 1.4b 2.8b} ${SWEEP_SHAPES:-130m 1.4b}; do
 done
 : >"$OUT/bench.jsonl"
 : >"$OUT/sweep.jsonl"
+: >"$OUT/million.jsonl"
 for shape in ${SHAPES:-tiny 130m 1.4b 2.8b}; do
     $MAMBA bench -m "$DIR/$shape.bin" --device cuda -n 256 --prompt-len 16 --json | sed "s/^{/{\"shape\":\"$shape\",/" >>"$OUT/bench.jsonl" || exit 1
 done
 for shape in ${SWEEP_SHAPES:-130m 1.4b}; do
     $MAMBA bench -m "$DIR/$shape.bin" --device cuda --sweep --json | sed "s/^{/{\"shape\":\"$shape\",/" >>"$OUT/sweep.jsonl" || exit 1
 done
-python3 - "$OUT/bench.jsonl" "$OUT/sweep.jsonl" <<'PY'
+first=$(echo ${SWEEP_SHAPES:-130m 1.4b} | cut -d' ' -f1)
+$MAMBA bench -m "$DIR/$first.bin" --device cuda --prompt-len 1000000 -n 16 --json | sed "s/^{/{\"shape\":\"$first\",/" >"$OUT/million.jsonl" || exit 1
+python3 - "$OUT/bench.jsonl" "$OUT/sweep.jsonl" "$OUT/million.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 print("batch-1 decode")
@@ -41,6 +46,9 @@ for r in sweep:
         print(f"{r['shape']:6} {r['prompt_tokens']:8d} {r['seconds']:8.3f} {r['tokens_per_s']:10.0f} {r['tflops']:8.1f} "
               f"{100 * r['fraction_of_matmul']:8.1f}% {100 * r['tflops'] / r['matmul_zeros_tflops']:8.1f}% "
               f"{r['gpu_memory_bytes'] / 2**20:8.0f}")
+for r in map(json.loads, open(sys.argv[3])):
+    print(f"{r['shape']:6} {r['prompt_tokens']:8d} {r['time_to_first_token_ms'] / 1e3:8.3f} {r['prompt_tokens_per_s']:10.0f} "
+          f"{'':>8} {'':>9} {'':>9} {r['gpu_memory_bytes'] / 2**20:8.0f}  (time to first token)")
 print("matmul: an 8192³ product on random operands, " +
       ", ".join(f"{r['shape']} {r['matmul_tflops']:.0f} TFLOP/s ({r['matmul_zeros_tflops']:.0f} on zeros)"
                 for r in sweep if r['kind'] == 'prefill' and r['prompt_tokens'] == 2048))

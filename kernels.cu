@@ -1013,6 +1013,26 @@ __global__ void conv_rows(const PassArgs p, const float *XZ, float *U, T *U16) {
     U16[at(p, c, r, p.di)] = T(u);
 }
 
+/* Store N values, converted to T, at dst: as 8-byte words when all N are wanted and dst allows,
+ * else the first `count` one by one. */
+template <int N, typename T>
+__device__ __forceinline__ void store_converted(T *dst, const float *v, int count) {
+    union {
+        T e[N];
+        uint2 q[N * sizeof(T) / 8];
+    } out;
+#pragma unroll
+    for (int i = 0; i < N; i++) out.e[i] = T(v[i]);
+    if (count >= N && ((uintptr_t)dst & 7) == 0) {
+#pragma unroll
+        for (int k = 0; k < (int)(N * sizeof(T) / 8); k++) ((uint2 *)dst)[k] = out.q[k];
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++)
+            if (i < count) dst[i] = out.e[i];
+    }
+}
+
 constexpr int CONV_ITEMS = 4;
 constexpr int CONV_MAX = 8;   /* d_conv at most */
 
@@ -1039,19 +1059,8 @@ __global__ void conv_tokens(const PassArgs p, const float *XZ, float *U, T *U16)
             if (k < K) acc += w[k] * win[i + k];
         u[i] = silu(acc);
     }
-    if (t0 + CONV_ITEMS <= p.L && ((row + t0) & 3) == 0) {
-        *(float4 *)(U + row + t0) = make_float4(u[0], u[1], u[2], u[3]);
-        union {
-            T e[CONV_ITEMS];
-            uint2 v[CONV_ITEMS * sizeof(T) / 8];
-        } h;
-#pragma unroll
-        for (int i = 0; i < CONV_ITEMS; i++) h.e[i] = T(u[i]);
-#pragma unroll
-        for (int k = 0; k < (int)(CONV_ITEMS * sizeof(T) / 8); k++) ((uint2 *)(U16 + row + t0))[k] = h.v[k];
-    } else {
-        for (int i = 0; i < CONV_ITEMS && t0 + i < p.L; i++) U[row + t0 + i] = u[i], U16[row + t0 + i] = T(u[i]);
-    }
+    store_converted<CONV_ITEMS>(U + row + t0, u, p.L - t0);
+    store_converted<CONV_ITEMS>(U16 + row + t0, u, p.L - t0);
 }
 
 /* After conv_rows: each slot's conv state becomes its last d_conv inputs. */
@@ -1109,25 +1118,6 @@ __device__ __forceinline__ void load_span(const float *row, int first, int n, fl
     } else {
 #pragma unroll
         for (int i = 0; i < SCAN_ITEMS; i++) v[i] = first + i < n ? row[first + i] : 0.0f;
-    }
-}
-
-/* Store a lane's SCAN_ITEMS values into a channel's row from token `first`, up to token n. */
-template <typename T>
-__device__ __forceinline__ void store_span(T *row, int first, int n, const float *v) {
-    union {
-        T e[SCAN_ITEMS];
-        uint4 q[SCAN_ITEMS * sizeof(T) / 16];
-    } out;
-#pragma unroll
-    for (int i = 0; i < SCAN_ITEMS; i++) out.e[i] = T(v[i]);
-    if (first + SCAN_ITEMS <= n && ((uintptr_t)(row + first) & 15) == 0) {
-#pragma unroll
-        for (int k = 0; k < (int)(SCAN_ITEMS * sizeof(T) / 16); k++) ((uint4 *)(row + first))[k] = out.q[k];
-    } else {
-#pragma unroll
-        for (int i = 0; i < SCAN_ITEMS; i++)
-            if (first + i < n) row[first + i] = out.e[i];
     }
 }
 
@@ -1250,7 +1240,7 @@ __global__ void __launch_bounds__(SCAN_WARPS * 32, 4) selective_scan(const PassA
         load_span(XZ + (size_t)p.di * p.ld + mine + t0, first, nt, z);
 #pragma unroll
         for (int i = 0; i < SCAN_ITEMS; i++) y[i] = (y[i] + Dc * u[i]) * silu_fast(z[i]);
-        if (active) store_span(Y + mine + t0, first, nt, y);
+        if (active) store_converted<SCAN_ITEMS>(Y + mine + t0 + first, y, nt - first);
     }
 #pragma unroll
     for (int k = 0; k < 2; k++)

@@ -952,8 +952,8 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_token(const SampleArgs 
  * The activations inside a block (XZ, U, DBC, DT, DELTA, Y) are channel-major [channel, ld] in
  * the prompt pass (ld = rows rounded up to 8), so a channel's tokens lie together for the conv
  * and the scan, and row-major [rows, width] in the batched step, whose products cuBLAS runs
- * faster that way round. State lives in slots: conv [slot, layer, di, kcp] and SSM [slot, layer, di, nsp]; sequence s
- * of a pass uses slot slots[s]. */
+ * faster that way round. State lives in slots: conv [slot, layer, di, kcp] and SSM [slot, layer,
+ * di, nsp]; sequence s of a pass uses slot slots[s]. */
 
 struct PassArgs {
     int S, L, rows;
@@ -1123,7 +1123,8 @@ __device__ __forceinline__ void load_span(const float *row, int first, int n, fl
 
 /* 16 bytes from global to shared memory without passing through registers (Ampere's cp.async). */
 __device__ __forceinline__ void copy16_async(float *dst, const float *src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(__cvta_generic_to_global(src)) : "memory");
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(__cvta_generic_to_global(src))
+                 : "memory");
 }
 __device__ __forceinline__ void wait_async_copies() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
@@ -2172,8 +2173,6 @@ extern "C" double gpu_engine_bench_batch(GpuEngine *g, int batch, int steps) {
     return ms * 1e-3;
 }
 
-/* FLOP/s of a large cuBLAS product in the engine's setting (weights' dtype, fp32 accumulation
- * and output): what the prompt pass is compared to. */
 /* Uniform values in [-1, 1) from a hash of the index: operands for the matrix-product benchmark. */
 template <typename T>
 __global__ void fill_uniform(T *p, size_t n) {
@@ -2184,8 +2183,9 @@ __global__ void fill_uniform(T *p, size_t n) {
     }
 }
 
-/* FLOP/s of an 8192³ product in the weights' dtype (fp32 accumulation), the best of five, on
- * uniform random operands, or on zeros (which the GPU runs faster: it draws less power). */
+/* FLOP/s of an 8192³ cuBLAS product in the engine's setting (weights' dtype, fp32 accumulation
+ * and output), the best of five, on uniform random operands, or on zeros (which the GPU runs
+ * faster: it draws less power): what the prompt pass is compared to. */
 extern "C" double gpu_engine_matmul_flops(GpuEngine *g, int zeros) {
     const int n = 8192;
     const size_t es = g->c.dtype == DTYPE_F32 ? 4 : 2, elems = (size_t)n * n;

@@ -26,7 +26,8 @@ static void set_err(char *err, size_t err_len, const char *what, const char *why
 // every charsmap in the model is checked first, on the protobuf wire format: each unit's children
 // (index ^ offset ^ label, label < 256) lie inside the array, a node with a leaf leads to a
 // value unit, and each value points inside the strings, which end with a NUL. (A value unit's
-// label has its top bit set, so a traversal stops there.)
+// label has its top bit set, so a traversal stops there; but every search starts by following
+// the root's offset, so the root must be a node.)
 static bool read_varint(const uint8_t *&p, const uint8_t *end, uint64_t *v) {
     *v = 0;
     for (int shift = 0; shift < 64 && p < end; shift += 7) {
@@ -48,6 +49,7 @@ static bool charsmap_ok(const uint8_t *p, size_t n) {
     auto unit_at = [u](size_t i) {
         return u[4 * i] | u[4 * i + 1] << 8 | u[4 * i + 2] << 16 | static_cast<uint32_t>(u[4 * i + 3]) << 24;
     };
+    if (unit_at(0) >> 31) return false;
     for (size_t i = 0; i < units; i++) {
         uint32_t unit = unit_at(i);
         if (unit >> 31) {                       // a value unit: an offset into the strings

@@ -208,7 +208,7 @@ check "invalid UTF-8 on stdin, SentencePiece" stdin_bad sp
 # (under mamba-asan, LeakSanitizer fails this one if sp_load leaks again)
 expect_error "SentencePiece model that throws while loading (fuzz regression)" "SentencePiece model .*zero-length key" \
     $MAMBA tokenize --tokenizer tests/fuzz/corpus/sentencepiece/regress-exception-leak hi
-for f in use-after-free segv; do
+for f in use-after-free segv root; do
     expect_error "SentencePiece model with out-of-bounds normalization rules: refused (fuzz regression, $f)" \
         "not a valid SentencePiece model \(malformed protobuf or normalization rules\)" \
         $MAMBA tokenize --tokenizer tests/fuzz/corpus/sentencepiece/regress-charsmap-$f hi

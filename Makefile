@@ -22,8 +22,8 @@ HEADERS = model.h tokenizer.h sp_wrapper.h
 ifneq ($(CUDA_HOME),)
   GPU_OBJ = build/kernels.o
   GPU_FLAGS = -DMAMBA_CUDA
-  # the CUDA runtime linked statically: the binary needs only the driver, found at run time
-  # cuBLAS is opened at run time (dlopen), found through this rpath or LD_LIBRARY_PATH
+  # the CUDA runtime linked statically; at run time the GPU engine needs the driver and cuBLAS
+  # (opened with dlopen, found through this rpath or LD_LIBRARY_PATH), else mamba runs on the CPU
   GPU_LIBS = -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcudart_static -ldl -lrt -lpthread \
 	-Wl,-rpath,$(CUDA_HOME)/lib64
 endif

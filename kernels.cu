@@ -1350,10 +1350,8 @@ __global__ void read_probe(const uint4 *p, size_t n, unsigned *sink) {
  * all layers, the prompt pass chunk by chunk, and the batched step, one CUDA graph per batch
  * size class (powers of two; unused rows run token 0 in a scratch slot). */
 
-constexpr int PREFILL_CHUNK = 4096;          /* prompt tokens a pass takes at most: bounds the memory */
-constexpr int PREFILL_LOGIT_ROWS = 256;      /* prompt tokens a pass takes when their logits are wanted */
-constexpr int MAX_BATCH = 1024;              /* sequences a batched step takes at most */
-constexpr int BATCH_CLASSES = 11;            /* 2^0 .. 2^10 = MAX_BATCH rows */
+constexpr int BATCH_CLASSES = 11;            /* 2^0 .. 2^10 = MAX_BATCH rows (gpu.h) */
+static_assert(1 << (BATCH_CLASSES - 1) == MAX_BATCH, "a batch class for every batch size");
 constexpr size_t BLAS_WORKSPACE = 32u << 20; /* cuBLAS's workspace, set so that graphs can capture it */
 
 /* The cuBLAS functions the engine calls, looked up in libcublas at run time so that a binary

@@ -36,9 +36,10 @@
 
 #include "model.h"
 #include "tokenizer.h"
-#ifdef MAMBA_CUDA
-#include "gpu.h"
-#endif
+#include "gpu.h"   /* the GPU engine's API, and the limits both engines share */
+
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
 
 /* ----------------------------------------------------------------------------------------
  * Errors: one line on stderr, a non-zero exit, and no half-written output file. */
@@ -903,8 +904,6 @@ static void cmd_convert(int argc, char **argv) {
  * step whatever n; each output is summed in an order fixed by the model alone, so a sequence's
  * logits do not depend on what else is in the batch (single-sequence use is n = 1). */
 
-#define MAX_BATCH 1024   /* sequences one engine runs together at most */
-
 typedef struct {
     int max_batch;   /* the scratch buffers below hold this many rows, one per sequence */
     float *x;        /* [max_batch, d_model] residual stream */
@@ -1665,13 +1664,14 @@ static void exit_if_interrupted(void) {
 /* Runs the first n tokens of the prompt of the sequence in a slot before its steps begin, and
  * returns how many it ran. The GPU runs them as parallel passes of up to `chunk` tokens (none
  * when chunk is 1: they go one step at a time); the CPU runs none: its prompt tokens go through
- * the steps, batched over the sequences. With logits_file open their logits rows go there, 256
- * rows at a time. */
+ * the steps, batched over the sequences. With logits_file open their logits rows go there,
+ * PREFILL_LOGIT_ROWS rows at a time. */
 static size_t engine_prefill(Engine *e, int slot, const int *ids, size_t n, int chunk, FILE *logits_file, const char *path) {
 #ifdef MAMBA_CUDA
     if (e->gpu && chunk != 1) {
         const int vocab = e->model->config.vocab_size;
-        const size_t block = logits_file ? 256 : n;
+        /* in blocks, so that Ctrl-C is seen between them */
+        const size_t block = logits_file ? PREFILL_LOGIT_ROWS : chunk > 0 ? (size_t)chunk : PREFILL_CHUNK;
         float *rows = logits_file ? xmalloc(block * vocab * sizeof(float)) : NULL;
         size_t done = 0;
         while (done < n && !g_interrupted) {
@@ -2224,7 +2224,7 @@ static void cmd_run(int argc, char **argv) {
         else if (!strcmp(a, "--threads")) set_threads(option_value(argc, argv, &i));
         else if (!strcmp(a, "--logits-out")) o.logits_out = option_value(argc, argv, &i);
         else if (!strcmp(a, "--max-prompt-tokens")) o.max_prompt_tokens = parse_long(a, option_value(argc, argv, &i), 1, 1 << 30);
-        else if (!strcmp(a, "--prompt-batch")) o.prompt_batch = (int)parse_long(a, option_value(argc, argv, &i), 1, 4096);
+        else if (!strcmp(a, "--prompt-batch")) o.prompt_batch = (int)parse_long(a, option_value(argc, argv, &i), 1, PREFILL_CHUNK);
         else if (!strcmp(a, "--ignore-eos")) o.ignore_eos = 1;
         else if (!strcmp(a, "--stats")) o.stats = 1;
         else if (!strcmp(a, "--print-ids")) o.print_ids = 1;
@@ -2779,11 +2779,11 @@ static void usage(void) {
           "      -i TEXT          prompt   --prompt-ids 1,2,3      --tokenizer FILE\n"
           "      --ignore-eos  --print-ids  --no-echo  --stats  --logits-out FILE\n"
           "      --max-prompt-tokens N (1048576; text beyond 16 bytes a token is refused unread)\n"
-          "      --prompt-batch N GPU: prompt tokens a parallel pass takes (4096; 1 = one step at a time)\n"
+          "      --prompt-batch N GPU: prompt tokens a parallel pass takes (" STRINGIFY(PREFILL_CHUNK) "; 1 = one step at a time)\n"
           "      --device auto|cpu|cuda   --threads N\n"
           "    several prompts decoded together (prompt i samples with seed + i):\n"
           "      --batch-file FILE  one prompt a line (- = stdin), or -i TEXT given more than once\n"
-          "      --batch-size B   most sequences in flight at once (32, at most 1024)\n"
+          "      --batch-size B   most sequences in flight at once (32, at most " STRINGIFY(MAX_BATCH) ")\n"
           "      --json           a JSON line per prompt as it ends: index, prompt, completion,\n"
           "                       tokens, finish (eos|length|interrupted); also with one prompt\n"
           "  mamba convert HF_DIR OUT.bin [--dtype f32|f16|bf16]\n"

@@ -1566,20 +1566,6 @@ static void write_logits_row(FILE *f, const float *logits, int vocab, const char
     if (f && fwrite(logits, sizeof(float), vocab, f) != (size_t)vocab) die("cannot write %s: %s", path, strerror(errno));
 }
 
-/* Offset of the first byte of s[0..n) that is not part of well-formed UTF-8, or n. */
-static size_t utf8_invalid_at(const unsigned char *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        unsigned char c = s[i];
-        size_t len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-        if (!len || len > n - i) return i;
-        unsigned char lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80, hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
-        for (size_t k = 1; k < len; k++)
-            if (s[i + k] < (k == 1 ? lo : 0x80) || s[i + k] > (k == 1 ? hi : 0xBF)) return i;
-        i += len;
-    }
-    return n;
-}
-
 /* The ids of the prompt's text (BOS alone when there is none). */
 static int *text_to_ids(const RunOptions *o, const Model *m, const Tokenizer *tok, size_t *n) {
     int bos = m->bos_id >= 0 ? m->bos_id : tok ? tokenizer_bos_id(tok) : -1;
@@ -1592,7 +1578,7 @@ static int *text_to_ids(const RunOptions *o, const Model *m, const Tokenizer *to
         return ids;
     }
     if (!tok) die("this model has no tokenizer: use --prompt-ids, or --tokenizer FILE");
-    size_t len = strlen(o->prompt), bad = utf8_invalid_at((const unsigned char *)o->prompt, len);
+    size_t len = strlen(o->prompt), bad = utf8_valid_prefix(o->prompt, len);
     if (bad < len)
         fprintf(stderr, "mamba: note: the prompt is not valid UTF-8 (byte %zu); %s\n", bad,
                 tokenizer_kind(tok) == TOKENIZER_HF_JSON ? "its ill-formed bytes are tokenized as raw bytes (byte-level BPE)"
@@ -1835,13 +1821,13 @@ static void sequence_free(Sequence *s) {
     s->ids = NULL, s->out = NULL;
 }
 
-/* s[0..n) as a quoted JSON string: valid UTF-8 whatever the bytes (an ill-formed byte becomes
- * U+FFFD) and NUL bytes kept, which a cJSON string cannot hold. */
+/* s[0..n) as a quoted JSON string: valid UTF-8 whatever the bytes (each ill-formed part becomes
+ * one U+FFFD, as in decoded text) and NUL bytes kept, which a cJSON string cannot hold. */
 static char *json_quote(const char *s, size_t n) {
     char *out = xmalloc(6 * n + 3), *p = out;
     *p++ = '"';
     for (size_t i = 0; i < n;) {
-        size_t valid = i + utf8_invalid_at((const unsigned char *)s + i, n - i);
+        size_t valid = i + utf8_valid_prefix(s + i, n - i);
         for (; i < valid; i++) {
             unsigned char c = s[i];
             const char *short_escape = c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\r' ? "\\r" : NULL;
@@ -1850,7 +1836,7 @@ static char *json_quote(const char *s, size_t n) {
             else if (c < 0x20) p += sprintf(p, "\\u%04x", c);
             else *p++ = c;
         }
-        if (i < n) memcpy(p, "\xEF\xBF\xBD", 3), p += 3, i++;
+        if (i < n) memcpy(p, "\xEF\xBF\xBD", 3), p += 3, i += utf8_ill_formed_length(s + i, n - i);
     }
     *p++ = '"';
     *p = '\0';

@@ -219,13 +219,17 @@ static int utf8_char(const unsigned char *s, size_t n) {
     return need + 1;
 }
 
-/* Length of the longest prefix of s[0..n) made of whole, valid UTF-8 characters. */
-static size_t utf8_valid_prefix(const char *s, size_t n) {
+size_t utf8_valid_prefix(const char *s, size_t n) {
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;
     int k;
     while (i < n && (k = utf8_char(u + i, n - i)) > 0) i += (size_t)k;
     return i;
+}
+
+size_t utf8_ill_formed_length(const char *s, size_t n) {
+    const int k = utf8_char((const unsigned char *)s, n);
+    return k < 0 ? (size_t)-k : k == 0 ? n : 0;
 }
 
 /* Appends the complete part of s[0..n) to out, ill-formed subparts as U+FFFD; *used tells how

@@ -21,6 +21,12 @@ void tokenizer_free(Tokenizer *t);
  * failed on cJSON's nesting limit (CJSON_NESTING_LIMIT) apart from malformed text. */
 size_t json_nesting_depth(const char *text, size_t n);
 
+/* UTF-8: the length of the longest prefix of s[0..n) made of whole, valid characters; and of
+ * the ill-formed part that starts s (a maximal subpart, or a character cut off by the end: one
+ * U+FFFD when shown), 0 when s starts with a valid character. */
+size_t utf8_valid_prefix(const char *s, size_t n);
+size_t utf8_ill_formed_length(const char *s, size_t n);
+
 TokenizerKind tokenizer_kind(const Tokenizer *t);
 int tokenizer_vocab_size(const Tokenizer *t);   /* largest id + 1, added tokens included */
 int tokenizer_bos_id(const Tokenizer *t);       /* -1 when absent */

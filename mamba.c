@@ -840,7 +840,7 @@ static void find_tokenizer(const char *dir, TokenizerInfo *tok) {
         if (tok->eos_id < 0) tok->eos_id = tokenizer_eos_id(t);
         if (tok->pad_id < 0) tok->pad_id = tokenizer_pad_id(t);
         tokenizer_free(t);
-        tok->blob = read_file(path, 256u << 20, &tok->bytes, NULL);
+        tok->blob = read_file(path, MAX_TOKENIZER_BYTES, &tok->bytes, NULL);
         tok->kind = candidates[i].kind;
         return;
     }
@@ -2551,8 +2551,6 @@ static void argmax_rows(int *next, const float *logits, int batch, size_t stride
     for (int b = 0; b < batch; b++) next[b] = argmax(logits + b * stride, vocab);
 }
 
-/* On the CPU: batch sequences in slots 0 .. batch-1 read their prompts, then decode greedily,
- * together. */
 /* Seconds to take in the prompts of a batch in slots 0 .. batch-1 as a batched run does: each
  * sequence started in its slot (the GPU runs all but its last token in parallel), then steps of
  * every sequence until all the prompts are in. tokens gets each sequence's greedy next token. */
@@ -2572,6 +2570,8 @@ static double bench_prompts(Engine *e, int vocab, int n_prompt, int batch, const
     return now_seconds() - t0;
 }
 
+/* On the CPU: batch sequences in slots 0 .. batch-1 read their prompts, then decode greedily,
+ * together. */
 static void bench_cpu(Engine *e, int vocab, int n_prompt, int n_decode, int batch, BenchResult *r) {
     int *slots = xmalloc(batch * sizeof *slots), *tokens = xmalloc(batch * sizeof *tokens);
     size_t stride = engine_logits_stride(e);

@@ -42,7 +42,6 @@
 
 #include "sp_wrapper.h"
 
-#define MAX_TOKENIZER_BYTES (256u << 20)   /* a tokenizer file read whole, as convert embeds it */
 #define MAX_ID (1 << 24)      /* ids in tokenizer.json beyond this are rejected as corrupt */
 #define MAX_NORMALIZERS 8
 #define REPLACEMENT "\xEF\xBF\xBD"   /* U+FFFD in UTF-8 */

@@ -7,6 +7,8 @@
 
 #include "model.h"
 
+#define MAX_TOKENIZER_BYTES (256u << 20)   /* a tokenizer file is read whole (convert embeds it) */
+
 typedef struct Tokenizer Tokenizer;
 typedef struct TokenDecoder TokenDecoder;
 

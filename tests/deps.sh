@@ -12,9 +12,13 @@ command -v cc >/dev/null || need+=(gcc)
 command -v c++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
 command -v python3 >/dev/null || need+=(python3)
-# the libFuzzer targets (make fuzz): clang with its sanitizer and libFuzzer runtimes
-command -v clang >/dev/null && command -v clang++ >/dev/null || need+=(clang)
-ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || need+=(libclang-rt-14-dev)
+# the libFuzzer targets (make fuzz): clang with its sanitizer and libFuzzer runtimes (the
+# packages that go with the release's default clang)
+if command -v clang >/dev/null && command -v clang++ >/dev/null; then
+    [ -e "$(clang -print-file-name=libclang_rt.fuzzer-x86_64.a)" ] || need+=(libclang-rt-dev)
+else
+    need+=(clang libclang-rt-dev)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo

@@ -31,6 +31,7 @@ expect_error() {
 # both succeed with some output, and the outputs are equal (same) or not (differ). Two runs that
 # both fail never compare equal.
 outputs_of() {
+    OUT_A= OUT_B=
     OUT_A=$(set -o pipefail; eval "$1") && OUT_B=$(set -o pipefail; eval "$2") && [ -n "$OUT_A" ] && [ -n "$OUT_B" ]
 }
 same() {
@@ -50,19 +51,43 @@ quiet_when_reader_leaves() {
     head -c 300 "$TMP/pipe.err"; return 1
 }
 
+# wait_catching_sigint PID: waits (60 s at most) until PID catches SIGINT. A background job
+# starts with SIGINT ignored, so one sent before mamba sets its handler would be lost.
+wait_catching_sigint() {
+    local i mask
+    for i in $(seq 1200); do
+        mask=$(awk '/^SigCgt:/ {print $2}' /proc/$1/status 2>/dev/null) || return
+        [ -n "$mask" ] && (( (16#$mask >> 1) & 1 )) && return
+        sleep 0.05
+    done
+}
+
+# signal_and_wait SIG PID: sends SIG to PID and returns its exit status; a PID still running
+# 60 s later is killed (status 137), so a lost signal fails the test instead of hanging it.
+signal_and_wait() {
+    local i
+    kill -$1 $2
+    for i in $(seq 1200); do
+        kill -0 $2 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -KILL $2 2>/dev/null
+    wait $2
+}
+
 # interrupted_after_output OUT ERR CMD...: runs CMD (stdout into OUT, stderr into ERR), sends it
-# SIGINT once OUT has some output, and checks that it exits with 130 and OUT ends with a newline
-# (what was generated is flushed).
+# SIGINT once OUT has some output and CMD catches it, and checks that it exits with 130 and OUT
+# ends with a newline (what was generated is flushed).
 interrupted_after_output() {
-    local out=$1 err=$2 pid i rc; shift 2
+    local out=$1 err=$2 pid i; shift 2
+    : >"$out"   # no stale output from an earlier run
     "$@" >"$out" 2>"$err" &
     pid=$!
     for i in $(seq 1200); do
         [ "$(stat -c %s "$out")" -gt 40 ] && break
         sleep 0.05
     done
-    kill -INT $pid
-    wait $pid
-    rc=$?
-    [ $rc -eq 130 ] && [ "$(tail -c 1 "$out" | od -An -c | tr -d ' ')" = '\n' ]
+    wait_catching_sigint $pid
+    signal_and_wait INT $pid && return 1   # it must exit with 130
+    [ $? -eq 130 ] && [ "$(tail -c 1 "$out" | od -An -c | tr -d ' ')" = '\n' ]
 }

@@ -3,6 +3,7 @@
 # constant memory, compute-sanitizer, and its errors. Without a usable GPU it checks only that
 # --device cuda fails with one clear line and that auto falls back to the CPU.
 source tests/lib.sh
+source tests/cuda_env.sh
 F=tests/fixtures
 CMP=${CMP:-tests/cmp_logits}
 GPU="$MAMBA run --device cuda"

@@ -100,17 +100,15 @@ keep_old() {
 check "convert past ulimit -f keeps the previous file intact" keep_old
 # interrupt SIGNAL RC: init of a 130m f32 model (~0.5 GB) interrupted once its temp file grows
 interrupt_init() {
-    local sig=$1 want=$2 pid rc i
+    local sig=$1 want=$2 pid i
     $MAMBA init --shape 130m --dtype f32 $TMP/w/big.bin 2>$TMP/err &
     pid=$!
     for i in $(seq 600); do
         [ "$(stat -c %s $TMP/w/big.bin.partial-* 2>/dev/null | head -1)" -gt 1000000 ] 2>/dev/null && break
         sleep 0.05
     done
-    kill -$sig $pid
-    wait $pid
-    rc=$?
-    [ $rc -eq $want ] && grep -q "interrupted; no output was written" $TMP/err && no_output $TMP/w big.bin
+    signal_and_wait $sig $pid && return 1
+    [ $? -eq $want ] && grep -q "interrupted; no output was written" $TMP/err && no_output $TMP/w big.bin
 }
 check "init interrupted by SIGINT: exit 130, no output or temp file" interrupt_init INT 130
 check "init interrupted by SIGTERM: exit 143, no output or temp file" interrupt_init TERM 143

@@ -29,8 +29,8 @@ static long argmax(const float *x, long n) {
     return best;
 }
 
-/* A command-line number, whole: anything else is a usage error (a misplaced argument would
- * otherwise turn into a loose tolerance). */
+/* A command-line number, the whole argument: anything else is a usage error (a misplaced
+ * argument would otherwise turn into a loose tolerance). */
 static double number(const char *s, const char *what) {
     char *end;
     double v = strtod(s, &end);
@@ -43,7 +43,9 @@ static double number(const char *s, const char *what) {
 
 int main(int argc, char **argv) {
     if (argc != 5 && argc != 6) { fprintf(stderr, "usage: cmp_logits GOT REF VOCAB TOL [MIN_TOP1]\n"); return 2; }
-    long n_got, n_ref, vocab = (long)number(argv[3], "VOCAB");
+    const double vocab_arg = number(argv[3], "VOCAB");
+    long n_got, n_ref, vocab = (long)vocab_arg;
+    if (vocab != vocab_arg) { fprintf(stderr, "cmp_logits: VOCAB must be a whole number, got '%s'\n", argv[3]); return 2; }
     double tol = number(argv[4], "TOL"), min_top1 = argc == 6 ? number(argv[5], "MIN_TOP1") : -1;
     float *got = read_floats(argv[1], &n_got), *ref = read_floats(argv[2], &n_ref);
     if (vocab <= 0 || n_ref % vocab || n_got != n_ref) {

@@ -4,8 +4,29 @@
 # builds the libFuzzer targets of tests/fuzz/ (clang; `make test` replays and briefly runs them).
 CC ?= cc
 CXX ?= c++
-NVCC ?= nvcc
-CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
+# The CUDA engine is built when nvcc is found: $(CUDA_HOME)/bin/nvcc when CUDA_HOME is set and
+# has one, else the nvcc on the PATH (CUDA_HOME is then the folder above its bin/). Without nvcc
+# the engine is CPU-only, with a notice; CUDA_HOME= (as `make cpu` passes) is CPU-only quietly.
+CUDA_HOME_GIVEN := $(CUDA_HOME)
+ifneq ($(CUDA_HOME),)
+  ifneq ($(wildcard $(CUDA_HOME)/bin/nvcc),)
+    NVCC ?= $(CUDA_HOME)/bin/nvcc
+  else
+    CUDA_FROM_PATH = 1
+  endif
+else ifeq ($(origin CUDA_HOME),undefined)
+  CUDA_FROM_PATH = 1
+endif
+ifdef CUDA_FROM_PATH
+  NVCC ?= nvcc
+  override CUDA_HOME := $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
+  # said once (not again by the sub-makes), and not for goals that build no engine
+  ifeq ($(CUDA_HOME)$(MAKELEVEL),0)
+    ifneq ($(filter-out cpu clean deps test-gpu,$(or $(MAKECMDGOALS),all)),)
+      $(info nvcc not found$(if $(CUDA_HOME_GIVEN), in CUDA_HOME=$(CUDA_HOME_GIVEN) nor,) on the PATH: building the CPU-only engine)
+    endif
+  endif
+endif
 CUDA_ARCH ?= -arch=sm_90
 
 OPT ?= -O3 -march=native
@@ -16,11 +37,14 @@ CXXFLAGS += -std=c++17
 LDLIBS = -lsentencepiece -lcjson -lutf8proc -lpcre2-8 -lstdc++ -lm
 SANITIZE = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -fopenmp
 
-HOST_SRC = mamba.c tokenizer.c
-HEADERS = model.h tokenizer.h sp_wrapper.h
+# the host program, one concern a file (README: how the code is organised)
+HOST_SRC = mamba.c util.c options.c model.c cpu.c sampler.c engine.c batch.c convert.c bench.c tokenizer.c
+HEADERS = mamba.h model.h gpu.h tokenizer.h sp_wrapper.h
+GPU_HEADERS = gpu.h gpu_internal.cuh gpu_device.cuh model.h
 
 ifneq ($(CUDA_HOME),)
-  GPU_OBJ = build/kernels.o
+  GPU_OBJ = build/kernels.o build/prefill.o build/gpu_bench.o
+  GPU_HOST_SRC = engine_gpu.c bench_gpu.c
   GPU_FLAGS = -DMAMBA_CUDA
   # the CUDA runtime linked statically; at run time the GPU engine needs the driver and cuBLAS
   # (opened with dlopen, found through this rpath or LD_LIBRARY_PATH), else mamba runs on the CPU
@@ -31,8 +55,8 @@ endif
 .PHONY: all cpu test test-gpu devlibs asan deps clean fuzz
 all: mamba
 
-mamba: $(HOST_SRC) $(HEADERS) build/sp_wrapper.o $(GPU_OBJ)
-	$(CC) $(CFLAGS) $(GPU_FLAGS) -o $@ $(HOST_SRC) build/sp_wrapper.o $(GPU_OBJ) $(LDLIBS) $(GPU_LIBS)
+mamba: $(HOST_SRC) $(GPU_HOST_SRC) $(HEADERS) build/sp_wrapper.o $(GPU_OBJ)
+	$(CC) $(CFLAGS) $(GPU_FLAGS) -o $@ $(HOST_SRC) $(GPU_HOST_SRC) build/sp_wrapper.o $(GPU_OBJ) $(LDLIBS) $(GPU_LIBS)
 
 # -B: rebuild even when a CUDA build of ./mamba is newer than its sources
 cpu:
@@ -41,8 +65,12 @@ cpu:
 build/sp_wrapper.o: sp_wrapper.cc sp_wrapper.h | build
 	$(CXX) $(CXXFLAGS) -c -o $@ sp_wrapper.cc
 
-build/kernels.o: kernels.cu gpu.h $(HEADERS) | build
-	$(NVCC) $(CUDA_ARCH) -O3 -std=c++17 -Xcompiler -Wall -c -o $@ kernels.cu
+build/%.o: %.cu $(GPU_HEADERS) | build
+	$(NVCC) $(CUDA_ARCH) -O3 -std=c++17 -Xcompiler -Wall -c -o $@ $<
+
+# each CUDA kernel against a CPU reference, and its micro-benchmark (run by tests/gpu.sh)
+build/test_kernels: tests/kernels/test_kernels.cu kernels.cu prefill.cu gpu_bench.cu $(GPU_HEADERS) | build
+	$(NVCC) $(CUDA_ARCH) -O3 -std=c++17 -I. -o $@ $< -ldl
 
 # The sanitized build is CPU-only: ASan and the CUDA runtime do not mix.
 build/asan/sp_wrapper.o: sp_wrapper.cc sp_wrapper.h
@@ -68,7 +96,7 @@ build:
 # into build/fuzz/; tests/test_fuzz.sh replays their corpora and runs each for a short while.
 FUZZ_CXX ?= clang++
 FUZZ_FLAGS = -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-	-DMAMBA_FUZZ -Dmain=mamba_main -Wall -Wextra -Wno-unknown-pragmas
+	-Dmain=mamba_main -Wall -Wextra -Wno-unknown-pragmas
 FUZZ_TARGETS = checkpoint safetensors config tokenizer_json bpe_encode decode sentencepiece cli
 FUZZ_BINS = $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 
@@ -78,11 +106,12 @@ build/fuzz/sp_wrapper.o: sp_wrapper.cc sp_wrapper.h
 	mkdir -p build/fuzz
 	$(FUZZ_CXX) -std=c++17 $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c -o $@ sp_wrapper.cc
 
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h tests/fuzz/exercise_tokenizer.h $(HOST_SRC) $(HEADERS) build/fuzz/sp_wrapper.o
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h tests/fuzz/mamba_unity.h tests/fuzz/exercise_tokenizer.h $(HOST_SRC) $(HEADERS) build/fuzz/sp_wrapper.o
 	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ -x c -std=c11 $< tokenizer.c -x none build/fuzz/sp_wrapper.o $(LDLIBS)
 
+# the Debian packages the build and the tests need (./run.sh installs only the build's)
 deps:
-	@bash tests/deps.sh
+	@bash tests/deps.sh test
 
 test: deps
 	$(MAKE) mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan fuzz
@@ -96,7 +125,7 @@ devlibs: $(GPU_OBJ)
 	rm -rf .devlibs
 	mkdir -p .devlibs
 	$(CXX) -O3 -march=x86-64-v3 -g -std=c++17 -c -o .devlibs/sp_wrapper.o sp_wrapper.cc
-	$(CC) -O3 -march=x86-64-v3 -g -fopenmp -std=c11 $(GPU_FLAGS) -o .devlibs/mamba $(HOST_SRC) .devlibs/sp_wrapper.o \
+	$(CC) -O3 -march=x86-64-v3 -g -fopenmp -std=c11 $(GPU_FLAGS) -o .devlibs/mamba $(HOST_SRC) $(GPU_HOST_SRC) .devlibs/sp_wrapper.o \
 		$(GPU_OBJ) $(LDLIBS) $(GPU_LIBS) -Wl,--disable-new-dtags,-rpath,'$$ORIGIN'
 	$(MAKE) tests/cmp_logits
 	cp tests/cmp_logits .devlibs/

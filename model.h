@@ -15,7 +15,7 @@
 #include <stdint.h>
 
 #define MAMBA_MAGIC "MAMBAbin"          /* 8 bytes, no terminator in the file */
-#define MAMBA_FORMAT_VERSION 1
+#define MAMBA_FORMAT_VERSION 2         /* version 1 files (no arch field: Mamba-1) are read too */
 #define MAMBA_HEADER_BYTES 256
 #define MAMBA_ALIGN 256                 /* tensor offsets: fine for mmap, SIMD and cudaMemcpy */
 #define MAMBA_NAME_BYTES 64
@@ -28,8 +28,13 @@ typedef enum {
     TOKENIZER_HF_JSON = 2,              /* Hugging Face tokenizer.json */
 } TokenizerKind;
 
-/* The Mamba-1 hyperparameters. */
+/* The block a model is built of. Each engine dispatches on it in one place (cpu.c's and
+ * kernels.cu's architecture tables); a new one is new functions there. */
+typedef enum { ARCH_MAMBA1 = 1 } Arch;
+
+/* The hyperparameters (those of Mamba-1 for now). */
 typedef struct {
+    Arch arch;
     int n_layer;
     int d_model;
     int d_inner;       /* expand * d_model */
@@ -59,7 +64,8 @@ typedef struct {
     uint64_t table_offset;
     uint64_t tokenizer_offset, tokenizer_bytes;
     uint64_t file_bytes;                /* total length; a shorter file is truncated */
-    uint8_t reserved[MAMBA_HEADER_BYTES - 112];
+    uint32_t arch;                      /* version 2 on: an Arch (version 1: zero, read as Mamba-1) */
+    uint8_t reserved[MAMBA_HEADER_BYTES - 116];
 } FileHeader;
 
 /* One row of the tensor table. */

@@ -195,9 +195,10 @@ check "byte-level BPE without the symbol of byte ff: valid text still tokenizes"
     same "$MAMBA tokenize --tokenizer $TMP/noff.json 'a b'" "$MAMBA tokenize -m $TMP/bpe.bin 'a b'"
 # Decoding for display: each maximal ill-formed sequence of the bytes shows as one U+FFFD
 # (bytes.decode("utf-8", "replace")); SentencePiece already read each bad byte as U+FFFD.
+# U+FFFD is spelled as its UTF-8 bytes: bash encodes $'\u...' in the locale's charset.
 fffd() { [ "$($MAMBA tokenize -m $TMP/$1.bin --decode $($MAMBA tokenize -m $TMP/$1.bin $'\xff\xfeA\xe2\x82'))" = "$2" ]; }
-check "invalid UTF-8, byte-level BPE: decoded for display, each maximal bad sequence is one U+FFFD" fffd bpe $'\uFFFD\uFFFDA\uFFFD'
-check "invalid UTF-8, SentencePiece: each bad byte is U+FFFD (as spm_encode)" fffd sp $'\uFFFD\uFFFDA\uFFFD\uFFFD'
+check "invalid UTF-8, byte-level BPE: decoded for display, each maximal bad sequence is one U+FFFD" fffd bpe $'\xef\xbf\xbd\xef\xbf\xbdA\xef\xbf\xbd'
+check "invalid UTF-8, SentencePiece: each bad byte is U+FFFD (as spm_encode)" fffd sp $'\xef\xbf\xbd\xef\xbf\xbdA\xef\xbf\xbd\xef\xbf\xbd'
 stdin_bad() { printf '%s' "$bad_utf8" | $MAMBA -m $TMP/$1.bin --device cpu -n 3 2>$TMP/err >/dev/null && grep -q 'not valid UTF-8' $TMP/err; }
 check "invalid UTF-8 on stdin, byte-level BPE" stdin_bad bpe
 check "invalid UTF-8 on stdin, SentencePiece" stdin_bad sp

@@ -1,7 +1,7 @@
 /* libFuzzer target: the checkpoint header and tensor table (model_load), then the embedded
  * tokenizer of a checkpoint that loads. */
 #include "fuzz_common.h"
-#include "../../mamba.c"
+#include "mamba_unity.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int fd;

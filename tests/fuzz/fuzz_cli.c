@@ -3,7 +3,7 @@
  * stdin on /dev/null, so every command stops at the latest when it opens the model; init (which
  * writes files) and absolute or parent paths are left out. */
 #include "fuzz_common.h"
-#include "../../mamba.c"
+#include "mamba_unity.h"
 
 /* Done at the first input. libFuzzer reads corpus files after that: name corpus folders and
  * -artifact_prefix by absolute paths. */

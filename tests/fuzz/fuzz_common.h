@@ -1,10 +1,13 @@
-/* tests/fuzz/fuzz_common.h: shared by the libFuzzer targets that #include "../../mamba.c".
+/* tests/fuzz/fuzz_common.h: shared by the libFuzzer targets that take in mamba's host files
+ * (mamba_unity.h, included after this header).
  *
- * Built with -DMAMBA_FUZZ, mamba.c's die() longjmps to mamba_fuzz_jmp instead of exiting. What
- * the abandoned input had allocated would then leak into the next run, so inside that one
- * translation unit malloc & co, strdup and mmap are redirected to the tracking versions below;
- * fuzz_sweep() frees and unmaps what is left after each input. An input that returned without
- * dying must have left nothing: fuzz_sweep() aborts then, as a leak. */
+ * In that one translation unit exit() is fuzz_exit(), which longjmps to mamba_fuzz_jmp (set by
+ * the target) instead of ending the process: die() still formats its message (so that bad
+ * arguments show up under the sanitizers) and then returns to the harness; the messages go to
+ * /dev/null. What the abandoned input had allocated would leak into the next run, so malloc &
+ * co, strdup and mmap are redirected to the tracking versions below; fuzz_sweep() frees and
+ * unmaps what is left after each input. An input that returned without dying must have left
+ * nothing: fuzz_sweep() aborts then, as a leak. Normal builds have none of this. */
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -23,6 +26,23 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+static jmp_buf mamba_fuzz_jmp;
+
+__attribute__((noreturn)) static void fuzz_exit(int status) {
+    (void)status;
+    longjmp(mamba_fuzz_jmp, 1);
+}
+
+/* Where the host files' stderr goes: nowhere (libFuzzer and the sanitizers write their own). */
+static FILE *fuzz_stderr(void) {
+    static FILE *null;
+    if (!null && !(null = fopen("/dev/null", "w"))) abort();
+    return null;
+}
 
 typedef struct FuzzBlock {
     struct FuzzBlock *prev, *next;
@@ -137,3 +157,6 @@ __attribute__((unused)) static const char *fuzz_memfd(const uint8_t *data, size_
 #define strdup fuzz_strdup
 #define mmap fuzz_mmap
 #define munmap fuzz_munmap
+#define exit fuzz_exit
+#undef stderr
+#define stderr fuzz_stderr()

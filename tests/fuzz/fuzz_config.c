@@ -1,6 +1,6 @@
 /* libFuzzer target: config.json (config_from_json, both spellings, then the config's bounds). */
 #include "fuzz_common.h"
-#include "../../mamba.c"
+#include "mamba_unity.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;

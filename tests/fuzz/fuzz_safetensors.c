@@ -1,7 +1,7 @@
 /* libFuzzer target: the safetensors header parser (load_safetensors) when the first byte is
  * even, else model.safetensors.index.json (load_hf_tensors) over a folder of two valid shards. */
 #include "fuzz_common.h"
-#include "../../mamba.c"
+#include "mamba_unity.h"
 
 static char dir[64];
 volatile uint8_t fuzz_sink;   /* reads that must not be optimized away */

@@ -1,0 +1,728 @@
+/* convert.c: making checkpoints. The writer (a temporary file beside the target, fsynced and
+ * renamed into place, so an interrupted or failed write never leaves a file that looks valid),
+ * `mamba convert` (Hugging Face and state-spaces Mamba checkpoints: config.json + safetensors)
+ * and `mamba init` (a random model of a published shape). */
+#include "mamba.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char g_partial_output[PATH_MAX];   /* the temporary file, removed if we exit before the rename */
+
+static void remove_partial_output(void) {
+    if (g_partial_output[0]) unlink(g_partial_output);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * The checkpoint writer (convert, init). */
+
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);   /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1);                                              /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+/* Round to nearest even; sets *overflow when a finite value is beyond f16's range. */
+static uint16_t f32_to_f16(float f, int *overflow) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (a >= 0x477ff000u) {                         /* ≥ 65520 rounds to infinity */
+        if (a < 0x7f800000u) *overflow = 1;
+        return (uint16_t)(sign | 0x7c00u);
+    }
+    if (a < 0x38800000u) {                          /* below 2^-14: f16 subnormal, in units of 2^-24 */
+        float v;
+        memcpy(&v, &a, 4);
+        return (uint16_t)(sign | (uint32_t)lrintf(v * 16777216.0f));
+    }
+    uint32_t h = (((a >> 23) - 112) << 10) | ((a >> 13) & 0x3ffu), rest = a & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1))) h++;                    /* a carry bumps the exponent */
+    return (uint16_t)(sign | h);
+}
+
+static void on_signal_remove_partial(int sig) {
+    static const char xfsz[] = "mamba: error: the file size limit (ulimit -f) was reached; no output was written\n";
+    static const char other[] = "mamba: interrupted; no output was written\n";
+    if (g_partial_output[0]) unlink(g_partial_output);
+    ssize_t ignored = sig == SIGXFSZ ? write(STDERR_FILENO, xfsz, sizeof xfsz - 1) : write(STDERR_FILENO, other, sizeof other - 1);
+    (void)ignored;
+    _exit(128 + sig);
+}
+
+static void fwrite_or_die(const void *p, size_t n, FILE *f, const char *path) {
+    if (n && fwrite(p, 1, n, f) != n) die("cannot write %s: %s", path, strerror(errno));
+}
+
+static void pad_to(FILE *f, uint64_t *pos, uint64_t target, const char *path) {
+    static const uint8_t zeros[MAMBA_ALIGN];
+    while (*pos < target) {
+        size_t n = target - *pos < sizeof zeros ? (size_t)(target - *pos) : sizeof zeros;
+        fwrite_or_die(zeros, n, f, path);
+        *pos += n;
+    }
+}
+
+/* Produces tensor i (of spec s) as rows*cols floats. */
+typedef void (*TensorSource)(void *ctx, int i, const TensorSpec *s, float *out);
+
+typedef struct {
+    TokenizerKind kind;
+    const void *blob;
+    size_t bytes;
+    int bos_id, eos_id, pad_id;
+} TokenizerInfo;
+
+/* The header of a checkpoint of config c with n tensors whose data ends at data_end. */
+static FileHeader checkpoint_header(const Config *c, int n, uint64_t data_end, const TokenizerInfo *tok) {
+    FileHeader h = {0};
+    memcpy(h.magic, MAMBA_MAGIC, 8);
+    h.version = MAMBA_FORMAT_VERSION, h.header_bytes = MAMBA_HEADER_BYTES, h.arch = c->arch;
+    h.n_layer = c->n_layer, h.d_model = c->d_model, h.d_inner = c->d_inner, h.d_state = c->d_state;
+    h.d_conv = c->d_conv, h.dt_rank = c->dt_rank, h.vocab_size = c->vocab_size, h.padded_vocab = c->padded_vocab;
+    h.norm_eps = c->norm_eps, h.dtype = c->dtype, h.tied_head = c->tied_head;
+    h.tokenizer_kind = tok->blob ? tok->kind : TOKENIZER_NONE;
+    h.bos_id = tok->bos_id, h.eos_id = tok->eos_id, h.pad_id = tok->pad_id;
+    h.n_tensors = n, h.table_offset = MAMBA_HEADER_BYTES;
+    h.tokenizer_offset = tok->blob ? data_end : 0, h.tokenizer_bytes = tok->blob ? tok->bytes : 0;
+    h.file_bytes = data_end + h.tokenizer_bytes;
+    return h;
+}
+
+/* The temporary file, in the target's folder so that rename() is atomic, with the usual mode. */
+static FILE *open_partial_output(const char *path) {
+    static int registered;
+    if (!registered) atexit(remove_partial_output), registered = 1;
+    int written = snprintf(g_partial_output, sizeof g_partial_output, "%s.partial-XXXXXX", path);
+    if (written < 0 || (size_t)written >= sizeof g_partial_output) die("output path too long: %s", path);
+    struct sigaction sa = {.sa_handler = on_signal_remove_partial};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGXFSZ, &sa, NULL);
+    int fd = mkstemp(g_partial_output);
+    if (fd < 0) {
+        g_partial_output[0] = '\0';
+        die("cannot create a file beside %s: %s", path, strerror(errno));
+    }
+    mode_t mask = umask(0);                         /* mkstemp makes 0600; give the usual 0666 & ~umask */
+    umask(mask);
+    if (fchmod(fd, 0666 & ~mask)) die("cannot set the mode of %s: %s", g_partial_output, strerror(errno));
+    FILE *f = fdopen(fd, "wb");
+    if (!f) die("cannot open %s: %s", g_partial_output, strerror(errno));
+    return f;
+}
+
+/* One tensor's values in its stored dtype. */
+static void write_tensor(FILE *f, const TensorSpec *s, DType t, const float *values, const char *path) {
+    size_t count = (size_t)s->rows * s->cols;
+    if (t == DTYPE_F32) {
+        fwrite_or_die(values, count * 4, f, path);
+        return;
+    }
+    uint16_t *half = xmalloc(count * sizeof *half);
+    int overflow = 0;
+    for (size_t j = 0; j < count; j++)
+        half[j] = t == DTYPE_BF16 ? f32_to_bf16(values[j]) : f32_to_f16(values[j], &overflow);
+    if (overflow) die("tensor %s has values beyond the f16 range; use --dtype bf16 or f32", s->name);
+    fwrite_or_die(half, count * 2, f, path);
+    free(half);
+}
+
+/* Closes the temporary file and renames it to path; the rename itself survives a crash once
+ * its folder is synced (best effort). */
+static void commit_partial_output(FILE *f, const char *path) {
+    if (fflush(f) || fsync(fileno(f))) die("cannot write %s: %s", path, strerror(errno));
+    if (fclose(f)) die("cannot write %s: %s", path, strerror(errno));
+    if (rename(g_partial_output, path)) die("cannot rename the output to %s: %s", path, strerror(errno));
+    g_partial_output[0] = '\0';
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) slash[slash == dir] = '\0';
+    int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) fsync(dfd), close(dfd);
+}
+
+/* Writes the checkpoint of config c to path, tensor i coming from source; `what` names the job
+ * on the progress line. */
+static void write_checkpoint(const char *path, const Config *c, TensorSource source, void *ctx,
+                             const TokenizerInfo *tok, const char *what) {
+    int n = n_model_tensors(c);
+    TensorSpec *specs = xmalloc(n * sizeof *specs);
+    model_tensor_specs(c, specs);
+    TensorEntry *table = xcalloc(n, sizeof *table);
+    uint64_t pos = align_up(MAMBA_HEADER_BYTES + (uint64_t)n * sizeof *table, MAMBA_ALIGN);
+    for (int i = 0; i < n; i++) {
+        DType t = spec_dtype(c, &specs[i]);
+        memcpy(table[i].name, specs[i].name, sizeof table[i].name);
+        table[i].dtype = t, table[i].ndim = specs[i].ndim;
+        table[i].shape[0] = specs[i].rows, table[i].shape[1] = specs[i].cols;
+        table[i].offset = pos;
+        table[i].bytes = (uint64_t)specs[i].rows * specs[i].cols * dtype_size(t);
+        pos = align_up(pos + table[i].bytes, MAMBA_ALIGN);
+    }
+    FileHeader h = checkpoint_header(c, n, pos, tok);
+    FILE *f = open_partial_output(path);
+    fwrite_or_die(&h, sizeof h, f, path);
+    fwrite_or_die(table, n * sizeof *table, f, path);
+    uint64_t at = MAMBA_HEADER_BYTES + (uint64_t)n * sizeof *table;
+    Progress progress;
+    progress_begin(&progress, what, pos / 1e6, "MB");
+    for (int i = 0; i < n; i++) {
+        const TensorSpec *s = &specs[i];
+        float *values = xmalloc((size_t)s->rows * s->cols * sizeof *values);
+        source(ctx, i, s, values);
+        pad_to(f, &at, table[i].offset, path);
+        write_tensor(f, s, spec_dtype(c, s), values, path);
+        at += table[i].bytes;
+        free(values);
+        progress_update(&progress, at / 1e6);
+    }
+    progress_end(&progress);
+    pad_to(f, &at, pos, path);
+    if (tok->blob) fwrite_or_die(tok->blob, tok->bytes, f, path);
+    commit_partial_output(f, path);
+    free(specs);
+    free(table);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * mamba convert: Hugging Face Mamba checkpoints (config.json + safetensors). */
+
+#define MAX_JSON_BYTES (64u << 20)        /* config.json, index and safetensors headers */
+#define MAX_SAFETENSORS_TENSORS 32768     /* in all shards together; a Mamba needs ≤ 10 243 */
+
+typedef struct {
+    char *name;
+    DType dtype;
+    int ndim;
+    uint64_t shape[4];
+    const uint8_t *data;
+    uint64_t bytes;
+} SafeTensor;
+
+typedef struct {
+    SafeTensor *tensors;
+    int n, cap;
+    const char *dir;
+    struct { const uint8_t *map; size_t bytes; } files[256];   /* mapped shards, to unmap */
+    int n_files;
+} TensorSet;
+
+static void tensor_set_free(TensorSet *set) {
+    for (int i = 0; i < set->n; i++) free(set->tensors[i].name);
+    free(set->tensors);
+    for (int i = 0; i < set->n_files; i++) munmap((void *)set->files[i].map, set->files[i].bytes);
+}
+
+static cJSON *parse_json_file(const char *path, const char *what) {
+    size_t len;
+    char *text = read_file(path, MAX_JSON_BYTES, &len, NULL);
+    cJSON *json = cJSON_ParseWithLength(text, len);
+    size_t depth = json ? 0 : json_nesting_depth(text, len);
+    free(text);
+    if (!json && depth > CJSON_NESTING_LIMIT)
+        die("%s %s nests arrays and objects deeper than %d levels (the limit)", what, path, CJSON_NESTING_LIMIT);
+    if (!json) die("%s %s is not valid JSON", what, path);
+    return json;
+}
+
+/* Maps one .safetensors file and appends its tensors; every offset is checked against the
+ * file before use. */
+static void load_safetensors(TensorSet *set, const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die("cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    int st_err = fstat(fd, &st);
+    if (st_err || !S_ISREG(st.st_mode) || st.st_size < 8) close(fd);
+    if (st_err || !S_ISREG(st.st_mode)) die("%s is not a regular file", path);
+    uint64_t size = st.st_size;
+    if (size < 8) die("%s is truncated: no safetensors header", path);
+    if (set->n_files == (int)(sizeof set->files / sizeof *set->files)) {
+        close(fd);
+        die("%s: more than %d safetensors shards", set->dir, (int)(sizeof set->files / sizeof *set->files));
+    }
+    const uint8_t *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int map_errno = errno;
+    close(fd);
+    if (map == MAP_FAILED) die("cannot map %s: %s", path, strerror(map_errno));
+    set->files[set->n_files].map = map, set->files[set->n_files++].bytes = size;
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; i--) header_len = header_len << 8 | map[i];
+    if (header_len > size - 8 || header_len > MAX_JSON_BYTES)
+        die("%s: safetensors header length %llu exceeds the file", path, (unsigned long long)header_len);
+    cJSON *header = cJSON_ParseWithLength((const char *)map + 8, header_len);
+    if (!header && json_nesting_depth((const char *)map + 8, header_len) > CJSON_NESTING_LIMIT)
+        die("%s: safetensors header nests deeper than %d levels (the limit)", path, CJSON_NESTING_LIMIT);
+    if (!cJSON_IsObject(header)) die("%s: safetensors header is not a JSON object", path);
+    const uint8_t *data = map + 8 + header_len;
+    uint64_t data_bytes = size - 8 - header_len;
+    for (cJSON *item = header->child; item; item = item->next) {
+        if (!strcmp(item->string, "__metadata__")) continue;
+        cJSON *dtype = cJSON_GetObjectItemCaseSensitive(item, "dtype");
+        cJSON *shape = cJSON_GetObjectItemCaseSensitive(item, "shape");
+        cJSON *offsets = cJSON_GetObjectItemCaseSensitive(item, "data_offsets");
+        if (!cJSON_IsString(dtype) || !cJSON_IsArray(shape) || !cJSON_IsArray(offsets) ||
+            cJSON_GetArraySize(offsets) != 2)
+            die("%s: tensor %s has a malformed entry", path, item->string);
+        SafeTensor t = {.ndim = cJSON_GetArraySize(shape)};
+        if (!strcmp(dtype->valuestring, "F32")) t.dtype = DTYPE_F32;
+        else if (!strcmp(dtype->valuestring, "F16")) t.dtype = DTYPE_F16;
+        else if (!strcmp(dtype->valuestring, "BF16")) t.dtype = DTYPE_BF16;
+        else t.dtype = (DType)-1;                   /* refused only if the tensor is used */
+        if (t.ndim > 4) die("%s: tensor %s has %d dimensions", path, item->string, t.ndim);
+        uint64_t count = 1;
+        for (int d = 0; d < t.ndim; d++) {
+            double v = cJSON_GetArrayItem(shape, d)->valuedouble;
+            if (!cJSON_IsNumber(cJSON_GetArrayItem(shape, d)) || v < 0 || v > 1e12 || v != floor(v))
+                die("%s: tensor %s has a bad shape", path, item->string);
+            t.shape[d] = (uint64_t)v;
+            if (t.shape[d] && count > (1ull << 40) / t.shape[d])     /* checked before it can wrap */
+                die("%s: tensor %s is implausibly large (over 2^40 elements)", path, item->string);
+            count *= t.shape[d];
+        }
+        double begin = cJSON_GetArrayItem(offsets, 0)->valuedouble, end = cJSON_GetArrayItem(offsets, 1)->valuedouble;
+        if (!cJSON_IsNumber(cJSON_GetArrayItem(offsets, 0)) || !cJSON_IsNumber(cJSON_GetArrayItem(offsets, 1)) ||
+            begin < 0 || end < begin || end > (double)data_bytes || begin != floor(begin) || end != floor(end))
+            die("%s: tensor %s has data offsets outside the file", path, item->string);
+        t.data = data + (uint64_t)begin;
+        t.bytes = (uint64_t)end - (uint64_t)begin;
+        if ((int)t.dtype >= 0 && t.bytes != count * dtype_size(t.dtype))
+            die("%s: tensor %s has %llu bytes but its shape needs %llu", path, item->string,
+                (unsigned long long)t.bytes, (unsigned long long)(count * dtype_size(t.dtype)));
+        if (set->n == MAX_SAFETENSORS_TENSORS)
+            die("%s: more than %d tensors in the checkpoint (the limit)", path, MAX_SAFETENSORS_TENSORS);
+        if (!(t.name = strdup(item->string))) die("out of memory");
+        if (set->n == set->cap) {
+            set->cap = set->cap ? 2 * set->cap : 64;
+            set->tensors = realloc(set->tensors, set->cap * sizeof *set->tensors);
+            if (!set->tensors) die("out of memory");
+        }
+        set->tensors[set->n++] = t;
+    }
+    cJSON_Delete(header);
+}
+
+static const SafeTensor *find_tensor(const TensorSet *set, const char *name) {
+    for (int i = 0; i < set->n; i++)
+        if (!strcmp(set->tensors[i].name, name)) return &set->tensors[i];
+    return NULL;
+}
+
+/* Reads a checkpoint directory: one model.safetensors, or shards listed by the index. */
+static void load_hf_tensors(TensorSet *set, const char *dir) {
+    char path[PATH_MAX];
+    set->dir = dir;
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    if (access(path, F_OK) == 0) {
+        cJSON *index = parse_json_file(path, "safetensors index");
+        cJSON *map = cJSON_GetObjectItemCaseSensitive(index, "weight_map");
+        if (!cJSON_IsObject(map)) die("%s has no weight_map object", path);
+        if (cJSON_GetArraySize(map) > MAX_SAFETENSORS_TENSORS)
+            die("%s: weight_map lists more than %d tensors (the limit)", path, MAX_SAFETENSORS_TENSORS);
+        char **seen = NULL;
+        int n_seen = 0;
+        for (cJSON *e = map->child; e; e = e->next) {
+            if (!cJSON_IsString(e) || strchr(e->valuestring, '/') || !strcmp(e->valuestring, "..") || !e->valuestring[0])
+                die("%s: weight_map entry %s names a bad file", path, e->string);
+            int known = 0;
+            for (int i = 0; i < n_seen; i++) known |= !strcmp(seen[i], e->valuestring);
+            if (known) continue;
+            seen = realloc(seen, (n_seen + 1) * sizeof *seen);
+            if (!seen) die("out of memory");
+            seen[n_seen++] = e->valuestring;
+            char shard[PATH_MAX];
+            snprintf(shard, sizeof shard, "%s/%s", dir, e->valuestring);
+            load_safetensors(set, shard);
+        }
+        for (cJSON *e = map->child; e; e = e->next)
+            if (!find_tensor(set, e->string)) die("%s lists tensor %s, which its shard lacks", path, e->string);
+        free(seen);
+        cJSON_Delete(index);
+        return;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (access(path, F_OK) == 0) {
+        load_safetensors(set, path);
+        return;
+    }
+    snprintf(path, sizeof path, "%s/pytorch_model.bin", dir);
+    if (access(path, F_OK) == 0)
+        die("%s holds pytorch_model.bin only; save it as safetensors first (save_pretrained)", dir);
+    die("%s has neither model.safetensors nor model.safetensors.index.json", dir);
+}
+
+static double json_number(const cJSON *obj, const char *key, double fallback, int required, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v) {
+        if (required) die("%s lacks \"%s\"", path, key);
+        return fallback;
+    }
+    if (!cJSON_IsNumber(v)) die("%s: \"%s\" is not a number", path, key);
+    return v->valuedouble;
+}
+
+static int json_int(const cJSON *obj, const char *key, int fallback, int required, const char *path) {
+    double v = json_number(obj, key, fallback, required, path);
+    if (v != floor(v) || v < -1 || v > (1 << 30)) die("%s: \"%s\" is not a valid integer", path, key);
+    return (int)v;
+}
+
+static int json_bool(const cJSON *obj, const char *key, int fallback, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v) return fallback;
+    if (!cJSON_IsBool(v)) die("%s: \"%s\" is not true or false", path, key);
+    return cJSON_IsTrue(v);
+}
+
+/* dt_rank is a number or "auto" = ceil(d_model / 16). */
+static int json_dt_rank(const cJSON *obj, const char *key, int d_model, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v || (cJSON_IsString(v) && !strcmp(v->valuestring, "auto"))) return (d_model + 15) / 16;
+    return json_int(obj, key, 0, 1, path);
+}
+
+/* a × b for d_inner = expand × d_model; 0 (which config_problem refuses) when it is out of
+ * range, rather than an int overflow. */
+static int times_or_zero(int a, int b) {
+    int64_t v = (int64_t)a * b;
+    return v < 1 || v > INT_MAX ? 0 : (int)v;
+}
+
+/* Two spellings of the config: transformers' MambaConfig (hidden_size, ...) and the original
+ * state-spaces one (d_model, ssm_cfg, pad_vocab_size_multiple). Returns the vocab padding
+ * multiple (1 for transformers, whose vocab_size already counts the embedding rows). */
+static int config_from_json(const cJSON *j, const char *path, Config *c, TokenizerInfo *tok) {
+    int multiple = 1;
+    *c = (Config){.arch = ARCH_MAMBA1};
+    if (cJSON_GetObjectItemCaseSensitive(j, "hidden_size")) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(j, "model_type");
+        if (type && (!cJSON_IsString(type) || strcmp(type->valuestring, "mamba")))
+            die("%s: model_type is %s, not \"mamba\" (only Mamba-1 is supported)", path,
+                cJSON_IsString(type) ? type->valuestring : "not a string");
+        c->d_model = json_int(j, "hidden_size", 0, 1, path);
+        c->n_layer = json_int(j, "num_hidden_layers", 0, 1, path);
+        c->vocab_size = json_int(j, "vocab_size", 0, 1, path);
+        c->d_state = json_int(j, "state_size", 16, 0, path);
+        c->d_conv = json_int(j, "conv_kernel", 4, 0, path);
+        int expand = json_int(j, "expand", 2, 0, path);
+        c->d_inner = json_int(j, "intermediate_size", times_or_zero(expand, c->d_model), 0, path);
+        c->dt_rank = json_dt_rank(j, "time_step_rank", c->d_model, path);
+        c->norm_eps = (float)json_number(j, "layer_norm_epsilon", 1e-5, 0, path);
+        c->tied_head = json_bool(j, "tie_word_embeddings", 1, path);
+        if (json_bool(j, "use_bias", 0, path)) die("%s: use_bias=true (biased in/out projections) is not supported", path);
+        if (!json_bool(j, "use_conv_bias", 1, path)) die("%s: use_conv_bias=false is not supported", path);
+    } else if (cJSON_GetObjectItemCaseSensitive(j, "d_model")) {
+        c->d_model = json_int(j, "d_model", 0, 1, path);
+        c->n_layer = json_int(j, "n_layer", 0, 1, path);
+        c->vocab_size = json_int(j, "vocab_size", 0, 1, path);
+        multiple = json_int(j, "pad_vocab_size_multiple", 8, 0, path);
+        if (multiple < 1) die("%s: pad_vocab_size_multiple must be ≥ 1", path);
+        c->tied_head = json_bool(j, "tie_embeddings", 1, path);
+        if (!json_bool(j, "rms_norm", 1, path)) die("%s: rms_norm=false (LayerNorm) is not supported", path);
+        const cJSON *ssm = cJSON_GetObjectItemCaseSensitive(j, "ssm_cfg");
+        if (ssm && !cJSON_IsObject(ssm)) die("%s: ssm_cfg is not an object", path);
+        const cJSON *layer = ssm ? cJSON_GetObjectItemCaseSensitive(ssm, "layer") : NULL;
+        if (layer && (!cJSON_IsString(layer) || strcmp(layer->valuestring, "Mamba1")))
+            die("%s: ssm_cfg.layer is not Mamba1 (only Mamba-1 is supported)", path);
+        c->d_state = json_int(ssm, "d_state", 16, 0, path);
+        c->d_conv = json_int(ssm, "d_conv", 4, 0, path);
+        c->d_inner = times_or_zero(json_int(ssm, "expand", 2, 0, path), c->d_model);
+        c->dt_rank = json_dt_rank(ssm, "dt_rank", c->d_model, path);
+        if (json_bool(ssm, "bias", 0, path)) die("%s: ssm_cfg.bias=true is not supported", path);
+        if (!json_bool(ssm, "conv_bias", 1, path)) die("%s: ssm_cfg.conv_bias=false is not supported", path);
+        c->norm_eps = 1e-5f;
+    } else {
+        die("%s has neither hidden_size (transformers) nor d_model (state-spaces)", path);
+    }
+    /* out of range (refused by config_problem) rather than wrapped */
+    uint64_t padded = c->vocab_size < 1 ? 0 : align_up((uint64_t)c->vocab_size, (uint64_t)multiple);
+    c->padded_vocab = padded > INT_MAX ? -1 : (int)padded;
+    tok->bos_id = json_int(j, "bos_token_id", -1, 0, path);
+    tok->eos_id = json_int(j, "eos_token_id", -1, 0, path);
+    tok->pad_id = json_int(j, "pad_token_id", -1, 0, path);
+    return multiple;
+}
+
+/* Source names of each of our tensors; the two conventions differ only in the embedding. */
+static void source_names(const TensorSpec *s, char names[2][128]) {
+    int layer;
+    char part[32];
+    names[1][0] = '\0';
+    if (!strcmp(s->name, "embedding")) {
+        strcpy(names[0], "backbone.embeddings.weight");
+        strcpy(names[1], "backbone.embedding.weight");
+    } else if (!strcmp(s->name, "norm_f")) {
+        strcpy(names[0], "backbone.norm_f.weight");
+    } else if (!strcmp(s->name, "lm_head")) {
+        strcpy(names[0], "lm_head.weight");
+    } else if (sscanf(s->name, "layers.%d.%31s", &layer, part) == 2) {
+        static const char *const hf[MAMBA1_LAYER_TENSORS] = {
+            "norm.weight", "mixer.in_proj.weight", "mixer.conv1d.weight", "mixer.conv1d.bias", "mixer.x_proj.weight",
+            "mixer.dt_proj.weight", "mixer.dt_proj.bias", "mixer.A_log", "mixer.D", "mixer.out_proj.weight",
+        };
+        for (int t = 0; t < MAMBA1_LAYER_TENSORS; t++)
+            if (!strcmp(part, MAMBA1_LAYER_TENSOR_NAMES[t])) snprintf(names[0], 128, "backbone.layers.%d.%s", layer, hf[t]);
+    }
+}
+
+static const SafeTensor *lookup_source(const TensorSet *set, const TensorSpec *s) {
+    char names[2][128];
+    source_names(s, names);
+    const SafeTensor *t = find_tensor(set, names[0]);
+    if (!t && names[1][0]) t = find_tensor(set, names[1]);
+    if (!t) die("%s: missing tensor %s", set->dir, names[0]);
+    if ((int)t->dtype < 0) die("%s: tensor %s has an unsupported dtype (F32, F16 and BF16 are read)", set->dir, t->name);
+    /* Unit dimensions are ignored: conv1d.weight is [d_inner, 1, d_conv] in PyTorch. */
+    uint64_t got[4], want[2] = {s->rows, s->cols};
+    int n_got = 0, n_want = 0;
+    for (int d = 0; d < t->ndim; d++)
+        if (t->shape[d] != 1) got[n_got++] = t->shape[d];
+    for (int d = 0; d < 2; d++)
+        if (want[d] != 1) want[n_want++] = want[d];
+    int same = n_got == n_want;
+    for (int d = 0; same && d < n_got; d++) same = got[d] == want[d];
+    if (!same) {
+        char text[96] = "";
+        for (int d = 0; d < t->ndim; d++)
+            snprintf(text + strlen(text), sizeof text - strlen(text), "%s%llu", d ? ", " : "", (unsigned long long)t->shape[d]);
+        if (s->ndim == 1) die("tensor %s has shape [%s] but the config implies [%u]", t->name, text, s->rows);
+        die("tensor %s has shape [%s] but the config implies [%u, %u]", t->name, text, s->rows, s->cols);
+    }
+    return t;
+}
+
+typedef struct {
+    const TensorSet *set;
+} ConvertSource;
+
+static void convert_tensor(void *ctx, int i, const TensorSpec *s, float *out) {
+    (void)i;
+    const SafeTensor *t = lookup_source(((ConvertSource *)ctx)->set, s);
+    size_t count = (size_t)s->rows * s->cols;
+    for (size_t j = 0; j < count; j++) {
+        uint16_t half;
+        if (t->dtype == DTYPE_F32) {
+            memcpy(&out[j], t->data + 4 * j, 4);
+        } else {
+            memcpy(&half, t->data + 2 * j, 2);
+            out[j] = t->dtype == DTYPE_BF16 ? bf16_to_f32(half) : f16_to_f32(half);
+        }
+        if (!isfinite(out[j])) die("tensor %s contains NaN or infinity at element %zu", t->name, j);
+    }
+}
+
+/* The tokenizer blob embedded in the output: tokenizer.json wins over tokenizer.model. */
+static void find_tokenizer(const char *dir, TokenizerInfo *tok) {
+    static const struct { const char *file; TokenizerKind kind; } candidates[] = {
+        {"tokenizer.json", TOKENIZER_HF_JSON}, {"tokenizer.model", TOKENIZER_SENTENCEPIECE}};
+    for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, candidates[i].file);
+        if (access(path, F_OK)) continue;
+        char err[256];
+        Tokenizer *t = tokenizer_load_file(path, err, sizeof err);
+        if (!t) die("%s", err);
+        if (tok->bos_id < 0) tok->bos_id = tokenizer_bos_id(t);
+        if (tok->eos_id < 0) tok->eos_id = tokenizer_eos_id(t);
+        if (tok->pad_id < 0) tok->pad_id = tokenizer_pad_id(t);
+        tokenizer_free(t);
+        tok->blob = read_file(path, MAX_TOKENIZER_BYTES, &tok->bytes, NULL);
+        tok->kind = candidates[i].kind;
+        return;
+    }
+}
+
+enum { CONVERT_DTYPE = 1 };
+
+static const Option CONVERT_OPTIONS[] = {
+    {CONVERT_DTYPE, "--dtype", "TYPE", "f32, f16 or bf16: how the matrices are stored (default bf16)"},
+    {0},
+};
+
+static const Command CONVERT_COMMAND = {
+    "convert", "mamba convert HF_DIR OUT.bin [--dtype f32|f16|bf16]",
+    "Imports a Hugging Face or state-spaces Mamba checkpoint (config.json and safetensors, with\n"
+    "tokenizer.json or tokenizer.model when present) into one mamba checkpoint file.",
+    CONVERT_OPTIONS,
+};
+
+static DType dtype_value(const char *flag, const char *value) {
+    DType t;
+    if (parse_dtype(value, &t)) die("%s must be f32, f16 or bf16, got '%s'", flag, value);
+    return t;
+}
+
+void cmd_convert(int argc, char **argv) {
+    const char *dir = NULL, *out = NULL, *value;
+    DType dtype = DTYPE_BF16;
+    OptionParser p;
+    options_begin(&p, &CONVERT_COMMAND, argc, argv);
+    for (int id; (id = options_next(&p, &value)) != OPT_END;) {
+        if (id == CONVERT_DTYPE) dtype = dtype_value(p.name, value);
+        else if (!dir) dir = value;
+        else if (!out) out = value;
+        else die("convert: unexpected argument %s", value);
+    }
+    if (!dir || !out) die("usage: %s", CONVERT_COMMAND.synopsis);
+    struct stat st;
+    if (stat(dir, &st) || !S_ISDIR(st.st_mode)) die("%s is not a readable directory", dir);
+
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (access(path, R_OK)) die("cannot read %s: %s", path, strerror(errno));
+    cJSON *json = parse_json_file(path, "config");
+    Config c;
+    TokenizerInfo tok = {0};
+    int multiple = config_from_json(json, path, &c, &tok);
+    cJSON_Delete(json);
+    c.dtype = dtype;
+
+    TensorSet set = {0};
+    load_hf_tensors(&set, dir);
+    /* The embedding's row count is the padded vocab; it must agree with the config. */
+    TensorSpec probe;
+    set_spec(&probe, "embedding", 0, 0, 2, 1);
+    char names[2][128];
+    source_names(&probe, names);
+    const SafeTensor *emb = find_tensor(&set, names[0]);
+    if (!emb) emb = find_tensor(&set, names[1]);
+    if (!emb) die("%s: missing tensor %s", dir, names[0]);
+    if (emb->ndim == 2 && emb->shape[0] != (uint64_t)c.padded_vocab)
+        die("tensor %s has %llu rows but the config implies %d (vocab_size %d padded to a multiple of %d)", emb->name,
+            (unsigned long long)emb->shape[0], c.padded_vocab, c.vocab_size, multiple);
+    const char *problem = config_problem(&c);
+    if (problem) die("%s: bad config: %s", path, problem);
+
+    find_tokenizer(dir, &tok);
+    ConvertSource src = {&set};
+    write_checkpoint(out, &c, convert_tensor, &src, &tok, "convert");
+    tensor_set_free(&set);
+    free((void *)tok.blob);
+    fprintf(stderr, "wrote %s: %d layers, d_model %d, vocab %d, %s, %llu parameters\n", out, c.n_layer, c.d_model,
+            c.vocab_size, dtype_name(dtype), (unsigned long long)model_param_count(&c));
+}
+
+/* ----------------------------------------------------------------------------------------
+ * mamba init: a random model of a published Mamba-1 shape, for benchmarks without downloads.
+ * Weights are scaled like a trained model's so that activations stay finite and logits spread. */
+
+typedef struct {
+    const char *name;
+    int d_model, n_layer, vocab;
+} Shape;
+
+static const Shape SHAPES[] = {
+    {"tiny", 64, 2, 512},       {"130m", 768, 24, 50280},   {"370m", 1024, 48, 50280},
+    {"790m", 1536, 48, 50280},  {"1.4b", 2048, 48, 50280},  {"2.8b", 2560, 64, 50280},
+};
+
+typedef struct {
+    const Config *config;
+    uint64_t seed;
+} InitSource;
+
+/* A counter-based generator (splitmix64), so every element is reproducible on its own and the
+ * fill parallelizes without shared state. */
+static uint64_t splitmix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static float uniform_at(uint64_t seed, uint64_t i) {     /* uniform in (-1, 1) */
+    return ((splitmix64(seed ^ splitmix64(i)) >> 40) + 0.5f) / 8388608.0f - 1.0f;
+}
+
+static void init_tensor(void *ctx, int index, const TensorSpec *s, float *out) {
+    const InitSource *src = ctx;
+    const Config *c = src->config;
+    uint64_t seed = splitmix64(src->seed + (uint64_t)index * 0x632BE59BD9B4E019ull);
+    size_t count = (size_t)s->rows * s->cols;
+    const char *kind = strrchr(s->name, '.') ? strrchr(s->name, '.') + 1 : s->name;
+    /* uniform(-a, a) has std a/√3: matrices get std 1/√fan_in (out_proj also 1/√n_layer) */
+    float scale = sqrtf(3.0f / s->cols);
+    if (!strcmp(kind, "out_proj")) scale /= sqrtf((float)c->n_layer);
+    if (!strcmp(kind, "embedding") || !strcmp(kind, "lm_head")) scale = sqrtf(3.0f) * 2.0f / sqrtf((float)c->d_model);
+    enum { MATRIX, A_LOG, NEAR_ONE, DT_BIAS, CONV_W, CONV_B } what = MATRIX;
+    if (!strcmp(kind, "A_log")) what = A_LOG;
+    else if (!strcmp(kind, "D") || !strcmp(kind, "norm") || !strcmp(kind, "norm_f")) what = NEAR_ONE;
+    else if (!strcmp(kind, "dt_bias")) what = DT_BIAS;
+    else if (!strcmp(kind, "conv_w")) what = CONV_W;
+    else if (!strcmp(kind, "conv_b")) what = CONV_B;
+    const float log_lo = logf(1e-3f), log_hi = logf(1e-1f), conv_scale = 1.0f / sqrtf((float)c->d_conv);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < count; i++) {
+        float r = uniform_at(seed, i);
+        switch (what) {
+        case A_LOG: out[i] = logf((float)(i % s->cols + 1)); break;         /* S4D-real init: A = -(1..N) */
+        case NEAR_ONE: out[i] = 1.0f + 0.1f * r; break;
+        case DT_BIAS: {                                                      /* softplus⁻¹ of a log-uniform Δ */
+            float dt = expf(log_lo + (r + 1.0f) * 0.5f * (log_hi - log_lo));
+            out[i] = dt + logf(-expm1f(-dt));
+            break;
+        }
+        case CONV_W: out[i] = conv_scale * r; break;
+        case CONV_B: out[i] = 0.1f * r; break;
+        default: out[i] = scale * r;
+        }
+    }
+}
+
+enum { INIT_SHAPE = 1, INIT_DTYPE, INIT_SEED };
+
+static const Option INIT_OPTIONS[] = {
+    {INIT_SHAPE, "--shape", "NAME", "tiny, 130m, 370m, 790m, 1.4b or 2.8b (required)"},
+    {INIT_DTYPE, "--dtype", "TYPE", "f32, f16 or bf16 (default bf16)"},
+    {INIT_SEED, "-s|--seed", "N", "the weights' seed (default 1)"},
+    {0},
+};
+
+static const Command INIT_COMMAND = {
+    "init", "mamba init --shape tiny|130m|370m|790m|1.4b|2.8b [--dtype bf16] [--seed N] OUT.bin",
+    "Writes a random Mamba-1 model of a published shape (no tokenizer), for benchmarks and tests\n"
+    "without downloads.",
+    INIT_OPTIONS,
+};
+
+void cmd_init(int argc, char **argv) {
+    const char *shape = NULL, *out = NULL, *value;
+    DType dtype = DTYPE_BF16;
+    uint64_t seed = 1;
+    OptionParser p;
+    options_begin(&p, &INIT_COMMAND, argc, argv);
+    for (int id; (id = options_next(&p, &value)) != OPT_END;) {
+        if (id == INIT_SHAPE) shape = value;
+        else if (id == INIT_DTYPE) dtype = dtype_value(p.name, value);
+        else if (id == INIT_SEED) seed = (uint64_t)parse_long(p.name, value, 0, LONG_MAX);
+        else if (!out) out = value;
+        else die("init: unexpected argument %s", value);
+    }
+    if (!shape || !out) die("usage: %s", INIT_COMMAND.synopsis);
+    const Shape *sh = NULL;
+    for (size_t i = 0; i < sizeof SHAPES / sizeof *SHAPES; i++)
+        if (!strcmp(SHAPES[i].name, shape)) sh = &SHAPES[i];
+    if (!sh) die("--shape must be one of tiny, 130m, 370m, 790m, 1.4b, 2.8b; got '%s'", shape);
+    Config c = {.arch = ARCH_MAMBA1, .n_layer = sh->n_layer, .d_model = sh->d_model, .d_inner = 2 * sh->d_model, .d_state = 16,
+                .d_conv = 4, .dt_rank = (sh->d_model + 15) / 16, .vocab_size = sh->vocab, .padded_vocab = sh->vocab,
+                .norm_eps = 1e-5f, .dtype = dtype, .tied_head = 1};
+    InitSource src = {&c, seed};
+    TokenizerInfo tok = {.bos_id = -1, .eos_id = -1, .pad_id = -1};
+    write_checkpoint(out, &c, init_tensor, &src, &tok, "init");
+    fprintf(stderr, "wrote %s: shape %s, %s, %llu parameters, seed %llu\n", out, sh->name, dtype_name(dtype),
+            (unsigned long long)model_param_count(&c), (unsigned long long)seed);
+}
+

@@ -1,0 +1,315 @@
+/* cpu.c: the CPU reference engine: fp32 math, OpenMP over rows and channels, one token of
+ * each of n sequences at a time through every block in recurrent mode. The sequences go
+ * through each layer together, so every weight matrix is read once per step whatever n; each
+ * output is summed in an order fixed by the model alone, so a sequence's logits do not depend
+ * on what else is in the batch (single-sequence use is n = 1). An architecture is a `prepare`
+ * and a `forward` in the table at the end of the file. */
+#include "mamba.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+/* What an architecture brings to the CPU engine (the table CPU_ARCHS at the end). */
+typedef struct {
+    Arch arch;
+    void (*prepare)(CpuEngine *e);   /* constants derived from the weights, once */
+    const float *(*forward)(CpuEngine *e, int n, const int *slots, const int *tokens);
+} CpuArch;
+
+static const CpuArch *cpu_arch_of(Arch a);
+
+struct CpuEngine {
+    const Model *model;
+    int max_batch;   /* the scratch buffers below hold this many rows, one per sequence */
+    float *x;        /* [max_batch, d_model] residual stream */
+    float *xn;       /* [max_batch, d_model] normalized input of a block, then the block's output */
+    float *xz;       /* [max_batch, 2*d_inner] in_proj output: x then the gate z */
+    float *u;        /* [max_batch, d_inner] conv1d + SiLU output, the SSM input */
+    float *dbc;      /* [max_batch, dt_rank + 2*d_state] x_proj output: dt (low rank), B, C */
+    float *delta;    /* [max_batch, d_inner] Δ before dt_bias and softplus */
+    float *y;        /* [max_batch, d_inner] SSM output, gated */
+    float *logits;   /* [max_batch, padded_vocab] */
+    void *scratch;   /* the allocation the buffers above are carved from */
+    float *A;        /* [n_layer, d_inner, d_state] A = -exp(A_log), computed once */
+    SeqState *slots; /* [max_batch] the state of each sequence slot */
+};
+
+void cpu_engine_reset_slot(CpuEngine *e, int slot) {
+    const Config *c = &e->model->config;
+    memset(e->slots[slot].conv, 0, (size_t)c->n_layer * c->d_inner * c->d_conv * sizeof(float));
+    memset(e->slots[slot].ssm, 0, (size_t)c->n_layer * c->d_inner * c->d_state * sizeof(float));
+}
+
+/* Bytes of n floats rounded up to whole 64-byte cache lines. */
+static size_t line_bytes(size_t n) { return (n * sizeof(float) + 63) / 64 * 64; }
+
+/* The scratch buffers, carved from one allocation, each from a cache line on: vector loads of
+ * a buffer's first row never straddle two lines. */
+static void carve_scratch(CpuEngine *e, const Config *c, size_t rows) {
+    size_t di = c->d_inner;
+    float **buffers[] = {&e->x, &e->xn, &e->xz, &e->u, &e->dbc, &e->delta, &e->y, &e->logits};
+    const size_t floats[] = {rows * c->d_model, rows * c->d_model, rows * 2 * di, rows * di,
+                             rows * (c->dt_rank + 2 * c->d_state), rows * di, rows * di, rows * c->padded_vocab};
+    size_t bytes = 63;
+    for (size_t i = 0; i < sizeof floats / sizeof *floats; i++) bytes += line_bytes(floats[i]);
+    e->scratch = xcalloc(bytes, 1);
+    char *at = (char *)e->scratch + (64 - (uintptr_t)e->scratch % 64) % 64;
+    for (size_t i = 0; i < sizeof floats / sizeof *floats; i++) {
+        *buffers[i] = (float *)at;
+        at += line_bytes(floats[i]);
+    }
+}
+
+static void alloc_states(CpuEngine *e, const Config *c) {
+    e->slots = xcalloc(e->max_batch, sizeof *e->slots);
+    for (int s = 0; s < e->max_batch; s++) {
+        e->slots[s].conv = xcalloc((size_t)c->n_layer * c->d_inner * c->d_conv, sizeof(float));
+        e->slots[s].ssm = xcalloc((size_t)c->n_layer * c->d_inner * c->d_state, sizeof(float));
+    }
+}
+
+CpuEngine *cpu_engine_new(const Model *m, int max_batch) {
+    CpuEngine *e = xcalloc(1, sizeof *e);
+    e->model = m;
+    e->max_batch = max_batch;
+    carve_scratch(e, &m->config, max_batch);
+    alloc_states(e, &m->config);
+    cpu_arch_of(m->config.arch)->prepare(e);
+    return e;
+}
+
+void cpu_engine_free(CpuEngine *e) {
+    if (!e) return;
+    free(e->scratch), free(e->A);
+    for (int s = 0; s < e->max_batch; s++) free(e->slots[s].conv), free(e->slots[s].ssm);
+    free(e->slots);
+    free(e);
+}
+
+/* Dot products are summed in DOT_LANES interleaved partial sums: lane k adds the products of
+ * the columns j ≡ k (mod DOT_LANES) in column order, then the lanes are added pairwise. That
+ * order depends on the number of columns alone, so an output is the same bits whichever other
+ * inputs share its matrix product. */
+enum { DOT_LANES = 16, MATMUL_GROUP = 4 };
+_Static_assert(DOT_LANES == 16, "sum_lanes and the f16 conversion handle 16 lanes");
+
+/* DOT_LANES floats, or their bits, as one value that the compiler keeps in vector registers at
+ * any optimization level (GCC and Clang vector extensions). Functions take them by pointer: GCC
+ * warns about passing 64-byte vectors by value where AVX-512 is off. */
+typedef float Lanes __attribute__((vector_size(DOT_LANES * sizeof(float))));
+typedef uint32_t LaneBits __attribute__((vector_size(DOT_LANES * sizeof(uint32_t))));
+typedef uint16_t HalfLanes __attribute__((vector_size(DOT_LANES * sizeof(uint16_t))));
+
+/* Element i of a matrix stored as dtype, as a float. */
+static inline float weight_at(const void *W, DType dtype, size_t i) {
+    return dtype == DTYPE_F32    ? ((const float *)W)[i]
+           : dtype == DTYPE_BF16 ? bf16_to_f32(((const uint16_t *)W)[i])
+                                 : f16_to_f32(((const uint16_t *)W)[i]);
+}
+
+/* Elements i .. i + DOT_LANES - 1 of a matrix stored as dtype, as floats: f32 loaded as they
+ * are, bf16 widened in registers (a bf16 is the top half of an f32), f16 by the F16C
+ * conversion where there is one. */
+static inline void weight_lanes(Lanes *w, const void *W, DType dtype, size_t i) {
+    const uint16_t *half = (const uint16_t *)W + i;
+    if (dtype == DTYPE_F32) {
+        memcpy(w, (const float *)W + i, sizeof *w);
+    } else if (dtype == DTYPE_BF16) {
+        HalfLanes bf16;
+        memcpy(&bf16, half, sizeof bf16);
+        LaneBits bits = __builtin_convertvector(bf16, LaneBits) << 16;
+        memcpy(w, &bits, sizeof *w);
+    } else {
+#if defined(__AVX512F__)
+        *w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)half));
+#else
+        float f[DOT_LANES];
+#if defined(__F16C__) && defined(__AVX__)
+        for (int k = 0; k < DOT_LANES; k += 8)
+            _mm256_storeu_ps(f + k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(half + k))));
+#else
+        for (int k = 0; k < DOT_LANES; k++) f[k] = f16_to_f32(half[k]);
+#endif
+        memcpy(w, f, sizeof *w);
+#endif
+    }
+}
+
+/* The lanes added pairwise, spelled out for DOT_LANES = 16. */
+static float sum_lanes(const float *lane) {
+    float half[8], quarter[4];
+    for (int k = 0; k < 8; k++) half[k] = lane[k] + lane[k + 8];
+    for (int k = 0; k < 4; k++) quarter[k] = half[k] + half[k + 4];
+    return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+}
+
+/* out[b * out_stride] = W[r, :] · x[b] for the group ≤ MATMUL_GROUP inputs x[b] (x_stride floats
+ * apart) and row r of a [rows, cols] matrix: each run of DOT_LANES weights is loaded and
+ * converted once and multiplied into the group's partial sums; the columns after the last whole
+ * run go into the first lanes at the end. */
+static inline __attribute__((always_inline)) void dot_row_group(float *out, size_t out_stride, const void *W,
+                                                                DType dtype, int r, int cols, const float *x,
+                                                                size_t x_stride, int group) {
+    size_t row = (size_t)r * cols;
+    int full = cols - cols % DOT_LANES;
+    Lanes sum[MATMUL_GROUP];
+    for (int b = 0; b < group; b++) sum[b] = (Lanes){0};
+    for (int j = 0; j < full; j += DOT_LANES) {
+        Lanes w, xb;
+        weight_lanes(&w, W, dtype, row + j);
+        for (int b = 0; b < group; b++) {
+            memcpy(&xb, x + b * x_stride + j, sizeof xb);
+            sum[b] += xb * w;
+        }
+    }
+    for (int b = 0; b < group; b++) {
+        float lane[DOT_LANES];
+        memcpy(lane, &sum[b], sizeof lane);
+        for (int j = full; j < cols; j++) lane[j - full] += weight_at(W, dtype, row + j) * x[b * x_stride + j];
+        out[b * out_stride] = sum_lanes(lane);
+    }
+}
+
+/* dot_row_group with the dtype as a constant, so that each dtype gets its own compiled copy. */
+static inline __attribute__((always_inline)) void dot_row_group_of(float *out, size_t out_stride, const void *W,
+                                                                   DType dtype, int r, int cols, const float *x,
+                                                                   size_t x_stride, int group) {
+    switch (dtype) {
+    case DTYPE_F32: dot_row_group(out, out_stride, W, DTYPE_F32, r, cols, x, x_stride, group); break;
+    case DTYPE_F16: dot_row_group(out, out_stride, W, DTYPE_F16, r, cols, x, x_stride, group); break;
+    case DTYPE_BF16: dot_row_group(out, out_stride, W, DTYPE_BF16, r, cols, x, x_stride, group); break;
+    }
+}
+
+/* out[b, r] = Σ_c W[r, c] · x[b, c] for the n input rows x[b] (x_stride floats apart) and a
+ * row-major [rows, cols] matrix stored as dtype; out is [n, rows]. OpenMP over rows; a row is
+ * read from memory once for all n inputs, in groups of MATMUL_GROUP then one by one (group sizes
+ * the compiler knows; later groups find the row in the cache). */
+static void matmul(float *out, const void *W, DType dtype, int rows, int cols, const float *x, size_t x_stride, int n) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        int b = 0;
+        for (; b + MATMUL_GROUP <= n; b += MATMUL_GROUP)
+            dot_row_group_of(out + (size_t)b * rows + r, rows, W, dtype, r, cols, x + b * x_stride, x_stride,
+                             MATMUL_GROUP);
+        for (; b < n; b++)
+            dot_row_group_of(out + (size_t)b * rows + r, rows, W, dtype, r, cols, x + b * x_stride, x_stride, 1);
+    }
+}
+
+/* Row `row` of a [rows, cols] matrix as floats (the embedding lookup). */
+static void matrix_row(float *out, const void *W, DType dtype, int row, int cols) {
+    for (int j = 0; j < cols; j++) out[j] = weight_at(W, dtype, (size_t)row * cols + j);
+}
+
+/* RMSNorm: out = x / sqrt(mean(x²) + eps) · weight */
+static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float scale = 1.0f / sqrtf(ss / n + eps);
+    for (int i = 0; i < n; i++) out[i] = weight[i] * (x[i] * scale);
+}
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* PyTorch's softplus, which is linear above 20. */
+static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+/* One Mamba mixer in recurrent mode for the n sequences in slots[]; reads e->xn (row b for
+ * slots[b]), leaves the outputs there. */
+static void mamba1_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots) {
+    int di = c->d_inner, ns = c->d_state, nk = c->d_conv, dt_rank = c->dt_rank, n_dbc = dt_rank + 2 * ns;
+    /* in_proj: (x, z) = W_in · xn */
+    matmul(e->xz, w->in_proj, c->dtype, 2 * di, c->d_model, e->xn, c->d_model, n);
+    /* causal depthwise conv1d over the last d_conv inputs of each channel, then SiLU */
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n * di; i++) {
+        int b = i / di, ch = i % di;
+        float *window = e->slots[slots[b]].conv + ((size_t)l * di + ch) * nk;
+        memmove(window, window + 1, (nk - 1) * sizeof(float));
+        window[nk - 1] = e->xz[(size_t)b * 2 * di + ch];
+        float s = w->conv_b[ch];
+        for (int k = 0; k < nk; k++) s += w->conv_w[ch * nk + k] * window[k];
+        e->u[i] = silu(s);
+    }
+    /* x_proj: (dt, B, C) = W_x · u; dt_proj: W_dt · dt */
+    matmul(e->dbc, w->x_proj, c->dtype, n_dbc, di, e->u, di, n);
+    matmul(e->delta, w->dt_proj, c->dtype, di, dt_rank, e->dbc, n_dbc, n);
+    const float *A = e->A + (size_t)l * di * ns;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n * di; i++) {
+        int b = i / di, ch = i % di;
+        const float *B = e->dbc + (size_t)b * n_dbc + dt_rank, *C = B + ns, *z = e->xz + (size_t)b * 2 * di + di;
+        float dt = softplus(e->delta[i] + w->dt_bias[ch]), x = e->u[i];
+        float *h = e->slots[slots[b]].ssm + ((size_t)l * di + ch) * ns;
+        float y = 0.0f;
+        for (int k = 0; k < ns; k++) {
+            /* discretize (zero-order hold on A, Euler on B) and step: h = exp(Δ·A)·h + Δ·B·x */
+            h[k] = expf(dt * A[ch * ns + k]) * h[k] + dt * B[k] * x;
+            /* read out: y = C·h */
+            y += h[k] * C[k];
+        }
+        /* skip connection D·x, then the gate SiLU(z) */
+        e->y[i] = (y + w->D[ch] * x) * silu(z[ch]);
+    }
+    /* out_proj back to d_model */
+    matmul(e->xn, w->out_proj, c->dtype, c->d_model, di, e->y, di, n);
+}
+
+/* A = -exp(A_log), once for all steps. */
+static void mamba1_prepare(CpuEngine *e) {
+    const Config *c = &e->model->config;
+    size_t per_layer = (size_t)c->d_inner * c->d_state;
+    e->A = xcalloc(c->n_layer * per_layer, sizeof(float));
+    for (int l = 0; l < c->n_layer; l++)
+        for (size_t i = 0; i < per_layer; i++) e->A[l * per_layer + i] = -expf(e->model->weights.layers[l].A_log[i]);
+}
+
+/* embedding → (RMSNorm → mixer → residual) per layer → RMSNorm → LM head */
+static const float *mamba1_forward(CpuEngine *e, int n, const int *slots, const int *tokens) {
+    const Model *m = e->model;
+    const Config *c = &m->config;
+    int dm = c->d_model;
+    for (int b = 0; b < n; b++) matrix_row(e->x + (size_t)b * dm, m->weights.embedding, c->dtype, tokens[b], dm);
+    for (int l = 0; l < c->n_layer; l++) {
+        const LayerWeights *w = &m->weights.layers[l];
+        for (int b = 0; b < n; b++) rmsnorm(e->xn + (size_t)b * dm, e->x + (size_t)b * dm, w->norm, dm, c->norm_eps);
+        mamba1_block(e, c, w, l, n, slots);
+        for (size_t i = 0; i < (size_t)n * dm; i++) e->x[i] += e->xn[i];      /* residual */
+    }
+    for (int b = 0; b < n; b++) rmsnorm(e->xn + (size_t)b * dm, e->x + (size_t)b * dm, m->weights.norm_f, dm, c->norm_eps);
+    matmul(e->logits, m->weights.lm_head, c->dtype, c->padded_vocab, dm, e->xn, dm, n);
+    return e->logits;
+}
+
+/* ---- the architectures: the one place the CPU engine dispatches on one ---- */
+
+static const CpuArch CPU_ARCHS[] = {
+    {ARCH_MAMBA1, mamba1_prepare, mamba1_forward},
+};
+
+static const CpuArch *cpu_arch_of(Arch a) {
+    for (size_t i = 0; i < sizeof CPU_ARCHS / sizeof *CPU_ARCHS; i++)
+        if (CPU_ARCHS[i].arch == a) return &CPU_ARCHS[i];
+    die("the CPU engine does not run architecture %s", arch_name(a) ? arch_name(a) : "(unknown)");
+}
+
+const float *cpu_engine_forward_batch(CpuEngine *e, int n, const int *slots, const int *tokens) {
+    return cpu_arch_of(e->model->config.arch)->forward(e, n, slots, tokens);
+}
+
+void set_threads(const char *value) {
+    int n = (int)parse_long("--threads", value, 1, 1024);
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}

@@ -1,0 +1,263 @@
+/* model.c: a checkpoint's tensors, per architecture, and loading one: mmap the file, check
+ * every header field and table entry against the config, point the weights into the map. */
+#include "mamba.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- Mamba-1 ---- */
+
+const char *const MAMBA1_LAYER_TENSOR_NAMES[MAMBA1_LAYER_TENSORS] = {
+    "norm", "in_proj", "conv_w", "conv_b", "x_proj", "dt_proj", "dt_bias", "A_log", "D", "out_proj",
+};
+
+static int mamba1_n_tensors(const Config *c) {
+    return 1 + MAMBA1_LAYER_TENSORS * c->n_layer + 1 + !c->tied_head;
+}
+
+static void mamba1_tensor_specs(const Config *c, TensorSpec *specs) {
+    int k = 0, di = c->d_inner, dm = c->d_model, ns = c->d_state;
+    set_spec(&specs[k++], "embedding", c->padded_vocab, dm, 2, 1);
+    for (int l = 0; l < c->n_layer; l++) {
+        const uint32_t shapes[MAMBA1_LAYER_TENSORS][3] = {     /* rows, cols, ndim */
+            {dm, 1, 1}, {2 * di, dm, 2}, {di, c->d_conv, 2}, {di, 1, 1},
+            {c->dt_rank + 2 * ns, di, 2}, {di, c->dt_rank, 2}, {di, 1, 1}, {di, ns, 2}, {di, 1, 1}, {dm, di, 2},
+        };
+        const int big[MAMBA1_LAYER_TENSORS] = {0, 1, 0, 0, 1, 1, 0, 0, 0, 1};
+        for (int t = 0; t < MAMBA1_LAYER_TENSORS; t++) {
+            char name[MAMBA_NAME_BYTES];
+            snprintf(name, sizeof name, "layers.%d.%s", l, MAMBA1_LAYER_TENSOR_NAMES[t]);
+            set_spec(&specs[k++], name, shapes[t][0], shapes[t][1], shapes[t][2], big[t]);
+        }
+    }
+    set_spec(&specs[k++], "norm_f", dm, 1, 1, 0);
+    if (!c->tied_head) set_spec(&specs[k++], "lm_head", c->padded_vocab, dm, 2, 1);
+}
+
+/* ptr[] holds the tensors in the order of mamba1_tensor_specs. */
+static void mamba1_bind_weights(Weights *w, const Config *c, const void *const *ptr) {
+    int k = 0;
+    w->embedding = ptr[k++];
+    w->layers = xcalloc(c->n_layer, sizeof *w->layers);
+    for (int l = 0; l < c->n_layer; l++) {
+        LayerWeights *L = &w->layers[l];
+        L->norm = ptr[k++], L->in_proj = ptr[k++], L->conv_w = ptr[k++], L->conv_b = ptr[k++];
+        L->x_proj = ptr[k++], L->dt_proj = ptr[k++], L->dt_bias = ptr[k++], L->A_log = ptr[k++];
+        L->D = ptr[k++], L->out_proj = ptr[k++];
+    }
+    w->norm_f = ptr[k++];
+    w->lm_head = c->tied_head ? w->embedding : ptr[k++];
+}
+
+/* ---- the architectures: what each one's checkpoint holds ---- */
+
+typedef struct {
+    Arch arch;
+    const char *name;
+    int (*n_tensors)(const Config *c);
+    void (*tensor_specs)(const Config *c, TensorSpec *specs);
+    void (*bind_weights)(Weights *w, const Config *c, const void *const *ptr);
+} ArchLayout;
+
+static const ArchLayout LAYOUTS[] = {
+    {ARCH_MAMBA1, "mamba1", mamba1_n_tensors, mamba1_tensor_specs, mamba1_bind_weights},
+};
+
+static const ArchLayout *layout_of(Arch a) {
+    for (size_t i = 0; i < sizeof LAYOUTS / sizeof *LAYOUTS; i++)
+        if (LAYOUTS[i].arch == a) return &LAYOUTS[i];
+    return NULL;
+}
+
+const char *arch_name(Arch a) {
+    const ArchLayout *l = layout_of(a);
+    return l ? l->name : NULL;
+}
+
+uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+int n_model_tensors(const Config *c) { return layout_of(c->arch)->n_tensors(c); }
+
+void model_tensor_specs(const Config *c, TensorSpec *specs) { layout_of(c->arch)->tensor_specs(c, specs); }
+
+void set_spec(TensorSpec *s, const char *name, uint32_t rows, uint32_t cols, int ndim, int big) {
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->rows = rows, s->cols = cols, s->ndim = ndim, s->big = big;
+}
+
+DType spec_dtype(const Config *c, const TensorSpec *s) { return s->big ? c->dtype : DTYPE_F32; }
+
+/* Bounds on every dimension, so that products of them cannot overflow 64 bits and a hostile
+ * header cannot ask for absurd allocations. */
+const char *config_problem(const Config *c) {
+    if (!layout_of(c->arch)) return "unknown architecture";
+    if (c->n_layer < 1 || c->n_layer > 1024) return "n_layer must be in [1, 1024]";
+    if (c->d_model < 1 || c->d_model > 65536) return "d_model must be in [1, 65536]";
+    if (c->d_inner < 1 || c->d_inner > 262144) return "d_inner must be in [1, 262144]";
+    if (c->d_state < 1 || c->d_state > 1024) return "d_state must be in [1, 1024]";
+    if (c->d_conv < 1 || c->d_conv > 64) return "d_conv must be in [1, 64]";
+    if (c->dt_rank < 1 || c->dt_rank > c->d_inner) return "dt_rank must be in [1, d_inner]";
+    if (c->vocab_size < 1 || c->vocab_size > (1 << 24)) return "vocab_size must be in [1, 2^24]";
+    if (c->padded_vocab < c->vocab_size || c->padded_vocab > (1 << 24))
+        return "padded_vocab must be in [vocab_size, 2^24]";
+    if (!(c->norm_eps > 0 && c->norm_eps < 1)) return "norm_eps must be in (0, 1)";
+    if (c->dtype != DTYPE_F32 && c->dtype != DTYPE_F16 && c->dtype != DTYPE_BF16) return "unknown weight dtype";
+    if (c->tied_head != 0 && c->tied_head != 1) return "tied_head must be 0 or 1";
+    return NULL;
+}
+
+uint64_t model_param_count(const Config *c) {
+    int n = n_model_tensors(c);
+    TensorSpec *specs = xmalloc(n * sizeof *specs);
+    model_tensor_specs(c, specs);
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) total += (uint64_t)specs[i].rows * specs[i].cols;
+    free(specs);
+    return total;
+}
+
+/* ---- loading ---- */
+
+static const void *checked_tensor(const Model *m, const TensorEntry *e, const TensorSpec *s, const char *path) {
+    const Config *c = &m->config;
+    DType want = spec_dtype(c, s);
+    if (memchr(e->name, '\0', sizeof e->name) == NULL || strcmp(e->name, s->name))
+        die("%s: tensor table entry '%.64s' where '%s' was expected", path, e->name, s->name);
+    if (e->dtype != want) die("%s: tensor %s has dtype %u, expected %s", path, s->name, e->dtype, dtype_name(want));
+    if (e->ndim != (uint32_t)s->ndim || e->shape[0] != s->rows || e->shape[1] != s->cols)
+        die("%s: tensor %s has shape [%u, %u], the config implies [%u, %u]", path, s->name, e->shape[0],
+            e->shape[1], s->rows, s->cols);
+    uint64_t bytes = (uint64_t)s->rows * s->cols * dtype_size(want);
+    if (e->bytes != bytes) die("%s: tensor %s claims %llu bytes, its shape needs %llu", path, s->name,
+                               (unsigned long long)e->bytes, (unsigned long long)bytes);
+    if (e->offset % MAMBA_ALIGN) die("%s: tensor %s is not %d-byte aligned", path, s->name, MAMBA_ALIGN);
+    if (e->offset > m->map_bytes || e->bytes > m->map_bytes - e->offset)
+        die("%s: tensor %s lies outside the file", path, s->name);
+    return m->map + e->offset;
+}
+
+static void map_file(Model *m, const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die("cannot open model %s: %s", path, strerror(errno));
+    struct stat st;
+    int st_err = fstat(fd, &st);
+    if (st_err || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < MAMBA_HEADER_BYTES) close(fd);
+    if (st_err || !S_ISREG(st.st_mode)) die("model %s is not a regular file", path);
+    if ((uint64_t)st.st_size < MAMBA_HEADER_BYTES)
+        die("model %s is truncated: %lld bytes, smaller than the header", path, (long long)st.st_size);
+    m->map_bytes = st.st_size;
+    m->map = mmap(NULL, m->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    int map_errno = errno;
+    close(fd);
+    if (m->map == MAP_FAILED) die("cannot map model %s: %s", path, strerror(map_errno));
+}
+
+/* The header's config, range-checked; version 1 files (before the arch field) are Mamba-1. */
+static void read_config(Model *m, const FileHeader *h, const char *path) {
+    if (memcmp(h->magic, MAMBA_MAGIC, 8)) die("%s is not a mamba checkpoint (bad magic)", path);
+    if (h->version < 1 || h->version > MAMBA_FORMAT_VERSION)
+        die("%s has format version %u; this mamba reads versions 1 to %d", path, h->version, MAMBA_FORMAT_VERSION);
+    if (h->header_bytes != MAMBA_HEADER_BYTES) die("%s: header size %u, expected %d", path, h->header_bytes, MAMBA_HEADER_BYTES);
+    if (h->file_bytes != m->map_bytes)
+        die("%s: header says %llu bytes but the file has %zu (truncated or padded)", path,
+            (unsigned long long)h->file_bytes, m->map_bytes);
+    uint32_t arch = h->version == 1 ? ARCH_MAMBA1 : h->arch;
+    if (!arch_name((Arch)arch)) die("%s: unknown architecture %u", path, arch);
+    m->format_version = h->version;
+    Config *c = &m->config;
+    *c = (Config){.arch = (Arch)arch, .n_layer = (int)h->n_layer, .d_model = (int)h->d_model,
+                  .d_inner = (int)h->d_inner, .d_state = (int)h->d_state, .d_conv = (int)h->d_conv,
+                  .dt_rank = (int)h->dt_rank, .vocab_size = (int)h->vocab_size,
+                  .padded_vocab = (int)h->padded_vocab, .norm_eps = h->norm_eps, .dtype = (DType)h->dtype,
+                  .tied_head = (int)h->tied_head};
+    if (h->n_layer > 1024 || h->d_model > 65536 || h->d_inner > 262144 || h->d_state > 1024 || h->d_conv > 64 ||
+        h->dt_rank > 262144 || h->vocab_size > (1u << 24) || h->padded_vocab > (1u << 24) || h->dtype > 2 ||
+        h->tied_head > 1)
+        die("%s: config out of range", path);
+    const char *problem = config_problem(c);
+    if (problem) die("%s: bad config: %s", path, problem);
+}
+
+/* Every table entry checked against the config's specs; the weights point into the map. */
+static void read_tensors(Model *m, const FileHeader *h, const char *path) {
+    const Config *c = &m->config;
+    int n = n_model_tensors(c);
+    if (h->n_tensors != (uint32_t)n) die("%s: %u tensors in the table, the config needs %d", path, h->n_tensors, n);
+    if (h->table_offset < MAMBA_HEADER_BYTES || h->table_offset > m->map_bytes ||
+        (uint64_t)n * sizeof(TensorEntry) > m->map_bytes - h->table_offset)
+        die("%s: tensor table lies outside the file", path);
+    if (h->table_offset % 8) die("%s: tensor table is misaligned", path);
+    TensorSpec *specs = xmalloc(n * sizeof *specs);
+    model_tensor_specs(c, specs);
+    const TensorEntry *table = (const TensorEntry *)(m->map + h->table_offset);
+    const void **ptr = xmalloc(n * sizeof *ptr);
+    for (int i = 0; i < n; i++) {
+        ptr[i] = checked_tensor(m, &table[i], &specs[i], path);
+        m->weight_bytes += table[i].bytes;
+    }
+    layout_of(c->arch)->bind_weights(&m->weights, c, ptr);
+    free(specs);
+    free(ptr);
+}
+
+static void read_tokenizer_fields(Model *m, const FileHeader *h, const char *path) {
+    if (h->tokenizer_kind > TOKENIZER_HF_JSON) die("%s: unknown tokenizer kind %u", path, h->tokenizer_kind);
+    m->tokenizer_kind = (TokenizerKind)h->tokenizer_kind;
+    if (m->tokenizer_kind != TOKENIZER_NONE) {
+        if (h->tokenizer_offset > m->map_bytes || h->tokenizer_bytes > m->map_bytes - h->tokenizer_offset ||
+            h->tokenizer_bytes == 0)
+            die("%s: embedded tokenizer lies outside the file", path);
+        m->tokenizer_blob = m->map + h->tokenizer_offset;
+        m->tokenizer_bytes = h->tokenizer_bytes;
+    }
+    if (h->bos_id < -1 || h->bos_id >= (int32_t)h->vocab_size || h->eos_id < -1 || h->eos_id >= (int32_t)h->vocab_size ||
+        h->pad_id < -1 || h->pad_id >= (int32_t)h->vocab_size)
+        die("%s: special token ids out of range", path);
+    m->bos_id = h->bos_id, m->eos_id = h->eos_id, m->pad_id = h->pad_id;
+}
+
+void model_load(Model *m, const char *path) {
+    memset(m, 0, sizeof *m);
+    map_file(m, path);
+    FileHeader h;
+    memcpy(&h, m->map, sizeof h);
+    read_config(m, &h, path);
+    read_tensors(m, &h, path);
+    read_tokenizer_fields(m, &h, path);
+}
+
+void model_free(Model *m) {
+    free(m->weights.layers);
+    munmap((void *)m->map, m->map_bytes);
+}
+
+int is_checkpoint(const char *path) {
+    struct stat st;
+    if (stat(path, &st) || !S_ISREG(st.st_mode)) return 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    char magic[8];
+    int yes = fread(magic, 1, 8, f) == 8 && !memcmp(magic, MAMBA_MAGIC, 8);
+    fclose(f);
+    return yes;
+}
+
+const char *default_model_path(void) {
+    static char path[PATH_MAX + 32];
+    const char *env = getenv("MAMBA_MODEL");
+    if (env && *env) return env;
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return "weights/model.bin";
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = '\0';
+    snprintf(path, sizeof path, "%s/weights/model.bin", exe);
+    return path;
+}

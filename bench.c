@@ -16,7 +16,7 @@
 
 /* Bytes one decode step of batch sequences reads: every weight once (the LM head whole, one
  * embedding row a sequence) and their recurrent states. */
-uint64_t step_bytes(const Model *m, int batch) {
+static uint64_t step_bytes(const Model *m, int batch) {
     const Config *c = &m->config;
     uint64_t row = (uint64_t)c->d_model * dtype_size(c->dtype), emb = (uint64_t)c->padded_vocab * row;
     uint64_t state = (uint64_t)c->n_layer * c->d_inner * (c->d_conv + c->d_state) * sizeof(float);
@@ -165,10 +165,8 @@ static const Command BENCH_COMMAND = {
     "bench", "mamba bench [-m MODEL] [-n STEPS] [--prompt-len N] [--batch N] [options]",
     "Measures prompt and greedy decode throughput, time to first token and memory, beside the\n"
     "bytes a decode step must read over a read bandwidth measured in the same run.",
-    BENCH_OPTIONS,
+    BENCH_OPTIONS, 1,
 };
-
-#define SWEEP_MAX_BATCH 64   /* the largest batch bench_sweep_gpu measures */
 
 void cmd_bench(int argc, char **argv) {
     const char *model_path = NULL, *value;
@@ -186,8 +184,10 @@ void cmd_bench(int argc, char **argv) {
         case BENCH_THREADS: set_threads(value); break;
         case BENCH_JSON: json = 1; break;
         case BENCH_SWEEP: sweep = 1; break;
-        default:
-            if (!positional_model(&model_path, n_positional++, value)) die("bench: unexpected argument %s", value);
+        default:   /* the model, always: a wrong path is then named by model_load */
+            if (positional_model(&model_path, n_positional++, value)) break;
+            if (model_path) die("bench: unexpected argument %s", value);
+            model_path = value;
         }
     }
     if (sweep && sized) die("bench --sweep sets its own lengths and batch sizes: drop -n, --prompt-len and --batch");
@@ -230,7 +230,7 @@ static const Command PERPLEXITY_COMMAND = {
     "perplexity", "mamba perplexity [-m MODEL] [--ctx N] [options] FILE",
     "Scores a text file (\"-\": standard input): mean negative log-likelihood, perplexity and bits\n"
     "per byte. A progress line shows on a terminal.",
-    PERPLEXITY_OPTIONS,
+    PERPLEXITY_OPTIONS, 1,
 };
 
 static double log_softmax_at(const float *logits, int n, int target) {

@@ -32,7 +32,7 @@ void bench_gpu(Engine *e, int n_prompt, int n_decode, int batch, BenchResult *r)
  * random operands (the one on zeros, faster, is shown beside it); then batched decoding at
  * several batch sizes against the batch-1 step. One table, or a JSON line a measurement. */
 void bench_sweep_gpu(Engine *e, const char *model_path, int json) {
-    static const int lengths[] = {512, 2048, 8192, 65536}, batches[] = {1, 4, 16, 64};
+    static const int lengths[] = {512, 2048, 8192, 65536}, batches[] = {1, 4, 16, SWEEP_MAX_BATCH};
     const Model *m = e->model;
     GpuEngine *g = engine_gpu(e);
     const double params = (double)model_param_count(&m->config), matmul = gpu_engine_matmul_flops(g, 0);

@@ -56,6 +56,10 @@ static void on_signal_remove_partial(int sig) {
     static const char xfsz[] = "mamba: error: the file size limit (ulimit -f) was reached; no output was written\n";
     static const char other[] = "mamba: interrupted; no output was written\n";
     if (g_partial_output[0]) unlink(g_partial_output);
+    if (g_progress_shown) {
+        ssize_t cleared = write(STDERR_FILENO, "\r\033[K", 4);
+        (void)cleared;
+    }
     ssize_t ignored = sig == SIGXFSZ ? write(STDERR_FILENO, xfsz, sizeof xfsz - 1) : write(STDERR_FILENO, other, sizeof other - 1);
     (void)ignored;
     _exit(128 + sig);
@@ -548,7 +552,7 @@ static void find_tokenizer(const char *dir, TokenizerInfo *tok) {
 enum { CONVERT_DTYPE = 1 };
 
 static const Option CONVERT_OPTIONS[] = {
-    {CONVERT_DTYPE, "--dtype", "TYPE", "f32, f16 or bf16: how the matrices are stored (default bf16)"},
+    {CONVERT_DTYPE, "--dtype", "f32|f16|bf16", "how the matrices are stored (default bf16)"},
     {0},
 };
 
@@ -556,7 +560,7 @@ static const Command CONVERT_COMMAND = {
     "convert", "mamba convert HF_DIR OUT.bin [--dtype f32|f16|bf16]",
     "Imports a Hugging Face or state-spaces Mamba checkpoint (config.json and safetensors, with\n"
     "tokenizer.json or tokenizer.model when present) into one mamba checkpoint file.",
-    CONVERT_OPTIONS,
+    CONVERT_OPTIONS, 0,
 };
 
 static DType dtype_value(const char *flag, const char *value) {
@@ -686,7 +690,7 @@ enum { INIT_SHAPE = 1, INIT_DTYPE, INIT_SEED };
 
 static const Option INIT_OPTIONS[] = {
     {INIT_SHAPE, "--shape", "NAME", "tiny, 130m, 370m, 790m, 1.4b or 2.8b (required)"},
-    {INIT_DTYPE, "--dtype", "TYPE", "f32, f16 or bf16 (default bf16)"},
+    {INIT_DTYPE, "--dtype", "f32|f16|bf16", "how the matrices are stored (default bf16)"},
     {INIT_SEED, "-s|--seed", "N", "the weights' seed (default 1)"},
     {0},
 };
@@ -695,7 +699,7 @@ static const Command INIT_COMMAND = {
     "init", "mamba init --shape tiny|130m|370m|790m|1.4b|2.8b [--dtype bf16] [--seed N] OUT.bin",
     "Writes a random Mamba-1 model of a published shape (no tokenizer), for benchmarks and tests\n"
     "without downloads.",
-    INIT_OPTIONS,
+    INIT_OPTIONS, 0,
 };
 
 void cmd_init(int argc, char **argv) {

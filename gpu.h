@@ -11,7 +11,7 @@
 
 #include "model.h"
 
-/* Limits the engine and its caller share (mamba.c includes this header in CPU-only builds too,
+/* Limits the engine and its caller share (mamba.h includes this header in CPU-only builds too,
  * for these). */
 #define MAX_BATCH 1024             /* sequences one engine runs together at most (the CPU's too) */
 #define PREFILL_CHUNK 4096         /* prompt tokens one parallel pass takes at most: bounds the memory */

@@ -9,9 +9,10 @@
  *   mamba init --shape NAME OUT.bin                a random model of a published shape (convert.c)
  *   mamba bench [-m MODEL] [...]                   throughput (bench.c)
  *
- * A token's path: main → cmd_run → generate → prompt_to_ids (tokenizer.c) → engine_feed
- * (engine.c) → the CPU engine's forward (cpu.c) or the GPU's (engine_gpu.c → kernels.cu) →
- * engine_sample (sampler.c) → decoder_push (tokenizer.c) → emit (stdout). */
+ * A token's path: main → cmd_run → generate → prompt_to_ids → tokenizer_encode (tokenizer.c);
+ * engine_feed (engine.c) → the CPU forward (cpu.c: mamba1_forward) or the GPU's (engine_gpu.c →
+ * kernels.cu); engine_sample → sample (sampler.c) or the GPU's sampler; decoder_push
+ * (tokenizer.c) → emit (util.c: stdout). */
 #include "mamba.h"
 
 #include <cjson/cJSON.h>
@@ -190,13 +191,16 @@ static void generate(const RunOptions *o) {
 
     double t_start = now_seconds();
     const float *logits = run_prompt(&engine, o, prompt, n_prompt, logits_file);
-    double t_prompt = now_seconds(), t_first = t_prompt;
-    /* the prompt is echoed once it has run, after its progress line (on a terminal) is gone */
+    double t_prompt = now_seconds();
+    /* the prompt is echoed once it has run, after its progress line (on a terminal) is gone;
+     * the timings leave the echo out */
     TokenDecoder *decoder = tok ? decoder_new(tok) : NULL;
     for (size_t i = 0; i < n_prompt; i++) {
         const char *text = decoder ? decoder_push(decoder, prompt[i]) : "";
         if (o->echo && !o->print_ids) emit(text, decoder_len(decoder));
     }
+    const double echo_s = now_seconds() - t_prompt, t_decode = t_prompt + echo_s;
+    double t_first = t_decode;
     int generated = 0;
     while (generated < o->steps && !g_interrupted) {
         int next = engine_sample(&engine, &sampler, logits, history, n_history, logits_file != NULL);
@@ -224,12 +228,12 @@ static void generate(const RunOptions *o) {
     }
     if (logits_file && fclose(logits_file)) die("cannot write %s: %s", o->logits_out, strerror(errno));
     if (o->stats) {
-        double prompt_s = t_prompt - t_start, gen_s = t_end - t_prompt;
+        double prompt_s = t_prompt - t_start, gen_s = t_end - t_decode;
         fprintf(stderr, "device: %s\n", engine_name(&engine));
         fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tokens/s)\n", n_prompt, prompt_s, n_prompt / prompt_s);
         fprintf(stderr, "generated: %d tokens in %.3f s (%.1f tokens/s)\n", generated, gen_s,
                 generated > 1 ? (generated - 1) / gen_s : 0.0);
-        fprintf(stderr, "time to first token: %.3f s\n", t_first - t_start);
+        fprintf(stderr, "time to first token: %.3f s\n", t_first - t_start - echo_s);
         fprintf(stderr, "seed: %llu\n", (unsigned long long)o->sampler.rng);
         print_stats_end(&engine);
     }
@@ -256,12 +260,14 @@ static char *append_word(char *text, const char *word) {
     return out;
 }
 
-/* The prompt from standard input, when none was given and stdin is not a terminal. One
- * trailing newline (as echo adds) is dropped. */
-static char *read_stdin_prompt(size_t max_bytes, const char *note) {
+/* A prompt from a file ("-": standard input), within the prompt's byte limit. One trailing
+ * newline (as echo and editors add) is dropped. */
+static char *read_prompt_file(const char *path, size_t max_bytes, long max_tokens) {
+    char note[96];
+    snprintf(note, sizeof note, "%d per token of --max-prompt-tokens %ld", PROMPT_BYTES_PER_TOKEN, max_tokens);
     size_t len;
-    char *text = read_file("-", max_bytes, &len, note);
-    if (memchr(text, '\0', len)) die("the prompt on standard input contains a NUL byte");
+    char *text = read_file(path, max_bytes, &len, note);
+    if (memchr(text, '\0', len)) die("the prompt in %s contains a NUL byte", strcmp(path, "-") ? path : "standard input");
     if (len && text[len - 1] == '\n') text[--len] = '\0';
     return text;
 }
@@ -278,11 +284,8 @@ static void check_prompt_bytes(const char *text, const char *what, size_t max_by
  * is no prompt), else none (BOS alone). */
 static void read_single_prompt(RunOptions *o, size_t max_bytes) {
     check_prompt_bytes(o->prompt, "the prompt", max_bytes, o->max_prompt_tokens);
-    if (!o->prompt && !o->prompt_ids && !isatty(STDIN_FILENO) && fcntl(STDIN_FILENO, F_GETFD) != -1) {
-        char note[96];
-        snprintf(note, sizeof note, "%d per token of --max-prompt-tokens %ld", PROMPT_BYTES_PER_TOKEN, o->max_prompt_tokens);
-        o->prompt = read_stdin_prompt(max_bytes, note);
-    }
+    if (!o->prompt && !o->prompt_ids && !isatty(STDIN_FILENO) && fcntl(STDIN_FILENO, F_GETFD) != -1)
+        o->prompt = read_prompt_file("-", max_bytes, o->max_prompt_tokens);
 }
 
 #define MAX_BATCH_PROMPTS 65536
@@ -321,12 +324,18 @@ static const char **read_batch_file(const RunOptions *o, size_t max_bytes, int *
 }
 
 /* Several prompts (--batch-file, or -i more than once), or --json: decoded by generate_batch. */
-static void run_batched(RunOptions *o, const char **inputs, int n_inputs, int n_words, size_t max_bytes) {
-    const char *mode = o->batch_file ? "--batch-file" : n_inputs > 1 ? "several -i" : "--json";
+static int is_batched(const RunOptions *o, int n_inputs) { return o->batch_file || n_inputs > 1 || o->json; }
+
+/* What a batched run cannot be combined with, checked before any prompt file is read. */
+static void check_batched_run(const RunOptions *o, int n_inputs, int n_words) {
+    const char *mode = o->batch_file ? "--batch-file" : n_inputs > 1 ? "several -i/-f" : "--json";
     if (o->prompt_ids) die("--prompt-ids cannot be combined with %s", mode);
     if (o->logits_out) die("--logits-out cannot be combined with %s", mode);
-    if (o->batch_file && (n_inputs || n_words)) die("--batch-file gives the prompts: no -i or prompt words with it");
-    if (n_inputs > 1 && n_words) die("with several -i, give each prompt with its own -i (bare words found)");
+    if (o->batch_file && (n_inputs || n_words)) die("--batch-file gives the prompts: no -i, -f or prompt words with it");
+    if (n_inputs > 1 && n_words) die("with several -i/-f, give each prompt with its own -i or -f (bare words found)");
+}
+
+static void run_batched(RunOptions *o, const char **inputs, int n_inputs, size_t max_bytes) {
     if (o->batch_file) {
         char *text;
         int n;
@@ -355,7 +364,7 @@ enum {
 static const Option RUN_OPTIONS[] = {
     {RUN_MODEL, "-m|--model", "FILE", "the checkpoint (default: see below; or give it first, before the prompt)"},
     {RUN_PROMPT, "-i|--prompt", "TEXT", "the prompt (given more than once: several prompts, decoded together)"},
-    {RUN_FILE, "-f|--file", "FILE", "the prompt from a file (\"-\": standard input; one trailing newline dropped)"},
+    {RUN_FILE, "-f|--file", "FILE", "the prompt from a file (\"-\": standard input; one trailing newline dropped; like -i, more than once: several prompts)"},
     {RUN_PROMPT_IDS, "--prompt-ids", "IDS", "the prompt as token ids: 1,2,3"},
     {RUN_TOKENIZER, "--tokenizer", "FILE", "tokenizer.json or tokenizer.model (default: the model's own)"},
     {RUN_STEPS, "-n|--steps|--n-predict", "N", "tokens to generate (default 256)"},
@@ -387,16 +396,32 @@ static const Command RUN_COMMAND = {
     "Generates text from a prompt: the words given, else -i, -f or --prompt-ids, else standard\n"
     "input when it is not a terminal, else the beginning-of-text token alone. The prompt is echoed,\n"
     "then the completion streams to stdout.",
-    RUN_OPTIONS,
+    RUN_OPTIONS, 1,
 };
 
-/* The prompt's parts in the order given: words, -i texts and -f files (read once the options
- * are all known, --max-prompt-tokens included). */
+/* The prompt's parts in the order given: bare words, -i texts and -f files (read once the
+ * options are all known, --max-prompt-tokens included). Words and parts join, space-separated,
+ * into one prompt; several -i/-f are several prompts, decoded together. */
+typedef enum { PART_WORD, PART_TEXT, PART_FILE } PartKind;
+
 typedef struct {
-    const char *text;
-    int is_input;              /* -i or -f, not a bare word */
-    int is_file;
+    const char *text;          /* PART_FILE: the file's path */
+    PartKind kind;
 } PromptPart;
+
+/* Joins the parts into o->prompt; inputs[] gets each -i/-f part's text when there are several
+ * (file texts in *file_texts, for the caller to free). */
+static void assemble_prompt(RunOptions *o, const PromptPart *parts, int n_parts, int n_inputs, size_t max_bytes,
+                            const char **inputs, char **file_texts, int *n_files) {
+    for (int i = 0, k = 0; i < n_parts; i++) {
+        char *file = parts[i].kind == PART_FILE ? read_prompt_file(parts[i].text, max_bytes, o->max_prompt_tokens) : NULL;
+        const char *text = file ? file : parts[i].text;
+        o->prompt = append_word(o->prompt, text);
+        if (parts[i].kind != PART_WORD && n_inputs > 1) inputs[k++] = text;
+        if (file && n_inputs > 1) file_texts[(*n_files)++] = file;
+        else free(file);   /* o->prompt holds its copy */
+    }
+}
 
 static void parse_run_option(RunOptions *o, OptionParser *p, int id, const char *value, int *seeded) {
     const char *name = p->name;
@@ -426,18 +451,6 @@ static void parse_run_option(RunOptions *o, OptionParser *p, int id, const char 
     }
 }
 
-/* The text of a -f file, within the prompt's byte limit. */
-static char *read_prompt_file(const char *path, size_t max_bytes, long max_tokens) {
-    if (!strcmp(path, "-")) path = "/dev/stdin";
-    char note[96];
-    snprintf(note, sizeof note, "%d per token of --max-prompt-tokens %ld", PROMPT_BYTES_PER_TOKEN, max_tokens);
-    size_t len;
-    char *text = read_file(path, max_bytes, &len, note);
-    if (memchr(text, '\0', len)) die("the prompt file %s contains a NUL byte", path);
-    if (len && text[len - 1] == '\n') text[--len] = '\0';
-    return text;
-}
-
 static void cmd_run(int argc, char **argv) {
     RunOptions o = {.steps = 256, .echo = 1, .device = DEVICE_AUTO, .max_prompt_tokens = DEFAULT_MAX_PROMPT_TOKENS,
                     .batch_size = 32,
@@ -449,27 +462,30 @@ static void cmd_run(int argc, char **argv) {
     OptionParser p;
     options_begin(&p, &RUN_COMMAND, argc, argv);
     for (int id; (id = options_next(&p, &value)) != OPT_END;) {
-        if (id == RUN_PROMPT || id == RUN_FILE) parts[n_parts++] = (PromptPart){value, 1, id == RUN_FILE}, n_inputs++;
-        else if (id != OPT_POSITIONAL) parse_run_option(&o, &p, id, value, &seeded);
-        else if (!positional_model(&o.model_path, n_positional++, value)) parts[n_parts++] = (PromptPart){value, 0, 0}, n_words++;
+        if (id == RUN_PROMPT || id == RUN_FILE) {
+            parts[n_parts++] = (PromptPart){value, id == RUN_FILE ? PART_FILE : PART_TEXT};
+            n_inputs++;
+        } else if (id != OPT_POSITIONAL) {
+            parse_run_option(&o, &p, id, value, &seeded);
+        } else if (!positional_model(&o.model_path, n_positional++, value)) {
+            parts[n_parts++] = (PromptPart){value, PART_WORD};
+            n_words++;
+        }
     }
     if (!seeded) o.sampler.rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     if (!o.model_path) o.model_path = default_model_path();
     size_t max_bytes = (size_t)o.max_prompt_tokens * PROMPT_BYTES_PER_TOKEN;
     if (max_bytes > MAX_PROMPT_BYTES) max_bytes = MAX_PROMPT_BYTES;
-    const char **inputs = xmalloc((n_inputs + 1) * sizeof *inputs);   /* each -i or -f: a prompt of its own when several */
-    char **file_texts = xmalloc((n_parts + 1) * sizeof *file_texts);
+    const int batched = is_batched(&o, n_inputs);
+    if (batched) check_batched_run(&o, n_inputs, n_words);
+    else if (n_parts && o.prompt_ids) die("give the prompt as text or as --prompt-ids, not both");
+    const char **inputs = xmalloc((n_inputs + 1) * sizeof *inputs);
+    char **file_texts = xmalloc((n_inputs + 1) * sizeof *file_texts);
     int n_files = 0;
-    for (int i = 0, k = 0; i < n_parts; i++) {
-        const char *text = parts[i].text;
-        if (parts[i].is_file) text = file_texts[n_files++] = read_prompt_file(text, max_bytes, o.max_prompt_tokens);
-        if (parts[i].is_input) inputs[k++] = text;
-        o.prompt = append_word(o.prompt, text);
-    }
-    if (o.batch_file || n_inputs > 1 || o.json) {
-        run_batched(&o, inputs, n_inputs, n_words, max_bytes);
+    assemble_prompt(&o, parts, n_parts, n_inputs, max_bytes, inputs, file_texts, &n_files);
+    if (batched) {
+        run_batched(&o, inputs, n_inputs, max_bytes);
     } else {
-        if (o.prompt && o.prompt_ids) die("give the prompt as text or as --prompt-ids, not both");
         read_single_prompt(&o, max_bytes);
         generate(&o);
     }
@@ -494,7 +510,7 @@ static const Command TOKENIZE_COMMAND = {
     "tokenize", "mamba tokenize [MODEL.bin | -m MODEL | --tokenizer FILE] [--bos] [--decode] [TEXT...]",
     "Prints the ids of the text (the words given, else standard input), or with --decode the text\n"
     "of the ids.",
-    TOKENIZE_OPTIONS,
+    TOKENIZE_OPTIONS, 1,
 };
 
 static void print_decoded(const Tokenizer *tok, const char *text) {
@@ -564,7 +580,7 @@ static const Option INFO_OPTIONS[] = {{0}};
 static const Command INFO_COMMAND = {
     "info", "mamba info [MODEL.bin]",
     "Prints a checkpoint's architecture, format version, config, size and tokenizer.",
-    INFO_OPTIONS,
+    INFO_OPTIONS, 1,
 };
 
 static void cmd_info(int argc, char **argv) {
@@ -593,12 +609,6 @@ static void cmd_info(int argc, char **argv) {
 /* ----------------------------------------------------------------------------------------
  * main */
 
-#ifdef MAMBA_CUDA
-#define BUILD_KIND "CUDA build"
-#else
-#define BUILD_KIND "CPU-only build"
-#endif
-
 static void usage(void) {
     fputs("mamba " MAMBA_VERSION ": Mamba language models from one checkpoint file, on the CPU or a GPU.\n\n"
           "commands:\n"
@@ -618,7 +628,7 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);          /* a closed stdout shows up as EPIPE, handled in emit() */
     const char *cmd = argc > 1 ? argv[1] : "";
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) usage();
-    else if (!strcmp(cmd, "-V") || !strcmp(cmd, "--version")) printf("mamba %s (%s)\n", MAMBA_VERSION, BUILD_KIND);
+    else if (!strcmp(cmd, "-V") || !strcmp(cmd, "--version")) print_version();
     else if (!strcmp(cmd, "convert")) cmd_convert(argc - 2, argv + 2);
     else if (!strcmp(cmd, "info")) cmd_info(argc - 2, argv + 2);
     else if (!strcmp(cmd, "tokenize")) cmd_tokenize(argc - 2, argv + 2);

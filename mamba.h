@@ -63,9 +63,10 @@ void exit_if_interrupted(void);
  * clears it. */
 typedef struct {
     const char *what, *unit;
-    double total, last_draw;
+    double total, start, last_draw;
     int on;
 } Progress;
+extern volatile sig_atomic_t g_progress_shown;   /* a line is on screen: die() and signal handlers clear it first */
 void progress_begin(Progress *p, const char *what, double total, const char *unit);
 void progress_update(Progress *p, double done);
 void progress_end(Progress *p);
@@ -86,6 +87,7 @@ typedef struct {
     const char *synopsis;     /* the usage line(s) after "usage: " */
     const char *about;        /* what the command does, a line or two */
     const Option *options;    /* ends with an entry whose names is NULL */
+    int reads_model;          /* --help explains where the model comes from */
 } Command;
 
 enum { OPT_POSITIONAL = -1, OPT_END = -2 };
@@ -106,8 +108,10 @@ void options_begin(OptionParser *p, const Command *cmd, int argc, char **argv);
  * command's usage on stdout and exit 0; an unknown option dies. */
 int options_next(OptionParser *p, const char **value);
 void print_usage(const Command *cmd, FILE *f);
-/* llama2.c's `./run model.bin ...`: the first positional argument (n_positional == 0), when no
- * -m came before it and it is a mamba checkpoint, is the model; returns whether it was taken. */
+void print_version(void);   /* "mamba 0.12.0 (CUDA build)" or "(CPU-only build)" */
+/* llama2.c's `./run model.bin ...`: the first positional argument (n_positional == 0), when it
+ * is a mamba checkpoint or ends in .bin, is the model; returns whether it was taken. With -m
+ * given too, two models are refused. */
 int positional_model(const char **model_path, int n_positional, const char *arg);
 
 /* ---- model.c ---- */
@@ -202,7 +206,8 @@ typedef struct {
     const char *device_name;
 } BenchResult;
 
-/* What each engine does; engine.c's wrappers below are the way to call them. */
+/* What each engine does; engine.c's wrappers below are the way to call them (bench.c calls the
+ * benchmarks, bench and sweep, itself). */
 typedef struct {
     const char *name;                   /* "cpu" or "cuda" */
     void (*close)(Engine *e);
@@ -260,6 +265,9 @@ GpuEngine *engine_gpu(const Engine *e);
 /* bench_gpu.c */
 void bench_gpu(Engine *e, int n_prompt, int n_decode, int batch, BenchResult *r);
 void bench_sweep_gpu(Engine *e, const char *model_path, int json);
+#define SWEEP_MAX_BATCH 64   /* the largest batch bench --sweep measures */
+#else
+#define SWEEP_MAX_BATCH 1    /* no sweep without the GPU engine: bench says so */
 #endif
 
 /* ---- the prompt, the tokenizer and generation (mamba.c) ---- */
@@ -273,7 +281,7 @@ typedef struct {
     const char *batch_file;    /* --batch-file: one prompt a line, or NULL */
     DeviceChoice device;
     int steps;
-    int ignore_eos, stats, print_ids, echo, threads, json;
+    int ignore_eos, stats, print_ids, echo, json;
     int batch_size;            /* batched runs: the most sequences in flight at once */
     int prompt_batch;          /* GPU: prompt tokens a parallel pass takes (0: the most; 1: one step at a time) */
     long max_prompt_tokens;
@@ -309,7 +317,6 @@ void cmd_perplexity(int argc, char **argv);
 /* bench.c: the prompts of a batch taken in as a batched run does (for the engines' benches). */
 int bench_token(long i, int vocab);
 double bench_prompts(Engine *e, int vocab, int n_prompt, int batch, const int *slots, int *tokens);
-uint64_t step_bytes(const Model *m, int batch);
 void bench_cpu(Engine *e, int n_prompt, int n_decode, int batch, BenchResult *r);
 
 #endif

@@ -12,9 +12,12 @@
 
 /* ---- errors: one line on stderr and a non-zero exit ---- */
 
+volatile sig_atomic_t g_progress_shown;
+
 void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
+    if (g_progress_shown) fputs("\r\033[K", stderr);   /* the message starts a clean line */
     fputs("mamba: error: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
@@ -155,7 +158,7 @@ void exit_if_interrupted(void) {
 
 void progress_begin(Progress *p, const char *what, double total, const char *unit) {
     *p = (Progress){.what = what, .unit = unit, .total = total, .on = total > 1 && isatty(STDERR_FILENO)};
-    p->last_draw = now_seconds();   /* the first line comes after a quarter second: quick jobs show none */
+    p->start = p->last_draw = now_seconds();   /* the first line comes after a quarter second: quick jobs show none */
 }
 
 void progress_update(Progress *p, double done) {
@@ -163,11 +166,13 @@ void progress_update(Progress *p, double done) {
     double t = now_seconds();
     if (t - p->last_draw < 0.25) return;
     p->last_draw = t;
-    fprintf(stderr, "\r\033[K%s: %.0f/%.0f %s (%.0f%%)", p->what, done, p->total, p->unit,
-            p->total > 0 ? 100 * done / p->total : 100.0);
+    fprintf(stderr, "\r\033[K%s: %.0f/%.0f %s (%.0f%%, %.0f %s/s)", p->what, done, p->total, p->unit,
+            100 * done / p->total, done / (t - p->start), p->unit);
+    g_progress_shown = 1;
 }
 
 void progress_end(Progress *p) {
-    if (p->on) fputs("\r\033[K", stderr);
+    if (p->on && g_progress_shown) fputs("\r\033[K", stderr);
     p->on = 0;
+    g_progress_shown = 0;
 }

@@ -24,15 +24,18 @@ if [ "$sanitized" = 1 ]; then
 fi
 
 # ---- --help: each command's usage on stdout, exit 0, every option, the defaults, $MAMBA_MODEL ----
-help_ok() {   # help_ok CMD... : usage on stdout, nothing on stderr, exit 0
+help_ok() {   # help_ok CMD... : usage on stdout, nothing on stderr, exit 0; $MAMBA_MODEL where a model is read
     "$@" >"$TMP/h.out" 2>"$TMP/h.err" || { echo "exit $?"; return 1; }
     [ ! -s "$TMP/h.err" ] || { cat "$TMP/h.err"; return 1; }
-    grep -q '^usage: ' "$TMP/h.out" && grep -q 'MAMBA_MODEL' "$TMP/h.out" || { head -5 "$TMP/h.out"; return 1; }
+    grep -q '^usage: ' "$TMP/h.out" || { head -5 "$TMP/h.out"; return 1; }
+    case $2 in convert|init) ! grep -q 'MAMBA_MODEL' "$TMP/h.out" ;; *) grep -q 'MAMBA_MODEL' "$TMP/h.out" ;; esac
 }
 for cmd in run convert info tokenize perplexity init bench; do
     check "mamba $cmd --help: usage on stdout, exit 0" help_ok $MAMBA $cmd --help
     check "mamba $cmd -h: the same" help_ok $MAMBA $cmd -h
 done
+check "mamba run --version: the version too" bash -c "$MAMBA run --version | grep -q '^mamba [0-9]'"
+check "--help into a full disk: an error, not silence" bash -c "! $MAMBA bench --help >/dev/full 2>$TMP/full.err && grep -q 'cannot write to stdout' $TMP/full.err"
 check "mamba --help: the commands and run's options" bash -c "$MAMBA --help >$TMP/top.txt && grep -q 'perplexity' $TMP/top.txt && grep -q -- '--n-predict' $TMP/top.txt && grep -q MAMBA_MODEL $TMP/top.txt"
 lists_all() {   # lists_all CMD OPTION...: CMD --help names each option
     local cmd=$1; shift
@@ -65,6 +68,8 @@ printf 'It is a truth universally acknowledged\n' >$TMP/prompt.txt
 check "-f FILE = the prompt as an argument" same "$MAMBA -m $M -n 8 -t 0 -f $TMP/prompt.txt" "$MAMBA -m $M -n 8 -t 0 'It is a truth universally acknowledged'"
 check "--file=FILE = -f FILE" same "$MAMBA -m $M -n 8 -t 0 --file=$TMP/prompt.txt" "$MAMBA -m $M -n 8 -t 0 -f $TMP/prompt.txt"
 expect_error "-f of a missing file names it" "cannot open $TMP/missing.txt" $MAMBA -m $M -f $TMP/missing.txt
+check "-f - reads standard input" same "echo 'The whale' | $MAMBA -m $M -n 6 -t 0 -f -" "$MAMBA -m $M -n 6 -t 0 'The whale'"
+expect_error "-steps hints at --steps" "unknown option -steps \(did you mean --steps\?\)" $MAMBA -m $M -steps 3
 check "perplexity -c = --ctx" same "$MAMBA perplexity -m $M -c 64 --max-tokens 100 $TMP/prompt.txt" "$MAMBA perplexity -m $M --ctx 64 --max-tokens 100 $TMP/prompt.txt"
 
 # ---- a checkpoint given first is the model ----
@@ -74,6 +79,8 @@ check "mamba run MODEL.bin PROMPT: the same" same "$MAMBA run $TMP/model.bin -n 
 check "a first word that is not a checkpoint stays prompt text" bash -c "$MAMBA -m $M -n 1 -t 0 $TMP/prompt.txt | grep -qF '$TMP/prompt.txt'"
 check "tokenize MODEL.bin TEXT = tokenize -m MODEL.bin TEXT" same "$MAMBA tokenize $TMP/model.bin 'Once upon'" "$MAMBA tokenize -m $TMP/model.bin 'Once upon'"
 check "perplexity MODEL.bin FILE = perplexity -m MODEL.bin FILE" same "$MAMBA perplexity $TMP/model.bin --max-tokens 50 $TMP/prompt.txt" "$MAMBA perplexity -m $TMP/model.bin --max-tokens 50 $TMP/prompt.txt"
+expect_error "a mistyped MODEL.bin first is named, not prompted" "cannot open model $TMP/modle.bin" $MAMBA $TMP/modle.bin -n 3 'Once upon'
+expect_error "a checkpoint first and -m: two models" "two models" $MAMBA -m $M $TMP/model.bin -n 3
 check "bench MODEL.bin: that model" bash -c "$MAMBA bench $TMP/model.bin --device cpu -n 4 --prompt-len 2 | grep -q '^model: $TMP/model.bin'"
 
 # ---- progress: on a terminal, and only there ----

@@ -1,4 +1,4 @@
-/* cpu.c: the CPU reference engine: fp32 math, OpenMP over rows and channels, one token of
+/* cpu.c: the CPU reference engine: fp32 math, in parallel over rows and channels (pool.c), one token of
  * each of n sequences at a time through every block in recurrent mode. The sequences go
  * through each layer together, so every weight matrix is read once per step whatever n; each
  * output is summed in an order fixed by the model alone, so a sequence's logits do not depend
@@ -189,19 +189,34 @@ static inline __attribute__((always_inline)) void dot_row_group_of(float *out, s
 }
 
 /* out[b, r] = Σ_c W[r, c] · x[b, c] for the n input rows x[b] (x_stride floats apart) and a
- * row-major [rows, cols] matrix stored as dtype; out is [n, rows]. OpenMP over rows; a row is
+ * row-major [rows, cols] matrix stored as dtype; out is [n, rows]. In parallel over rows; a row is
  * read from memory once for all n inputs, in groups of MATMUL_GROUP then one by one (group sizes
  * the compiler knows; later groups find the row in the cache). */
-static void matmul(float *out, const void *W, DType dtype, int rows, int cols, const float *x, size_t x_stride, int n) {
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < rows; r++) {
+typedef struct {
+    float *out;
+    const void *W;
+    DType dtype;
+    int rows, cols, n;
+    const float *x;
+    size_t x_stride;
+} Matmul;
+
+static void matmul_rows(void *ctx, int begin, int end) {
+    const Matmul *p = ctx;
+    for (int r = begin; r < end; r++) {
         int b = 0;
-        for (; b + MATMUL_GROUP <= n; b += MATMUL_GROUP)
-            dot_row_group_of(out + (size_t)b * rows + r, rows, W, dtype, r, cols, x + b * x_stride, x_stride,
-                             MATMUL_GROUP);
-        for (; b < n; b++)
-            dot_row_group_of(out + (size_t)b * rows + r, rows, W, dtype, r, cols, x + b * x_stride, x_stride, 1);
+        for (; b + MATMUL_GROUP <= p->n; b += MATMUL_GROUP)
+            dot_row_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, r, p->cols,
+                             p->x + b * p->x_stride, p->x_stride, MATMUL_GROUP);
+        for (; b < p->n; b++)
+            dot_row_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, r, p->cols,
+                             p->x + b * p->x_stride, p->x_stride, 1);
     }
+}
+
+static void matmul(float *out, const void *W, DType dtype, int rows, int cols, const float *x, size_t x_stride, int n) {
+    Matmul p = {out, W, dtype, rows, cols, n, x, x_stride};
+    parallel_for(rows, matmul_rows, &p);
 }
 
 /* Row `row` of a [rows, cols] matrix as floats (the embedding lookup). */
@@ -222,33 +237,45 @@ static float silu(float x) { return x / (1.0f + expf(-x)); }
 /* PyTorch's softplus, which is linear above 20. */
 static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
-/* One Mamba mixer in recurrent mode for the n sequences in slots[]; reads e->xn (row b for
- * slots[b]), leaves the outputs there. */
-static void mamba1_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots) {
-    int di = c->d_inner, ns = c->d_state, nk = c->d_conv, dt_rank = c->dt_rank, n_dbc = dt_rank + 2 * ns;
-    /* in_proj: (x, z) = W_in · xn */
-    matmul(e->xz, w->in_proj, c->dtype, 2 * di, c->d_model, e->xn, c->d_model, n);
-    /* causal depthwise conv1d over the last d_conv inputs of each channel, then SiLU */
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < n * di; i++) {
+/* What the per-channel loops of a Mamba mixer read: layer l of the n sequences in slots[]. */
+typedef struct {
+    CpuEngine *e;
+    const Config *c;
+    const LayerWeights *w;
+    int l;
+    const int *slots;
+} Mixer;
+
+/* Channels [begin, end) of the n * d_inner: causal depthwise conv1d over the last d_conv inputs
+ * of each channel, then SiLU. */
+static void conv_channels(void *ctx, int begin, int end) {
+    const Mixer *p = ctx;
+    CpuEngine *e = p->e;
+    const LayerWeights *w = p->w;
+    int di = p->c->d_inner, nk = p->c->d_conv;
+    for (int i = begin; i < end; i++) {
         int b = i / di, ch = i % di;
-        float *window = e->slots[slots[b]].conv + ((size_t)l * di + ch) * nk;
+        float *window = e->slots[p->slots[b]].conv + ((size_t)p->l * di + ch) * nk;
         memmove(window, window + 1, (nk - 1) * sizeof(float));
         window[nk - 1] = e->xz[(size_t)b * 2 * di + ch];
         float s = w->conv_b[ch];
         for (int k = 0; k < nk; k++) s += w->conv_w[ch * nk + k] * window[k];
         e->u[i] = silu(s);
     }
-    /* x_proj: (dt, B, C) = W_x · u; dt_proj: W_dt · dt */
-    matmul(e->dbc, w->x_proj, c->dtype, n_dbc, di, e->u, di, n);
-    matmul(e->delta, w->dt_proj, c->dtype, di, dt_rank, e->dbc, n_dbc, n);
-    const float *A = e->A + (size_t)l * di * ns;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < n * di; i++) {
+}
+
+/* Channels [begin, end) of the n * d_inner: one step of the selective scan, gated. */
+static void scan_channels(void *ctx, int begin, int end) {
+    const Mixer *p = ctx;
+    CpuEngine *e = p->e;
+    const LayerWeights *w = p->w;
+    int di = p->c->d_inner, ns = p->c->d_state, dt_rank = p->c->dt_rank, n_dbc = dt_rank + 2 * ns;
+    const float *A = e->A + (size_t)p->l * di * ns;
+    for (int i = begin; i < end; i++) {
         int b = i / di, ch = i % di;
         const float *B = e->dbc + (size_t)b * n_dbc + dt_rank, *C = B + ns, *z = e->xz + (size_t)b * 2 * di + di;
         float dt = softplus(e->delta[i] + w->dt_bias[ch]), x = e->u[i];
-        float *h = e->slots[slots[b]].ssm + ((size_t)l * di + ch) * ns;
+        float *h = e->slots[p->slots[b]].ssm + ((size_t)p->l * di + ch) * ns;
         float y = 0.0f;
         for (int k = 0; k < ns; k++) {
             /* discretize (zero-order hold on A, Euler on B) and step: h = exp(Δ·A)·h + Δ·B·x */
@@ -259,6 +286,20 @@ static void mamba1_block(CpuEngine *e, const Config *c, const LayerWeights *w, i
         /* skip connection D·x, then the gate SiLU(z) */
         e->y[i] = (y + w->D[ch] * x) * silu(z[ch]);
     }
+}
+
+/* One Mamba mixer in recurrent mode for the n sequences in slots[]; reads e->xn (row b for
+ * slots[b]), leaves the outputs there. */
+static void mamba1_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots) {
+    int di = c->d_inner, n_dbc = c->dt_rank + 2 * c->d_state;
+    Mixer p = {e, c, w, l, slots};
+    /* in_proj: (x, z) = W_in · xn */
+    matmul(e->xz, w->in_proj, c->dtype, 2 * di, c->d_model, e->xn, c->d_model, n);
+    parallel_for(n * di, conv_channels, &p);
+    /* x_proj: (dt, B, C) = W_x · u; dt_proj: W_dt · dt */
+    matmul(e->dbc, w->x_proj, c->dtype, n_dbc, di, e->u, di, n);
+    matmul(e->delta, w->dt_proj, c->dtype, di, c->dt_rank, e->dbc, n_dbc, n);
+    parallel_for(n * di, scan_channels, &p);
     /* out_proj back to d_model */
     matmul(e->xn, w->out_proj, c->dtype, c->d_model, di, e->y, di, n);
 }

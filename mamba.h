@@ -4,7 +4,7 @@
  *   util.c      errors, memory, numbers, files, stdout, Ctrl-C, progress lines
  *   options.c   the command-line parser every command uses, and its --help
  *   model.c     checkpoint loading and validation, per architecture
- *   cpu.c       the CPU reference engine, per architecture
+ *   cpu.c       the CPU reference engine, per architecture (pool.c: its threads)
  *   sampler.c   repetition penalty, greedy, temperature + top-k + top-p
  *   engine.c    one interface over the CPU engine and (engine_gpu.c) the GPU one
  *   mamba.c     main, `run` and its generation loop, tokenize, info
@@ -152,6 +152,13 @@ void model_free(Model *m);
 uint64_t model_param_count(const Config *c);
 int is_checkpoint(const char *path);            /* a regular file that starts with the magic */
 const char *default_model_path(void);           /* $MAMBA_MODEL, else weights/model.bin beside the binary */
+
+/* ---- pool.c: the CPU engine's threads ---- */
+
+typedef void (*RangeFn)(void *ctx, int begin, int end);
+/* fn(ctx, begin, end) over [0, n) in chunks, on the caller and the pool's workers (as many
+ * threads in all as --threads, OMP_NUM_THREADS or the CPUs say); returns when all are done. */
+void parallel_for(int n, RangeFn fn, void *ctx);
 
 /* ---- cpu.c ---- */
 

@@ -129,5 +129,5 @@ expect_error "a later format version is refused" "format version 3; this mamba r
 # ---- the build: nvcc through CUDA_HOME, else CPU-only with a notice ----
 mkdir -p $TMP/cuda/bin $TMP/nocuda && printf '#!/bin/sh\nexit 1\n' >$TMP/cuda/bin/nvcc && chmod +x $TMP/cuda/bin/nvcc
 path_without_nvcc=$(echo "$PATH" | tr ':' '\n' | while read -r d; do [ -x "$d/nvcc" ] || echo "$d"; done | paste -sd:)
-check "CUDA_HOME with bin/nvcc, none on the PATH: that nvcc builds the kernels" bash -c "PATH='$path_without_nvcc' make -n -B CUDA_HOME=$TMP/cuda build/kernels.o | grep -q '^$TMP/cuda/bin/nvcc '"
-check "CUDA_HOME without nvcc, none on the PATH: CPU-only, with a notice" bash -c "PATH='$path_without_nvcc' make -n -B CUDA_HOME=$TMP/nocuda mamba >$TMP/mk.txt 2>&1; grep -q 'nvcc not found' $TMP/mk.txt && ! grep -q 'MAMBA_CUDA' $TMP/mk.txt"
+check "CUDA_HOME with bin/nvcc, none on the PATH: that nvcc builds the kernels" bash -c "PATH='$path_without_nvcc' env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS make -n -B CUDA_HOME=$TMP/cuda build/kernels.o | grep -q '^$TMP/cuda/bin/nvcc '"
+check "CUDA_HOME without nvcc, none on the PATH: CPU-only, with a notice" bash -c "PATH='$path_without_nvcc' env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS make -n -B CUDA_HOME=$TMP/nocuda mamba >$TMP/mk.txt 2>&1; grep -q 'nvcc not found' $TMP/mk.txt && ! grep -q 'MAMBA_CUDA' $TMP/mk.txt"

@@ -188,10 +188,7 @@ static inline __attribute__((always_inline)) void dot_row_group_of(float *out, s
     }
 }
 
-/* out[b, r] = Σ_c W[r, c] · x[b, c] for the n input rows x[b] (x_stride floats apart) and a
- * row-major [rows, cols] matrix stored as dtype; out is [n, rows]. In parallel over rows; a row is
- * read from memory once for all n inputs, in groups of MATMUL_GROUP then one by one (group sizes
- * the compiler knows; later groups find the row in the cache). */
+/* A matrix product for parallel_for: its arguments, then rows [begin, end) of it. */
 typedef struct {
     float *out;
     const void *W;
@@ -214,6 +211,10 @@ static void matmul_rows(void *ctx, int begin, int end) {
     }
 }
 
+/* out[b, r] = Σ_c W[r, c] · x[b, c] for the n input rows x[b] (x_stride floats apart) and a
+ * row-major [rows, cols] matrix stored as dtype; out is [n, rows]. In parallel over rows; a row is
+ * read from memory once for all n inputs, in groups of MATMUL_GROUP then one by one (group sizes
+ * the compiler knows; later groups find the row in the cache). */
 static void matmul(float *out, const void *W, DType dtype, int rows, int cols, const float *x, size_t x_stride, int n) {
     Matmul p = {out, W, dtype, rows, cols, n, x, x_stride};
     parallel_for(rows, matmul_rows, &p);

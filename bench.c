@@ -154,8 +154,8 @@ static const Option BENCH_OPTIONS[] = {
     {BENCH_STEPS, "-n|--steps|--n-predict", "N", "decode steps (default 256)"},
     {BENCH_PROMPT_LEN, "--prompt-len", "N", "prompt tokens (default 16)"},
     {BENCH_BATCH, "--batch", "N", "sequences decoding together (default 1, at most " STRINGIFY(MAX_BATCH) ")"},
-    {BENCH_DEVICE, "--device", "D", "auto, cpu or cuda (default auto: the GPU when there is one)"},
-    {BENCH_THREADS, "--threads", "N", "CPU threads (default: one a core)"},
+    OPTION_DEVICE(BENCH_DEVICE),
+    OPTION_THREADS(BENCH_THREADS),
     {BENCH_JSON, "--json", NULL, "one line of JSON instead of the text report"},
     {BENCH_SWEEP, "--sweep", NULL, "GPU: the prompt pass at several lengths and batched decoding at several sizes"},
     {0},
@@ -217,11 +217,11 @@ enum { PPL_MODEL = 1, PPL_TOKENIZER, PPL_CTX, PPL_MAX_TOKENS, PPL_DEVICE, PPL_TH
 
 static const Option PERPLEXITY_OPTIONS[] = {
     {PPL_MODEL, "-m|--model", "FILE", "the checkpoint (default: see below)"},
-    {PPL_TOKENIZER, "--tokenizer", "FILE", "tokenizer.json or tokenizer.model (default: the model's own)"},
+    OPTION_TOKENIZER(PPL_TOKENIZER),
     {PPL_CTX, "-c|--ctx", "N", "window length: each window is scored from a fresh state (default 1024)"},
     {PPL_MAX_TOKENS, "--max-tokens", "N", "score only the first N tokens of the text (default: all)"},
-    {PPL_DEVICE, "--device", "D", "auto, cpu or cuda (default auto: the GPU when there is one)"},
-    {PPL_THREADS, "--threads", "N", "CPU threads (default: one a core)"},
+    OPTION_DEVICE(PPL_DEVICE),
+    OPTION_THREADS(PPL_THREADS),
     {PPL_JSON, "--json", NULL, "one line of JSON instead of the text report"},
     {0},
 };

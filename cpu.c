@@ -27,6 +27,7 @@ static const CpuArch *cpu_arch_of(Arch a);
 
 struct CpuEngine {
     const Model *model;
+    const CpuArch *arch;   /* the model's, from CPU_ARCHS */
     int max_batch;   /* the scratch buffers below hold this many rows, one per sequence */
     float *x;        /* [max_batch, d_model] residual stream */
     float *xn;       /* [max_batch, d_model] normalized input of a block, then the block's output */
@@ -81,7 +82,8 @@ CpuEngine *cpu_engine_new(const Model *m, int max_batch) {
     e->max_batch = max_batch;
     carve_scratch(e, &m->config, max_batch);
     alloc_states(e, &m->config);
-    cpu_arch_of(m->config.arch)->prepare(e);
+    e->arch = cpu_arch_of(m->config.arch);
+    e->arch->prepare(e);
     return e;
 }
 
@@ -344,7 +346,7 @@ static const CpuArch *cpu_arch_of(Arch a) {
 }
 
 const float *cpu_engine_forward_batch(CpuEngine *e, int n, const int *slots, const int *tokens) {
-    return cpu_arch_of(e->model->config.arch)->forward(e, n, slots, tokens);
+    return e->arch->forward(e, n, slots, tokens);
 }
 
 void set_threads(const char *value) {

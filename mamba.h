@@ -92,6 +92,11 @@ typedef struct {
 
 enum { OPT_POSITIONAL = -1, OPT_END = -2 };
 
+/* The rows several commands share. */
+#define OPTION_DEVICE(id) {id, "--device", "D", "auto, cpu or cuda (default auto: the GPU when there is one)"}
+#define OPTION_THREADS(id) {id, "--threads", "N", "CPU threads (default: one a core)"}
+#define OPTION_TOKENIZER(id) {id, "--tokenizer", "FILE", "tokenizer.json or tokenizer.model (default: the model's own)"}
+
 typedef struct {
     const Command *cmd;
     int argc;

@@ -19,7 +19,7 @@
 static uint64_t step_bytes(const Model *m, int batch) {
     const Config *c = &m->config;
     uint64_t row = (uint64_t)c->d_model * dtype_size(c->dtype), emb = (uint64_t)c->padded_vocab * row;
-    uint64_t state = (uint64_t)c->n_layer * c->d_inner * (c->d_conv + c->d_state) * sizeof(float);
+    uint64_t state = state_floats(c) * sizeof(float);
     return m->weight_bytes - (c->tied_head ? 0 : emb - batch * row) + batch * state;
 }
 /* The best of a few multi-threaded passes over a buffer far larger than the caches, in bytes/s. */

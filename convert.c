@@ -96,6 +96,8 @@ static FileHeader checkpoint_header(const Config *c, int n, uint64_t data_end, c
     h.n_layer = c->n_layer, h.d_model = c->d_model, h.d_inner = c->d_inner, h.d_state = c->d_state;
     h.d_conv = c->d_conv, h.dt_rank = c->dt_rank, h.vocab_size = c->vocab_size, h.padded_vocab = c->padded_vocab;
     h.norm_eps = c->norm_eps, h.dtype = c->dtype, h.tied_head = c->tied_head;
+    h.n_heads = c->n_heads, h.head_dim = c->head_dim, h.n_groups = c->n_groups;
+    h.dt_min = c->dt_min, h.dt_max = c->dt_max, h.mixer_eps = c->mixer_eps;
     h.tokenizer_kind = tok->blob ? tok->kind : TOKENIZER_NONE;
     h.bos_id = tok->bos_id, h.eos_id = tok->eos_id, h.pad_id = tok->pad_id;
     h.n_tensors = n, h.table_offset = MAMBA_HEADER_BYTES;
@@ -231,9 +233,30 @@ static void tensor_set_free(TensorSet *set) {
     for (int i = 0; i < set->n_files; i++) munmap((void *)set->files[i].map, set->files[i].bytes);
 }
 
+/* Python's json module writes float("inf") as Infinity (transformers' Mamba-2 configs hold
+ * time_step_limit: [0.0, Infinity]), which is not JSON. Outside strings, ±Infinity becomes
+ * ±1e999, same length, which parses to ±inf; NaN, meaningful in no field, is refused. */
+static void accept_infinity(char *text, size_t len, const char *path) {
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (in_string) {
+            if (text[i] == '\\') i++;
+            else if (text[i] == '"') in_string = 0;
+        } else if (text[i] == '"') {
+            in_string = 1;
+        } else if (len - i >= 8 && !memcmp(text + i, "Infinity", 8)) {
+            memcpy(text + i, "1e999   ", 8);
+            i += 7;
+        } else if (len - i >= 3 && !memcmp(text + i, "NaN", 3)) {
+            die("%s holds NaN, a value no field may take", path);
+        }
+    }
+}
+
 static cJSON *parse_json_file(const char *path, const char *what) {
     size_t len;
     char *text = read_file(path, MAX_JSON_BYTES, &len, NULL);
+    accept_infinity(text, len, path);
     cJSON *json = cJSON_ParseWithLength(text, len);
     size_t depth = json ? 0 : json_nesting_depth(text, len);
     free(text);
@@ -405,66 +428,198 @@ static int times_or_zero(int a, int b) {
     return v < 1 || v > INT_MAX ? 0 : (int)v;
 }
 
-/* Two spellings of the config: transformers' MambaConfig (hidden_size, ...) and the original
- * state-spaces one (d_model, ssm_cfg, pad_vocab_size_multiple). Returns the vocab padding
- * multiple (1 for transformers, whose vocab_size already counts the embedding rows). */
-static int config_from_json(const cJSON *j, const char *path, Config *c, TokenizerInfo *tok) {
-    int multiple = 1;
-    *c = (Config){.arch = ARCH_MAMBA1};
-    if (cJSON_GetObjectItemCaseSensitive(j, "hidden_size")) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(j, "model_type");
-        if (type && (!cJSON_IsString(type) || strcmp(type->valuestring, "mamba")))
-            die("%s: model_type is %s, not \"mamba\" (only Mamba-1 is supported)", path,
-                cJSON_IsString(type) ? type->valuestring : "not a string");
-        c->d_model = json_int(j, "hidden_size", 0, 1, path);
-        c->n_layer = json_int(j, "num_hidden_layers", 0, 1, path);
-        c->vocab_size = json_int(j, "vocab_size", 0, 1, path);
-        c->d_state = json_int(j, "state_size", 16, 0, path);
-        c->d_conv = json_int(j, "conv_kernel", 4, 0, path);
-        int expand = json_int(j, "expand", 2, 0, path);
-        c->d_inner = json_int(j, "intermediate_size", times_or_zero(expand, c->d_model), 0, path);
-        c->dt_rank = json_dt_rank(j, "time_step_rank", c->d_model, path);
-        c->norm_eps = (float)json_number(j, "layer_norm_epsilon", 1e-5, 0, path);
-        c->tied_head = json_bool(j, "tie_word_embeddings", 1, path);
-        if (json_bool(j, "use_bias", 0, path)) die("%s: use_bias=true (biased in/out projections) is not supported", path);
-        if (!json_bool(j, "use_conv_bias", 1, path)) die("%s: use_conv_bias=false is not supported", path);
-    } else if (cJSON_GetObjectItemCaseSensitive(j, "d_model")) {
-        c->d_model = json_int(j, "d_model", 0, 1, path);
-        c->n_layer = json_int(j, "n_layer", 0, 1, path);
-        c->vocab_size = json_int(j, "vocab_size", 0, 1, path);
-        multiple = json_int(j, "pad_vocab_size_multiple", 8, 0, path);
-        if (multiple < 1) die("%s: pad_vocab_size_multiple must be ≥ 1", path);
-        c->tied_head = json_bool(j, "tie_embeddings", 1, path);
-        if (!json_bool(j, "rms_norm", 1, path)) die("%s: rms_norm=false (LayerNorm) is not supported", path);
-        const cJSON *ssm = cJSON_GetObjectItemCaseSensitive(j, "ssm_cfg");
-        if (ssm && !cJSON_IsObject(ssm)) die("%s: ssm_cfg is not an object", path);
-        const cJSON *layer = ssm ? cJSON_GetObjectItemCaseSensitive(ssm, "layer") : NULL;
-        if (layer && (!cJSON_IsString(layer) || strcmp(layer->valuestring, "Mamba1")))
-            die("%s: ssm_cfg.layer is not Mamba1 (only Mamba-1 is supported)", path);
-        c->d_state = json_int(ssm, "d_state", 16, 0, path);
-        c->d_conv = json_int(ssm, "d_conv", 4, 0, path);
-        c->d_inner = times_or_zero(json_int(ssm, "expand", 2, 0, path), c->d_model);
-        c->dt_rank = json_dt_rank(ssm, "dt_rank", c->d_model, path);
-        if (json_bool(ssm, "bias", 0, path)) die("%s: ssm_cfg.bias=true is not supported", path);
-        if (!json_bool(ssm, "conv_bias", 1, path)) die("%s: ssm_cfg.conv_bias=false is not supported", path);
-        c->norm_eps = 1e-5f;
-    } else {
-        die("%s has neither hidden_size (transformers) nor d_model (state-spaces)", path);
+/* A special token id: a number, null (none: -1) or a list, whose first entry counts. */
+static int json_token_id(const cJSON *obj, const char *key, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (cJSON_IsArray(v)) v = cJSON_GetArrayItem(v, 0);
+    if (!v || cJSON_IsNull(v)) return -1;
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < -1 || v->valuedouble > (1 << 30))
+        die("%s: \"%s\" is not a token id", path, key);
+    return (int)v->valuedouble;
+}
+
+/* The Δ limits: [lo, hi] with 0 ≤ lo < hi (hi may be Infinity), [0, inf) when absent. */
+static void json_dt_limit(const cJSON *obj, const char *key, Config *c, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    c->dt_min = 0.0f, c->dt_max = INFINITY;
+    if (!v) return;
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2 || !cJSON_IsNumber(cJSON_GetArrayItem(v, 0)) ||
+        !cJSON_IsNumber(cJSON_GetArrayItem(v, 1)))
+        die("%s: \"%s\" is not a pair of numbers", path, key);
+    double lo = cJSON_GetArrayItem(v, 0)->valuedouble, hi = cJSON_GetArrayItem(v, 1)->valuedouble;
+    if (!(lo >= 0 && hi > lo)) die("%s: \"%s\" must be [lo, hi] with 0 ≤ lo < hi", path, key);
+    c->dt_min = (float)lo, c->dt_max = (float)hi;
+}
+
+/* d_inner / head_dim heads, or a one-line refusal when head_dim does not divide d_inner. */
+static int heads_of(int d_inner, int head_dim, const char *path) {
+    if (head_dim < 1 || d_inner % head_dim) die("%s: head_dim %d does not divide d_inner %d", path, head_dim, d_inner);
+    return d_inner / head_dim;
+}
+
+/* transformers' MambaConfig. */
+static void hf_mamba1_config(const cJSON *j, const char *path, Config *c) {
+    c->arch = ARCH_MAMBA1;
+    c->d_state = json_int(j, "state_size", 16, 0, path);
+    c->d_conv = json_int(j, "conv_kernel", 4, 0, path);
+    int expand = json_int(j, "expand", 2, 0, path);
+    c->d_inner = json_int(j, "intermediate_size", times_or_zero(expand, c->d_model), 0, path);
+    c->dt_rank = json_dt_rank(j, "time_step_rank", c->d_model, path);
+    c->norm_eps = (float)json_number(j, "layer_norm_epsilon", 1e-5, 0, path);
+    c->tied_head = json_bool(j, "tie_word_embeddings", 1, path);
+}
+
+/* transformers' FalconMambaConfig: MambaConfig and the eps of the Δ, B, C normalisation. */
+static void hf_falcon_config(const cJSON *j, const char *path, Config *c) {
+    hf_mamba1_config(j, path, c);
+    c->arch = ARCH_FALCON_MAMBA;
+    c->mixer_eps = (float)json_number(j, "mixer_rms_eps", 1e-6, 0, path);
+}
+
+/* transformers' Mamba2Config (its defaults are Codestral-Mamba's). */
+static void hf_mamba2_config(const cJSON *j, const char *path, Config *c) {
+    c->arch = ARCH_MAMBA2;
+    c->d_state = json_int(j, "state_size", 128, 0, path);
+    c->d_conv = json_int(j, "conv_kernel", 4, 0, path);
+    c->d_inner = times_or_zero(json_int(j, "expand", 2, 0, path), c->d_model);
+    c->head_dim = json_int(j, "head_dim", 64, 0, path);
+    c->n_heads = json_int(j, "num_heads", 128, 0, path);
+    if ((int64_t)c->n_heads * c->head_dim != c->d_inner)
+        die("%s: num_heads %d × head_dim %d is not expand × hidden_size = %d", path, c->n_heads, c->head_dim, c->d_inner);
+    c->n_groups = json_int(j, "n_groups", 8, 0, path);
+    c->norm_eps = (float)json_number(j, "layer_norm_epsilon", 1e-5, 0, path);
+    c->tied_head = json_bool(j, "tie_word_embeddings", 0, path);
+    json_dt_limit(j, "time_step_limit", c, path);
+}
+
+/* The original state-spaces Mamba (mamba_ssm's Mamba class), from ssm_cfg. */
+static void ss_mamba1_config(const cJSON *ssm, const char *path, Config *c) {
+    c->arch = ARCH_MAMBA1;
+    c->d_state = json_int(ssm, "d_state", 16, 0, path);
+    c->d_conv = json_int(ssm, "d_conv", 4, 0, path);
+    c->d_inner = times_or_zero(json_int(ssm, "expand", 2, 0, path), c->d_model);
+    c->dt_rank = json_dt_rank(ssm, "dt_rank", c->d_model, path);
+    if (json_bool(ssm, "bias", 0, path)) die("%s: ssm_cfg.bias=true is not supported", path);
+    if (!json_bool(ssm, "conv_bias", 1, path)) die("%s: ssm_cfg.conv_bias=false is not supported", path);
+}
+
+/* The original state-spaces Mamba2, from ssm_cfg with mamba_ssm's defaults. */
+static void ss_mamba2_config(const cJSON *ssm, const char *path, Config *c) {
+    c->arch = ARCH_MAMBA2;
+    c->d_state = json_int(ssm, "d_state", 128, 0, path);
+    c->d_conv = json_int(ssm, "d_conv", 4, 0, path);
+    c->d_inner = times_or_zero(json_int(ssm, "expand", 2, 0, path), c->d_model);
+    const cJSON *d_ssm = cJSON_GetObjectItemCaseSensitive(ssm, "d_ssm");
+    if (d_ssm && !cJSON_IsNull(d_ssm) && json_int(ssm, "d_ssm", 0, 1, path) != c->d_inner)
+        die("%s: ssm_cfg.d_ssm other than d_inner (an MLP beside the SSM) is not supported", path);
+    c->head_dim = json_int(ssm, "headdim", 64, 0, path);
+    c->n_heads = heads_of(c->d_inner, c->head_dim, path);
+    c->n_groups = json_int(ssm, "ngroups", 1, 0, path);
+    json_dt_limit(ssm, "dt_limit", c, path);
+    if (!json_bool(ssm, "rmsnorm", 1, path)) die("%s: ssm_cfg.rmsnorm=false is not supported", path);
+    if (json_bool(ssm, "norm_before_gate", 0, path)) die("%s: ssm_cfg.norm_before_gate=true is not supported", path);
+    if (json_bool(ssm, "D_has_hdim", 0, path)) die("%s: ssm_cfg.D_has_hdim=true is not supported", path);
+    if (json_bool(ssm, "bias", 0, path)) die("%s: ssm_cfg.bias=true is not supported", path);
+    if (!json_bool(ssm, "conv_bias", 1, path)) die("%s: ssm_cfg.conv_bias=false is not supported", path);
+}
+
+typedef struct {
+    const char *name;                       /* transformers' model_type, or ssm_cfg.layer */
+    void (*read)(const cJSON *j, const char *path, Config *c);
+} ConfigReader;
+
+static const ConfigReader HF_CONFIGS[] = {
+    {"mamba", hf_mamba1_config}, {"mamba2", hf_mamba2_config}, {"falcon_mamba", hf_falcon_config},
+};
+static const ConfigReader STATE_SPACES_CONFIGS[] = {{"Mamba1", ss_mamba1_config}, {"Mamba2", ss_mamba2_config}};
+
+/* The reader called `name` in table[n], or a one-line refusal listing the known ones. */
+static const ConfigReader *config_reader(const ConfigReader *table, int n, const char *name, const char *key,
+                                         const char *path) {
+    char known[128] = "";
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(table[i].name, name)) return &table[i];
+        snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "", table[i].name);
     }
-    /* out of range (refused by config_problem) rather than wrapped */
-    uint64_t padded = c->vocab_size < 1 ? 0 : align_up((uint64_t)c->vocab_size, (uint64_t)multiple);
-    c->padded_vocab = padded > INT_MAX ? -1 : (int)padded;
-    tok->bos_id = json_int(j, "bos_token_id", -1, 0, path);
-    tok->eos_id = json_int(j, "eos_token_id", -1, 0, path);
-    tok->pad_id = json_int(j, "pad_token_id", -1, 0, path);
+    die("%s: %s \"%s\" is not supported (known: %s)", path, key, name, known);
+}
+
+/* The string at key, `fallback` when absent. */
+static const char *json_string(const cJSON *obj, const char *key, const char *fallback, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v) return fallback;
+    if (!cJSON_IsString(v)) die("%s: \"%s\" is not a string", path, key);
+    return v->valuestring;
+}
+
+/* transformers' config (hidden_size, model_type). */
+static void hf_config(const cJSON *j, const char *path, Config *c) {
+    const ConfigReader *r = config_reader(HF_CONFIGS, sizeof HF_CONFIGS / sizeof *HF_CONFIGS,
+                                          json_string(j, "model_type", "mamba", path), "model_type", path);
+    c->d_model = json_int(j, "hidden_size", 0, 1, path);
+    c->n_layer = json_int(j, "num_hidden_layers", 0, 1, path);
+    c->vocab_size = json_int(j, "vocab_size", 0, 1, path);
+    r->read(j, path, c);
+    if (json_bool(j, "use_bias", 0, path)) die("%s: use_bias=true (biased in/out projections) is not supported", path);
+    if (!json_bool(j, "use_conv_bias", 1, path)) die("%s: use_conv_bias=false is not supported", path);
+}
+
+/* The original state-spaces config (d_model, ssm_cfg); returns the vocab padding multiple.
+ * Hybrid models (attention layers, MLPs) are refused. */
+static int state_spaces_config(const cJSON *j, const char *path, Config *c) {
+    c->d_model = json_int(j, "d_model", 0, 1, path);
+    c->n_layer = json_int(j, "n_layer", 0, 1, path);
+    c->vocab_size = json_int(j, "vocab_size", 0, 1, path);
+    int multiple = json_int(j, "pad_vocab_size_multiple", 8, 0, path);
+    if (multiple < 1) die("%s: pad_vocab_size_multiple must be ≥ 1", path);
+    c->tied_head = json_bool(j, "tie_embeddings", 1, path);
+    if (!json_bool(j, "rms_norm", 1, path)) die("%s: rms_norm=false (LayerNorm) is not supported", path);
+    const cJSON *attn = cJSON_GetObjectItemCaseSensitive(j, "attn_layer_idx");
+    if (attn && !cJSON_IsNull(attn) && (!cJSON_IsArray(attn) || cJSON_GetArraySize(attn) > 0))
+        die("%s: attn_layer_idx names attention layers: hybrid models are not supported", path);
+    if (json_int(j, "d_intermediate", 0, 0, path) > 0)
+        die("%s: d_intermediate > 0 (an MLP after each mixer): hybrid models are not supported", path);
+    const cJSON *ssm = cJSON_GetObjectItemCaseSensitive(j, "ssm_cfg");
+    if (ssm && !cJSON_IsObject(ssm)) die("%s: ssm_cfg is not an object", path);
+    const ConfigReader *r = config_reader(STATE_SPACES_CONFIGS, 2, json_string(ssm, "layer", "Mamba1", path),
+                                          "ssm_cfg.layer", path);
+    r->read(ssm, path, c);
+    c->norm_eps = 1e-5f;                    /* mamba_ssm's, not in its config */
     return multiple;
 }
 
-/* Source names of each of our tensors; the two conventions differ only in the embedding. */
-static void source_names(const TensorSpec *s, char names[2][128]) {
+/* Two spellings of the config: transformers' (hidden_size, ...) and the original state-spaces
+ * one (d_model, ssm_cfg, pad_vocab_size_multiple). Returns the vocab padding multiple (1 for
+ * transformers, whose vocab_size already counts the embedding rows). */
+static int config_from_json(const cJSON *j, const char *path, Config *c, TokenizerInfo *tok) {
+    int multiple = 1;
+    *c = (Config){0};
+    if (cJSON_GetObjectItemCaseSensitive(j, "hidden_size")) hf_config(j, path, c);
+    else if (cJSON_GetObjectItemCaseSensitive(j, "d_model")) multiple = state_spaces_config(j, path, c);
+    else die("%s has neither hidden_size (transformers) nor d_model (state-spaces)", path);
+    /* out of range (refused by config_problem) rather than wrapped */
+    uint64_t padded = c->vocab_size < 1 ? 0 : align_up((uint64_t)c->vocab_size, (uint64_t)multiple);
+    c->padded_vocab = padded > INT_MAX ? -1 : (int)padded;
+    tok->bos_id = json_token_id(j, "bos_token_id", path);
+    tok->eos_id = json_token_id(j, "eos_token_id", path);
+    tok->pad_id = json_token_id(j, "pad_token_id", path);
+    return multiple;
+}
+
+/* Source names of each of our tensors, per architecture; the two conventions differ only in
+ * the embedding. */
+static void source_names(const Config *c, const TensorSpec *s, char names[2][128]) {
+    static const char *const mamba1[MAMBA1_LAYER_TENSORS] = {
+        "norm.weight", "mixer.in_proj.weight", "mixer.conv1d.weight", "mixer.conv1d.bias", "mixer.x_proj.weight",
+        "mixer.dt_proj.weight", "mixer.dt_proj.bias", "mixer.A_log", "mixer.D", "mixer.out_proj.weight",
+    };
+    static const char *const mamba2[MAMBA2_LAYER_TENSORS] = {
+        "norm.weight", "mixer.in_proj.weight", "mixer.conv1d.weight", "mixer.conv1d.bias", "mixer.dt_bias",
+        "mixer.A_log", "mixer.D", "mixer.norm.weight", "mixer.out_proj.weight",
+    };
     int layer;
     char part[32];
-    names[1][0] = '\0';
+    names[0][0] = names[1][0] = '\0';
     if (!strcmp(s->name, "embedding")) {
         strcpy(names[0], "backbone.embeddings.weight");
         strcpy(names[1], "backbone.embedding.weight");
@@ -473,18 +628,17 @@ static void source_names(const TensorSpec *s, char names[2][128]) {
     } else if (!strcmp(s->name, "lm_head")) {
         strcpy(names[0], "lm_head.weight");
     } else if (sscanf(s->name, "layers.%d.%31s", &layer, part) == 2) {
-        static const char *const hf[MAMBA1_LAYER_TENSORS] = {
-            "norm.weight", "mixer.in_proj.weight", "mixer.conv1d.weight", "mixer.conv1d.bias", "mixer.x_proj.weight",
-            "mixer.dt_proj.weight", "mixer.dt_proj.bias", "mixer.A_log", "mixer.D", "mixer.out_proj.weight",
-        };
-        for (int t = 0; t < MAMBA1_LAYER_TENSORS; t++)
-            if (!strcmp(part, MAMBA1_LAYER_TENSOR_NAMES[t])) snprintf(names[0], 128, "backbone.layers.%d.%s", layer, hf[t]);
+        int mamba2_layout = c->arch == ARCH_MAMBA2, n = mamba2_layout ? MAMBA2_LAYER_TENSORS : MAMBA1_LAYER_TENSORS;
+        const char *const *ours = mamba2_layout ? MAMBA2_LAYER_TENSOR_NAMES : MAMBA1_LAYER_TENSOR_NAMES;
+        const char *const *theirs = mamba2_layout ? mamba2 : mamba1;
+        for (int t = 0; t < n; t++)
+            if (!strcmp(part, ours[t])) snprintf(names[0], 128, "backbone.layers.%d.%s", layer, theirs[t]);
     }
 }
 
-static const SafeTensor *lookup_source(const TensorSet *set, const TensorSpec *s) {
+static const SafeTensor *lookup_source(const TensorSet *set, const Config *c, const TensorSpec *s) {
     char names[2][128];
-    source_names(s, names);
+    source_names(c, s, names);
     const SafeTensor *t = find_tensor(set, names[0]);
     if (!t && names[1][0]) t = find_tensor(set, names[1]);
     if (!t) die("%s: missing tensor %s", set->dir, names[0]);
@@ -510,11 +664,13 @@ static const SafeTensor *lookup_source(const TensorSet *set, const TensorSpec *s
 
 typedef struct {
     const TensorSet *set;
+    const Config *config;
 } ConvertSource;
 
 static void convert_tensor(void *ctx, int i, const TensorSpec *s, float *out) {
     (void)i;
-    const SafeTensor *t = lookup_source(((ConvertSource *)ctx)->set, s);
+    const ConvertSource *src = ctx;
+    const SafeTensor *t = lookup_source(src->set, src->config, s);
     size_t count = (size_t)s->rows * s->cols;
     for (size_t j = 0; j < count; j++) {
         uint16_t half;
@@ -600,7 +756,7 @@ void cmd_convert(int argc, char **argv) {
     TensorSpec probe;
     set_spec(&probe, "embedding", 0, 0, 2, 1);
     char names[2][128];
-    source_names(&probe, names);
+    source_names(&c, &probe, names);
     const SafeTensor *emb = find_tensor(&set, names[0]);
     if (!emb) emb = find_tensor(&set, names[1]);
     if (!emb) die("%s: missing tensor %s", dir, names[0]);
@@ -611,7 +767,7 @@ void cmd_convert(int argc, char **argv) {
     if (problem) die("%s: bad config: %s", path, problem);
 
     find_tokenizer(dir, &tok);
-    ConvertSource src = {&set};
+    ConvertSource src = {&set, &c};
     write_checkpoint(out, &c, convert_tensor, &src, &tok, "convert");
     tensor_set_free(&set);
     free((void *)tok.blob);
@@ -625,13 +781,45 @@ void cmd_convert(int argc, char **argv) {
 
 typedef struct {
     const char *name;
-    int d_model, n_layer, vocab;
+    Arch arch;
+    int d_model, n_layer, vocab, padded_vocab, d_state, tied_head;
+    int head_dim, n_groups;                 /* Mamba-2 */
 } Shape;
 
+/* The published shapes: Mamba-1 (state-spaces/mamba-*), Mamba-2 (state-spaces/mamba2-*),
+ * Codestral-Mamba-7B and Falcon-Mamba-7B. */
 static const Shape SHAPES[] = {
-    {"tiny", 64, 2, 512},       {"130m", 768, 24, 50280},   {"370m", 1024, 48, 50280},
-    {"790m", 1536, 48, 50280},  {"1.4b", 2048, 48, 50280},  {"2.8b", 2560, 64, 50280},
+    {"tiny", ARCH_MAMBA1, 64, 2, 512, 512, 16, 1, 0, 0},
+    {"130m", ARCH_MAMBA1, 768, 24, 50280, 50280, 16, 1, 0, 0},
+    {"370m", ARCH_MAMBA1, 1024, 48, 50280, 50280, 16, 1, 0, 0},
+    {"790m", ARCH_MAMBA1, 1536, 48, 50280, 50280, 16, 1, 0, 0},
+    {"1.4b", ARCH_MAMBA1, 2048, 48, 50280, 50280, 16, 1, 0, 0},
+    {"2.8b", ARCH_MAMBA1, 2560, 64, 50280, 50280, 16, 1, 0, 0},
+    {"mamba2-tiny", ARCH_MAMBA2, 64, 2, 512, 512, 16, 1, 16, 2},
+    {"mamba2-130m", ARCH_MAMBA2, 768, 24, 50277, 50288, 128, 1, 64, 1},
+    {"mamba2-370m", ARCH_MAMBA2, 1024, 48, 50277, 50288, 128, 1, 64, 1},
+    {"mamba2-780m", ARCH_MAMBA2, 1536, 48, 50277, 50288, 128, 1, 64, 1},
+    {"mamba2-1.3b", ARCH_MAMBA2, 2048, 48, 50277, 50288, 128, 1, 64, 1},
+    {"mamba2-2.7b", ARCH_MAMBA2, 2560, 64, 50277, 50288, 128, 1, 64, 1},
+    {"codestral-7b", ARCH_MAMBA2, 4096, 64, 32768, 32768, 128, 0, 64, 8},
+    {"falcon-mamba-tiny", ARCH_FALCON_MAMBA, 64, 2, 512, 512, 16, 0, 0, 0},
+    {"falcon-mamba-7b", ARCH_FALCON_MAMBA, 4096, 64, 65024, 65024, 16, 0, 0, 0},
 };
+
+/* The config of a shape: expand 2, conv 4; Mamba-1's Δ rank d_model / 16. */
+static Config shape_config(const Shape *sh, DType dtype) {
+    Config c = {.arch = sh->arch, .n_layer = sh->n_layer, .d_model = sh->d_model, .d_inner = 2 * sh->d_model,
+                .d_state = sh->d_state, .d_conv = 4, .vocab_size = sh->vocab, .padded_vocab = sh->padded_vocab,
+                .norm_eps = 1e-5f, .dtype = dtype, .tied_head = sh->tied_head};
+    if (sh->arch == ARCH_MAMBA2) {
+        c.head_dim = sh->head_dim, c.n_heads = c.d_inner / sh->head_dim, c.n_groups = sh->n_groups;
+        c.dt_min = 0.0f, c.dt_max = INFINITY;
+    } else {
+        c.dt_rank = (sh->d_model + 15) / 16;
+        if (sh->arch == ARCH_FALCON_MAMBA) c.mixer_eps = 1e-6f;
+    }
+    return c;
+}
 
 typedef struct {
     const Config *config;
@@ -663,7 +851,8 @@ static void init_tensor(void *ctx, int index, const TensorSpec *s, float *out) {
     if (!strcmp(kind, "embedding") || !strcmp(kind, "lm_head")) scale = sqrtf(3.0f) * 2.0f / sqrtf((float)c->d_model);
     enum { MATRIX, A_LOG, NEAR_ONE, DT_BIAS, CONV_W, CONV_B } what = MATRIX;
     if (!strcmp(kind, "A_log")) what = A_LOG;
-    else if (!strcmp(kind, "D") || !strcmp(kind, "norm") || !strcmp(kind, "norm_f")) what = NEAR_ONE;
+    else if (!strcmp(kind, "D") || !strcmp(kind, "norm") || !strcmp(kind, "norm_f") || !strcmp(kind, "gate_norm"))
+        what = NEAR_ONE;
     else if (!strcmp(kind, "dt_bias")) what = DT_BIAS;
     else if (!strcmp(kind, "conv_w")) what = CONV_W;
     else if (!strcmp(kind, "conv_b")) what = CONV_B;
@@ -672,7 +861,10 @@ static void init_tensor(void *ctx, int index, const TensorSpec *s, float *out) {
     for (size_t i = 0; i < count; i++) {
         float r = uniform_at(seed, i);
         switch (what) {
-        case A_LOG: out[i] = logf((float)(i % s->cols + 1)); break;         /* S4D-real init: A = -(1..N) */
+        case A_LOG:                                                          /* S4D-real init: A = -(1..N) */
+            /* (Mamba-2, one per head: A uniform in [-16, -1]) */
+            out[i] = s->ndim == 1 ? logf(1.0f + 7.5f * (r + 1.0f)) : logf((float)(i % s->cols + 1));
+            break;
         case NEAR_ONE: out[i] = 1.0f + 0.1f * r; break;
         case DT_BIAS: {                                                      /* softplus⁻¹ of a log-uniform Δ */
             float dt = expf(log_lo + (r + 1.0f) * 0.5f * (log_hi - log_lo));
@@ -689,16 +881,18 @@ static void init_tensor(void *ctx, int index, const TensorSpec *s, float *out) {
 enum { INIT_SHAPE = 1, INIT_DTYPE, INIT_SEED };
 
 static const Option INIT_OPTIONS[] = {
-    {INIT_SHAPE, "--shape", "NAME", "tiny, 130m, 370m, 790m, 1.4b or 2.8b (required)"},
+    {INIT_SHAPE, "--shape", "NAME", "a published shape (required): Mamba-1 tiny, 130m, 370m, 790m, 1.4b, 2.8b; "
+                                    "Mamba-2 mamba2-tiny, mamba2-130m, mamba2-370m, mamba2-780m, mamba2-1.3b, "
+                                    "mamba2-2.7b, codestral-7b; Falcon-Mamba falcon-mamba-tiny, falcon-mamba-7b"},
     {INIT_DTYPE, "--dtype", "f32|f16|bf16", "how the matrices are stored (default bf16)"},
     {INIT_SEED, "-s|--seed", "N", "the weights' seed (default 1)"},
     {0},
 };
 
 static const Command INIT_COMMAND = {
-    "init", "mamba init --shape tiny|130m|370m|790m|1.4b|2.8b [--dtype bf16] [--seed N] OUT.bin",
-    "Writes a random Mamba-1 model of a published shape (no tokenizer), for benchmarks and tests\n"
-    "without downloads.",
+    "init", "mamba init --shape NAME [--dtype bf16] [--seed N] OUT.bin",
+    "Writes a random model of a published shape (no tokenizer), for benchmarks and tests without\n"
+    "downloads.",
     INIT_OPTIONS, 0,
 };
 
@@ -719,10 +913,13 @@ void cmd_init(int argc, char **argv) {
     const Shape *sh = NULL;
     for (size_t i = 0; i < sizeof SHAPES / sizeof *SHAPES; i++)
         if (!strcmp(SHAPES[i].name, shape)) sh = &SHAPES[i];
-    if (!sh) die("--shape must be one of tiny, 130m, 370m, 790m, 1.4b, 2.8b; got '%s'", shape);
-    Config c = {.arch = ARCH_MAMBA1, .n_layer = sh->n_layer, .d_model = sh->d_model, .d_inner = 2 * sh->d_model, .d_state = 16,
-                .d_conv = 4, .dt_rank = (sh->d_model + 15) / 16, .vocab_size = sh->vocab, .padded_vocab = sh->vocab,
-                .norm_eps = 1e-5f, .dtype = dtype, .tied_head = 1};
+    if (!sh) {
+        char known[512] = "";
+        for (size_t i = 0; i < sizeof SHAPES / sizeof *SHAPES; i++)
+            snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "", SHAPES[i].name);
+        die("--shape must be one of %s; got '%s'", known, shape);
+    }
+    Config c = shape_config(sh, dtype);
     InitSource src = {&c, seed};
     TokenizerInfo tok = {.bos_id = -1, .eos_id = -1, .pad_id = -1};
     write_checkpoint(out, &c, init_tensor, &src, &tok, "init");

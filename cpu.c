@@ -3,7 +3,7 @@
  * through each layer together, so every weight matrix is read once per step whatever n; each
  * output is summed in an order fixed by the model alone, so a sequence's logits do not depend
  * on what else is in the batch (single-sequence use is n = 1). An architecture is a `prepare`
- * and a `forward` in the table at the end of the file. */
+ * and a `block` in the table at the end of the file. */
 #include "mamba.h"
 
 #include <math.h>
@@ -16,11 +16,13 @@
 #include <immintrin.h>
 #endif
 
-/* What an architecture brings to the CPU engine (the table CPU_ARCHS at the end). */
+/* What an architecture brings to the CPU engine (the table CPU_ARCHS at the end): the
+ * constants it derives from the weights once, and its block (the mixer of one layer for the n
+ * sequences in slots[], from e->xn to e->xn). */
 typedef struct {
     Arch arch;
-    void (*prepare)(CpuEngine *e);   /* constants derived from the weights, once */
-    const float *(*forward)(CpuEngine *e, int n, const int *slots, const int *tokens);
+    void (*prepare)(CpuEngine *e);
+    void (*block)(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots);
 } CpuArch;
 
 static const CpuArch *cpu_arch_of(Arch a);
@@ -31,20 +33,20 @@ struct CpuEngine {
     int max_batch;   /* the scratch buffers below hold this many rows, one per sequence */
     float *x;        /* [max_batch, d_model] residual stream */
     float *xn;       /* [max_batch, d_model] normalized input of a block, then the block's output */
-    float *xz;       /* [max_batch, 2*d_inner] in_proj output: x then the gate z */
-    float *u;        /* [max_batch, d_inner] conv1d + SiLU output, the SSM input */
+    float *proj;     /* [max_batch, in_proj_rows] in_proj output: Mamba-1 (x, z), Mamba-2 (z, x, B, C, dt) */
+    float *u;        /* [max_batch, conv_dim] conv1d + SiLU output: the SSM input (Mamba-2: x, B, C) */
     float *dbc;      /* [max_batch, dt_rank + 2*d_state] x_proj output: dt (low rank), B, C */
     float *delta;    /* [max_batch, d_inner] Δ before dt_bias and softplus */
     float *y;        /* [max_batch, d_inner] SSM output, gated */
     float *logits;   /* [max_batch, padded_vocab] */
     void *scratch;   /* the allocation the buffers above are carved from */
-    float *A;        /* [n_layer, d_inner, d_state] A = -exp(A_log), computed once */
+    float *A;        /* [n_layer, d_inner, d_state] A = -exp(A_log), computed once (Mamba-2: [n_layer, n_heads]) */
     SeqState *slots; /* [max_batch] the state of each sequence slot */
 };
 
 void cpu_engine_reset_slot(CpuEngine *e, int slot) {
     const Config *c = &e->model->config;
-    memset(e->slots[slot].conv, 0, (size_t)c->n_layer * c->d_inner * c->d_conv * sizeof(float));
+    memset(e->slots[slot].conv, 0, (size_t)c->n_layer * conv_dim(c) * c->d_conv * sizeof(float));
     memset(e->slots[slot].ssm, 0, (size_t)c->n_layer * c->d_inner * c->d_state * sizeof(float));
 }
 
@@ -55,8 +57,8 @@ static size_t line_bytes(size_t n) { return (n * sizeof(float) + 63) / 64 * 64; 
  * a buffer's first row never straddle two lines. */
 static void carve_scratch(CpuEngine *e, const Config *c, size_t rows) {
     size_t di = c->d_inner;
-    float **buffers[] = {&e->x, &e->xn, &e->xz, &e->u, &e->dbc, &e->delta, &e->y, &e->logits};
-    const size_t floats[] = {rows * c->d_model, rows * c->d_model, rows * 2 * di, rows * di,
+    float **buffers[] = {&e->x, &e->xn, &e->proj, &e->u, &e->dbc, &e->delta, &e->y, &e->logits};
+    const size_t floats[] = {rows * c->d_model, rows * c->d_model, rows * in_proj_rows(c), rows * conv_dim(c),
                              rows * (c->dt_rank + 2 * c->d_state), rows * di, rows * di, rows * c->padded_vocab};
     size_t bytes = 63;
     for (size_t i = 0; i < sizeof floats / sizeof *floats; i++) bytes += line_bytes(floats[i]);
@@ -71,7 +73,7 @@ static void carve_scratch(CpuEngine *e, const Config *c, size_t rows) {
 static void alloc_states(CpuEngine *e, const Config *c) {
     e->slots = xcalloc(e->max_batch, sizeof *e->slots);
     for (int s = 0; s < e->max_batch; s++) {
-        e->slots[s].conv = xcalloc((size_t)c->n_layer * c->d_inner * c->d_conv, sizeof(float));
+        e->slots[s].conv = xcalloc((size_t)c->n_layer * conv_dim(c) * c->d_conv, sizeof(float));
         e->slots[s].ssm = xcalloc((size_t)c->n_layer * c->d_inner * c->d_state, sizeof(float));
     }
 }
@@ -240,27 +242,29 @@ static float silu(float x) { return x / (1.0f + expf(-x)); }
 /* PyTorch's softplus, which is linear above 20. */
 static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
-/* What the per-channel loops of a Mamba mixer read: layer l of the n sequences in slots[]. */
+/* What the per-channel loops of a mixer read: layer l of the n sequences in slots[]. The conv
+ * runs over `channels` inputs of each row of e->proj, from column conv_from on. */
 typedef struct {
     CpuEngine *e;
     const Config *c;
     const LayerWeights *w;
     int l;
     const int *slots;
+    int channels, conv_from;
 } Mixer;
 
-/* Channels [begin, end) of the n * d_inner: causal depthwise conv1d over the last d_conv inputs
- * of each channel, then SiLU. */
+/* Channels [begin, end) of the n * channels: causal depthwise conv1d over the last d_conv
+ * inputs of each channel, then SiLU. */
 static void conv_channels(void *ctx, int begin, int end) {
     const Mixer *p = ctx;
     CpuEngine *e = p->e;
     const LayerWeights *w = p->w;
-    int di = p->c->d_inner, nk = p->c->d_conv;
+    int nc = p->channels, nk = p->c->d_conv, rows = in_proj_rows(p->c);
     for (int i = begin; i < end; i++) {
-        int b = i / di, ch = i % di;
-        float *window = e->slots[p->slots[b]].conv + ((size_t)p->l * di + ch) * nk;
+        int b = i / nc, ch = i % nc;
+        float *window = e->slots[p->slots[b]].conv + ((size_t)p->l * nc + ch) * nk;
         memmove(window, window + 1, (nk - 1) * sizeof(float));
-        window[nk - 1] = e->xz[(size_t)b * 2 * di + ch];
+        window[nk - 1] = e->proj[(size_t)b * rows + p->conv_from + ch];
         float s = w->conv_b[ch];
         for (int k = 0; k < nk; k++) s += w->conv_w[ch * nk + k] * window[k];
         e->u[i] = silu(s);
@@ -276,7 +280,7 @@ static void scan_channels(void *ctx, int begin, int end) {
     const float *A = e->A + (size_t)p->l * di * ns;
     for (int i = begin; i < end; i++) {
         int b = i / di, ch = i % di;
-        const float *B = e->dbc + (size_t)b * n_dbc + dt_rank, *C = B + ns, *z = e->xz + (size_t)b * 2 * di + di;
+        const float *B = e->dbc + (size_t)b * n_dbc + dt_rank, *C = B + ns, *z = e->proj + (size_t)b * 2 * di + di;
         float dt = softplus(e->delta[i] + w->dt_bias[ch]), x = e->u[i];
         float *h = e->slots[p->slots[b]].ssm + ((size_t)p->l * di + ch) * ns;
         float y = 0.0f;
@@ -291,23 +295,37 @@ static void scan_channels(void *ctx, int begin, int end) {
     }
 }
 
-/* One Mamba mixer in recurrent mode for the n sequences in slots[]; reads e->xn (row b for
- * slots[b]), leaves the outputs there. */
-static void mamba1_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots) {
-    int di = c->d_inner, n_dbc = c->dt_rank + 2 * c->d_state;
-    Mixer p = {e, c, w, l, slots};
+/* ---- Mamba-1 ---- */
+
+/* The inputs of Mamba-1's selective scan: in_proj, the conv, x_proj (into e->dbc). */
+static void mamba1_selection(CpuEngine *e, const Config *c, const LayerWeights *w, Mixer *p, int n) {
+    int di = c->d_inner;
     /* in_proj: (x, z) = W_in · xn */
-    matmul(e->xz, w->in_proj, c->dtype, 2 * di, c->d_model, e->xn, c->d_model, n);
-    parallel_for(n * di, conv_channels, &p);
-    /* x_proj: (dt, B, C) = W_x · u; dt_proj: W_dt · dt */
-    matmul(e->dbc, w->x_proj, c->dtype, n_dbc, di, e->u, di, n);
-    matmul(e->delta, w->dt_proj, c->dtype, di, c->dt_rank, e->dbc, n_dbc, n);
-    parallel_for(n * di, scan_channels, &p);
+    matmul(e->proj, w->in_proj, c->dtype, 2 * di, c->d_model, e->xn, c->d_model, n);
+    parallel_for(n * di, conv_channels, p);
+    /* x_proj: (dt, B, C) = W_x · u */
+    matmul(e->dbc, w->x_proj, c->dtype, c->dt_rank + 2 * c->d_state, di, e->u, di, n);
+}
+
+/* Δ, the scan and out_proj, from e->dbc. */
+static void mamba1_scan(CpuEngine *e, const Config *c, const LayerWeights *w, Mixer *p, int n) {
+    int di = c->d_inner;
+    /* dt_proj: W_dt · dt */
+    matmul(e->delta, w->dt_proj, c->dtype, di, c->dt_rank, e->dbc, c->dt_rank + 2 * c->d_state, n);
+    parallel_for(n * di, scan_channels, p);
     /* out_proj back to d_model */
     matmul(e->xn, w->out_proj, c->dtype, c->d_model, di, e->y, di, n);
 }
 
-/* A = -exp(A_log), once for all steps. */
+/* One Mamba mixer in recurrent mode for the n sequences in slots[]; reads e->xn (row b for
+ * slots[b]), leaves the outputs there. */
+static void mamba1_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots) {
+    Mixer p = {e, c, w, l, slots, c->d_inner, 0};
+    mamba1_selection(e, c, w, &p, n);
+    mamba1_scan(e, c, w, &p, n);
+}
+
+/* A = -exp(A_log), once for all steps (Mamba-1 and Falcon-Mamba). */
 static void mamba1_prepare(CpuEngine *e) {
     const Config *c = &e->model->config;
     size_t per_layer = (size_t)c->d_inner * c->d_state;
@@ -316,8 +334,92 @@ static void mamba1_prepare(CpuEngine *e) {
         for (size_t i = 0; i < per_layer; i++) e->A[l * per_layer + i] = -expf(e->model->weights.layers[l].A_log[i]);
 }
 
+/* ---- Falcon-Mamba ---- */
+
+/* x / sqrt(mean(x²) + eps), in place: RMSNorm without a weight. */
+static void rms_normalize(float *x, int n, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float scale = 1.0f / sqrtf(ss / n + eps);
+    for (int i = 0; i < n; i++) x[i] *= scale;
+}
+
+/* Mamba-1 with dt (low rank), B and C each RMS-normalised (no weight) after x_proj. */
+static void falcon_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots) {
+    Mixer p = {e, c, w, l, slots, c->d_inner, 0};
+    int ns = c->d_state, n_dbc = c->dt_rank + 2 * ns;
+    mamba1_selection(e, c, w, &p, n);
+    for (int b = 0; b < n; b++) {
+        float *dbc = e->dbc + (size_t)b * n_dbc;
+        rms_normalize(dbc, c->dt_rank, c->mixer_eps);
+        rms_normalize(dbc + c->dt_rank, ns, c->mixer_eps);
+        rms_normalize(dbc + c->dt_rank + ns, ns, c->mixer_eps);
+    }
+    mamba1_scan(e, c, w, &p, n);
+}
+
+/* ---- Mamba-2 ---- */
+
+/* Heads [begin, end) of the n * n_heads: one step of the SSD recurrence, each head's
+ * head_dim × d_state state decaying by one scalar. */
+static void mamba2_heads(void *ctx, int begin, int end) {
+    const Mixer *p = ctx;
+    CpuEngine *e = p->e;
+    const Config *c = p->c;
+    const LayerWeights *w = p->w;
+    int di = c->d_inner, ns = c->d_state, nh = c->n_heads, hd = c->head_dim, nc = p->channels;
+    int rows = in_proj_rows(c), heads_per_group = nh / c->n_groups;
+    for (int i = begin; i < end; i++) {
+        int b = i / nh, h = i % nh, g = h / heads_per_group;
+        const float *row = e->proj + (size_t)b * rows, *z = row + h * hd;
+        const float *x = e->u + (size_t)b * nc + h * hd;
+        const float *B = e->u + (size_t)b * nc + di + g * ns, *C = B + c->n_groups * ns;
+        /* Δ = softplus(dt + dt_bias), clamped to the time-step limits; the decay exp(Δ·A) */
+        float dt = softplus(row[di + nc + h] + w->dt_bias[h]);
+        dt = fminf(fmaxf(dt, c->dt_min), c->dt_max);
+        float decay = expf(dt * e->A[(size_t)p->l * nh + h]);
+        float *S = e->slots[p->slots[b]].ssm + ((size_t)p->l * di + (size_t)h * hd) * ns;
+        for (int q = 0; q < hd; q++, S += ns) {
+            /* S = exp(Δ·A)·S + Δ·x ⊗ B; y = S·C + D·x, gated by SiLU(z) */
+            float y = 0.0f, dx = dt * x[q];
+            for (int k = 0; k < ns; k++) {
+                S[k] = decay * S[k] + dx * B[k];
+                y += S[k] * C[k];
+            }
+            e->y[(size_t)b * di + h * hd + q] = (y + w->D[h] * x[q]) * silu(z[q]);
+        }
+    }
+}
+
+/* One Mamba-2 mixer in recurrent mode; reads e->xn, leaves the outputs there. */
+static void mamba2_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots) {
+    int di = c->d_inner, group = di / c->n_groups;
+    Mixer p = {e, c, w, l, slots, conv_dim(c), di};
+    /* in_proj: (z, x, B, C, dt) = W_in · xn */
+    matmul(e->proj, w->in_proj, c->dtype, in_proj_rows(c), c->d_model, e->xn, c->d_model, n);
+    /* the causal conv over (x, B, C) together, then SiLU */
+    parallel_for(n * p.channels, conv_channels, &p);
+    parallel_for(n * c->n_heads, mamba2_heads, &p);
+    /* the gated output normalised per group of d_inner / n_groups channels, times gate_norm */
+    for (int b = 0; b < n; b++)
+        for (int g = 0; g < c->n_groups; g++) {
+            float *y = e->y + (size_t)b * di + g * group;
+            rmsnorm(y, y, w->gate_norm + g * group, group, c->norm_eps);
+        }
+    /* out_proj back to d_model */
+    matmul(e->xn, w->out_proj, c->dtype, c->d_model, di, e->y, di, n);
+}
+
+/* A = -exp(A_log), one per head. */
+static void mamba2_prepare(CpuEngine *e) {
+    const Config *c = &e->model->config;
+    e->A = xcalloc((size_t)c->n_layer * c->n_heads, sizeof(float));
+    for (int l = 0; l < c->n_layer; l++)
+        for (int h = 0; h < c->n_heads; h++) e->A[(size_t)l * c->n_heads + h] = -expf(e->model->weights.layers[l].A_log[h]);
+}
+
 /* embedding → (RMSNorm → mixer → residual) per layer → RMSNorm → LM head */
-static const float *mamba1_forward(CpuEngine *e, int n, const int *slots, const int *tokens) {
+static const float *forward(CpuEngine *e, int n, const int *slots, const int *tokens) {
     const Model *m = e->model;
     const Config *c = &m->config;
     int dm = c->d_model;
@@ -325,7 +427,7 @@ static const float *mamba1_forward(CpuEngine *e, int n, const int *slots, const 
     for (int l = 0; l < c->n_layer; l++) {
         const LayerWeights *w = &m->weights.layers[l];
         for (int b = 0; b < n; b++) rmsnorm(e->xn + (size_t)b * dm, e->x + (size_t)b * dm, w->norm, dm, c->norm_eps);
-        mamba1_block(e, c, w, l, n, slots);
+        e->arch->block(e, c, w, l, n, slots);
         for (size_t i = 0; i < (size_t)n * dm; i++) e->x[i] += e->xn[i];      /* residual */
     }
     for (int b = 0; b < n; b++) rmsnorm(e->xn + (size_t)b * dm, e->x + (size_t)b * dm, m->weights.norm_f, dm, c->norm_eps);
@@ -336,7 +438,9 @@ static const float *mamba1_forward(CpuEngine *e, int n, const int *slots, const 
 /* ---- the architectures: the one place the CPU engine dispatches on one ---- */
 
 static const CpuArch CPU_ARCHS[] = {
-    {ARCH_MAMBA1, mamba1_prepare, mamba1_forward},
+    {ARCH_MAMBA1, mamba1_prepare, mamba1_block},
+    {ARCH_MAMBA2, mamba2_prepare, mamba2_block},
+    {ARCH_FALCON_MAMBA, mamba1_prepare, falcon_block},
 };
 
 static const CpuArch *cpu_arch_of(Arch a) {
@@ -346,7 +450,7 @@ static const CpuArch *cpu_arch_of(Arch a) {
 }
 
 const float *cpu_engine_forward_batch(CpuEngine *e, int n, const int *slots, const int *tokens) {
-    return e->arch->forward(e, n, slots, tokens);
+    return forward(e, n, slots, tokens);
 }
 
 void set_threads(const char *value) {

@@ -91,6 +91,10 @@ static const EngineOps GPU_OPS = {
 };
 
 int engine_open_gpu(Engine *e, const Model *m, int max_batch, char *err, size_t err_len) {
+    if (!gpu_runs_arch(m->config.arch)) {
+        snprintf(err, err_len, "the GPU engine does not run %s models yet", arch_name(m->config.arch));
+        return 0;
+    }
     GpuEngine *gpu = gpu_engine_create(&m->config, &m->weights, max_batch, err, err_len);
     if (!gpu) return 0;
     GpuSide *g = xcalloc(1, sizeof *g);

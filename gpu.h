@@ -41,6 +41,8 @@ typedef struct {
  * little free memory (the reason says how many bytes are needed and how many are free), or
  * when the model's dtype or shape is one the kernels do not handle. */
 GpuEngine *gpu_engine_create(const Config *c, const Weights *w, int max_batch, char *err, size_t err_len);
+/* Whether the GPU engine has kernels for an architecture at all. */
+int gpu_runs_arch(Arch arch);
 void gpu_engine_free(GpuEngine *g);
 
 /* Back to an empty sequence: zero state, empty penalty history. The sampler's RNG goes on. */

@@ -1162,6 +1162,8 @@ static const GpuArch *arch_of(Arch arch) {
     return NULL;
 }
 
+extern "C" int gpu_runs_arch(Arch arch) { return arch_of(arch) != NULL; }
+
 /* ----------------------------------------------------------------------------------------
  * The engine's life cycle and the single sequence's calls. */
 

@@ -596,8 +596,14 @@ static void cmd_info(int argc, char **argv) {
     const Config *c = &m.config;
     static const char *const tok_names[] = {"none", "sentencepiece", "tokenizer.json"};
     printf("arch: %s\nformat_version: %u\n", arch_name(c->arch), m.format_version);
-    printf("n_layer: %d\nd_model: %d\nd_inner: %d\nd_state: %d\nd_conv: %d\ndt_rank: %d\n", c->n_layer, c->d_model,
-           c->d_inner, c->d_state, c->d_conv, c->dt_rank);
+    printf("n_layer: %d\nd_model: %d\nd_inner: %d\nd_state: %d\nd_conv: %d\n", c->n_layer, c->d_model, c->d_inner,
+           c->d_state, c->d_conv);
+    /* the fields of the other architectures are zero */
+    if (c->dt_rank) printf("dt_rank: %d\n", c->dt_rank);
+    if (c->n_heads)
+        printf("n_heads: %d\nhead_dim: %d\nn_groups: %d\ndt_limit: [%g, %g]\n", c->n_heads, c->head_dim, c->n_groups,
+               c->dt_min, c->dt_max);
+    if (c->mixer_eps) printf("mixer_eps: %g\n", c->mixer_eps);
     printf("vocab_size: %d\npadded_vocab: %d\nnorm_eps: %g\ndtype: %s\ntied_head: %s\n", c->vocab_size,
            c->padded_vocab, c->norm_eps, dtype_name(c->dtype), c->tied_head ? "yes" : "no");
     printf("parameters: %llu\nweight_bytes: %llu\ntokenizer: %s (%zu bytes)\nbos_id: %d\neos_id: %d\npad_id: %d\n",
@@ -613,7 +619,7 @@ static void usage(void) {
     fputs("mamba " MAMBA_VERSION ": Mamba language models from one checkpoint file, on the CPU or a GPU.\n\n"
           "commands:\n"
           "  run         generate text (the default: `mamba \"Once upon a time\"`)\n"
-          "  convert     import a Hugging Face checkpoint: mamba convert HF_DIR OUT.bin\n"
+          "  convert     import a Hugging Face or state-spaces checkpoint: mamba convert HF_DIR OUT.bin\n"
           "  info        a checkpoint's config\n"
           "  tokenize    text to ids, or ids to text\n"
           "  perplexity  score a text file\n"

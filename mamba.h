@@ -142,10 +142,14 @@ typedef struct {
     uint64_t weight_bytes;    /* bytes of all tensors, what one decode step reads */
 } Model;
 
-enum { MAMBA1_LAYER_TENSORS = 10 };
+enum { MAMBA1_LAYER_TENSORS = 10, MAMBA2_LAYER_TENSORS = 9 };
 extern const char *const MAMBA1_LAYER_TENSOR_NAMES[MAMBA1_LAYER_TENSORS];   /* "norm", "in_proj", ... */
+extern const char *const MAMBA2_LAYER_TENSOR_NAMES[MAMBA2_LAYER_TENSORS];
 
-const char *arch_name(Arch a);                  /* "mamba1", or NULL for an unknown one */
+const char *arch_name(Arch a);                  /* "mamba1", "mamba2", "falcon-mamba", or NULL */
+int conv_dim(const Config *c);                  /* channels of the causal conv and of its state */
+int in_proj_rows(const Config *c);
+uint64_t state_floats(const Config *c);         /* floats of one sequence's SeqState */
 uint64_t align_up(uint64_t x, uint64_t a);
 int n_model_tensors(const Config *c);
 void model_tensor_specs(const Config *c, TensorSpec *specs);   /* fills specs[n_model_tensors(c)] */

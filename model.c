@@ -13,6 +13,7 @@
 
 /* ---- Mamba-1 ---- */
 
+
 const char *const MAMBA1_LAYER_TENSOR_NAMES[MAMBA1_LAYER_TENSORS] = {
     "norm", "in_proj", "conv_w", "conv_b", "x_proj", "dt_proj", "dt_bias", "A_log", "D", "out_proj",
 };
@@ -55,18 +56,106 @@ static void mamba1_bind_weights(Weights *w, const Config *c, const void *const *
     w->lm_head = c->tied_head ? w->embedding : ptr[k++];
 }
 
+/* Mamba-1's hyperparameters: no Mamba-2 or Falcon-Mamba fields. */
+static const char *mamba1_problem(const Config *c) {
+    if (c->dt_rank < 1 || c->dt_rank > c->d_inner) return "dt_rank must be in [1, d_inner]";
+    if (c->n_heads || c->head_dim || c->n_groups || c->dt_min != 0 || c->dt_max != 0)
+        return "Mamba-1 has no heads, groups or Δ limits";
+    if (c->mixer_eps != 0) return "Mamba-1 has no mixer_eps";
+    return NULL;
+}
+
+static int mamba1_conv_dim(const Config *c) { return c->d_inner; }
+
+static int mamba1_in_proj_rows(const Config *c) { return 2 * c->d_inner; }
+
+/* ---- Falcon-Mamba: Mamba-1's tensors, one more hyperparameter ---- */
+
+static const char *falcon_problem(const Config *c) {
+    Config mamba1 = *c;
+    mamba1.mixer_eps = 0;
+    const char *problem = mamba1_problem(&mamba1);
+    if (problem) return problem;
+    if (!(c->mixer_eps > 0 && c->mixer_eps < 1)) return "mixer_eps must be in (0, 1)";
+    return NULL;
+}
+
+/* ---- Mamba-2 ---- */
+
+const char *const MAMBA2_LAYER_TENSOR_NAMES[MAMBA2_LAYER_TENSORS] = {
+    "norm", "in_proj", "conv_w", "conv_b", "dt_bias", "A_log", "D", "gate_norm", "out_proj",
+};
+
+static int mamba2_n_tensors(const Config *c) {
+    return 1 + MAMBA2_LAYER_TENSORS * c->n_layer + 1 + !c->tied_head;
+}
+
+static int mamba2_conv_dim(const Config *c) { return c->d_inner + 2 * c->n_groups * c->d_state; }
+
+static int mamba2_in_proj_rows(const Config *c) { return c->d_inner + mamba2_conv_dim(c) + c->n_heads; }
+
+static void mamba2_tensor_specs(const Config *c, TensorSpec *specs) {
+    int k = 0, di = c->d_inner, dm = c->d_model, nh = c->n_heads, conv = mamba2_conv_dim(c);
+    set_spec(&specs[k++], "embedding", c->padded_vocab, dm, 2, 1);
+    for (int l = 0; l < c->n_layer; l++) {
+        const uint32_t shapes[MAMBA2_LAYER_TENSORS][3] = {     /* rows, cols, ndim */
+            {dm, 1, 1}, {mamba2_in_proj_rows(c), dm, 2}, {conv, c->d_conv, 2}, {conv, 1, 1},
+            {nh, 1, 1}, {nh, 1, 1}, {nh, 1, 1}, {di, 1, 1}, {dm, di, 2},
+        };
+        const int big[MAMBA2_LAYER_TENSORS] = {0, 1, 0, 0, 0, 0, 0, 0, 1};
+        for (int t = 0; t < MAMBA2_LAYER_TENSORS; t++) {
+            char name[MAMBA_NAME_BYTES];
+            snprintf(name, sizeof name, "layers.%d.%s", l, MAMBA2_LAYER_TENSOR_NAMES[t]);
+            set_spec(&specs[k++], name, shapes[t][0], shapes[t][1], shapes[t][2], big[t]);
+        }
+    }
+    set_spec(&specs[k++], "norm_f", dm, 1, 1, 0);
+    if (!c->tied_head) set_spec(&specs[k++], "lm_head", c->padded_vocab, dm, 2, 1);
+}
+
+static void mamba2_bind_weights(Weights *w, const Config *c, const void *const *ptr) {
+    int k = 0;
+    w->embedding = ptr[k++];
+    w->layers = xcalloc(c->n_layer, sizeof *w->layers);
+    for (int l = 0; l < c->n_layer; l++) {
+        LayerWeights *L = &w->layers[l];
+        L->norm = ptr[k++], L->in_proj = ptr[k++], L->conv_w = ptr[k++], L->conv_b = ptr[k++];
+        L->dt_bias = ptr[k++], L->A_log = ptr[k++], L->D = ptr[k++], L->gate_norm = ptr[k++];
+        L->out_proj = ptr[k++];
+    }
+    w->norm_f = ptr[k++];
+    w->lm_head = c->tied_head ? w->embedding : ptr[k++];
+}
+
+static const char *mamba2_problem(const Config *c) {
+    if (c->dt_rank != 0 || c->mixer_eps != 0) return "Mamba-2 has no dt_rank or mixer_eps";
+    if (c->head_dim < 1 || c->head_dim > c->d_inner) return "head_dim must be in [1, d_inner]";
+    if (c->n_heads < 1 || (int64_t)c->n_heads * c->head_dim != c->d_inner) return "n_heads * head_dim must be d_inner";
+    if (c->n_groups < 1 || c->n_heads % c->n_groups) return "n_groups must divide n_heads";
+    if (!(c->dt_min >= 0 && c->dt_max > c->dt_min)) return "the Δ limits must satisfy 0 ≤ dt_min < dt_max";
+    return NULL;
+}
+
 /* ---- the architectures: what each one's checkpoint holds ---- */
 
 typedef struct {
     Arch arch;
     const char *name;
+    const char *(*problem)(const Config *c);   /* the architecture's own hyperparameters out of range */
     int (*n_tensors)(const Config *c);
     void (*tensor_specs)(const Config *c, TensorSpec *specs);
     void (*bind_weights)(Weights *w, const Config *c, const void *const *ptr);
+    int (*conv_dim)(const Config *c);          /* channels of the causal conv (and its state) */
+    int (*in_proj_rows)(const Config *c);
 } ArchLayout;
 
 static const ArchLayout LAYOUTS[] = {
-    {ARCH_MAMBA1, "mamba1", mamba1_n_tensors, mamba1_tensor_specs, mamba1_bind_weights},
+    {ARCH_MAMBA1, "mamba1", mamba1_problem, mamba1_n_tensors, mamba1_tensor_specs, mamba1_bind_weights,
+     mamba1_conv_dim, mamba1_in_proj_rows},
+    {ARCH_MAMBA2, "mamba2", mamba2_problem, mamba2_n_tensors, mamba2_tensor_specs, mamba2_bind_weights,
+     mamba2_conv_dim, mamba2_in_proj_rows},
+    {ARCH_FALCON_MAMBA, "falcon-mamba", falcon_problem, mamba1_n_tensors, mamba1_tensor_specs, mamba1_bind_weights,
+     mamba1_conv_dim, mamba1_in_proj_rows},
 };
 
 static const ArchLayout *layout_of(Arch a) {
@@ -78,6 +167,14 @@ static const ArchLayout *layout_of(Arch a) {
 const char *arch_name(Arch a) {
     const ArchLayout *l = layout_of(a);
     return l ? l->name : NULL;
+}
+
+int conv_dim(const Config *c) { return layout_of(c->arch)->conv_dim(c); }
+
+int in_proj_rows(const Config *c) { return layout_of(c->arch)->in_proj_rows(c); }
+
+uint64_t state_floats(const Config *c) {
+    return (uint64_t)c->n_layer * ((uint64_t)conv_dim(c) * c->d_conv + (uint64_t)c->d_inner * c->d_state);
 }
 
 uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
@@ -102,14 +199,13 @@ const char *config_problem(const Config *c) {
     if (c->d_inner < 1 || c->d_inner > 262144) return "d_inner must be in [1, 262144]";
     if (c->d_state < 1 || c->d_state > 1024) return "d_state must be in [1, 1024]";
     if (c->d_conv < 1 || c->d_conv > 64) return "d_conv must be in [1, 64]";
-    if (c->dt_rank < 1 || c->dt_rank > c->d_inner) return "dt_rank must be in [1, d_inner]";
     if (c->vocab_size < 1 || c->vocab_size > (1 << 24)) return "vocab_size must be in [1, 2^24]";
     if (c->padded_vocab < c->vocab_size || c->padded_vocab > (1 << 24))
         return "padded_vocab must be in [vocab_size, 2^24]";
     if (!(c->norm_eps > 0 && c->norm_eps < 1)) return "norm_eps must be in (0, 1)";
     if (c->dtype != DTYPE_F32 && c->dtype != DTYPE_F16 && c->dtype != DTYPE_BF16) return "unknown weight dtype";
     if (c->tied_head != 0 && c->tied_head != 1) return "tied_head must be 0 or 1";
-    return NULL;
+    return layout_of(c->arch)->problem(c);
 }
 
 uint64_t model_param_count(const Config *c) {
@@ -175,10 +271,11 @@ static void read_config(Model *m, const FileHeader *h, const char *path) {
                   .d_inner = (int)h->d_inner, .d_state = (int)h->d_state, .d_conv = (int)h->d_conv,
                   .dt_rank = (int)h->dt_rank, .vocab_size = (int)h->vocab_size,
                   .padded_vocab = (int)h->padded_vocab, .norm_eps = h->norm_eps, .dtype = (DType)h->dtype,
-                  .tied_head = (int)h->tied_head};
+                  .tied_head = (int)h->tied_head, .n_heads = (int)h->n_heads, .head_dim = (int)h->head_dim,
+                  .n_groups = (int)h->n_groups, .dt_min = h->dt_min, .dt_max = h->dt_max, .mixer_eps = h->mixer_eps};
     if (h->n_layer > 1024 || h->d_model > 65536 || h->d_inner > 262144 || h->d_state > 1024 || h->d_conv > 64 ||
         h->dt_rank > 262144 || h->vocab_size > (1u << 24) || h->padded_vocab > (1u << 24) || h->dtype > 2 ||
-        h->tied_head > 1)
+        h->tied_head > 1 || h->n_heads > 262144 || h->head_dim > 262144 || h->n_groups > 262144)
         die("%s: config out of range", path);
     const char *problem = config_problem(c);
     if (problem) die("%s: bad config: %s", path, problem);

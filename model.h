@@ -28,11 +28,15 @@ typedef enum {
     TOKENIZER_HF_JSON = 2,              /* Hugging Face tokenizer.json */
 } TokenizerKind;
 
-/* The block a model is built of. Each engine dispatches on it in one place (cpu.c's and
- * kernels.cu's architecture tables); a new one is new functions there. */
-typedef enum { ARCH_MAMBA1 = 1 } Arch;
+/* The block a model is built of. Each engine dispatches on it in one place (model.c's layouts,
+ * cpu.c's and kernels.cu's architecture tables); a new one is new functions there.
+ *   Mamba-1       the selective SSM: per channel a d_state state, Δ from a low-rank projection
+ *   Falcon-Mamba  Mamba-1 with a weightless RMS normalisation of Δ (low rank), B and C
+ *   Mamba-2       the SSD block: heads of head_dim channels share a scalar decay, B and C per
+ *                 group of heads, a gated RMSNorm before out_proj */
+typedef enum { ARCH_MAMBA1 = 1, ARCH_MAMBA2 = 2, ARCH_FALCON_MAMBA = 3 } Arch;
 
-/* The hyperparameters (those of Mamba-1 for now). */
+/* The hyperparameters. Fields an architecture does not use are zero. */
 typedef struct {
     Arch arch;
     int n_layer;
@@ -40,12 +44,17 @@ typedef struct {
     int d_inner;       /* expand * d_model */
     int d_state;       /* N, the SSM state size per channel */
     int d_conv;        /* causal conv1d kernel width */
-    int dt_rank;       /* rank of the Δ projection */
+    int dt_rank;       /* Mamba-1, Falcon-Mamba: rank of the Δ projection */
     int vocab_size;    /* ids a tokenizer may produce and the sampler may pick */
     int padded_vocab;  /* rows of the embedding and LM head (≥ vocab_size) */
-    float norm_eps;
+    float norm_eps;    /* the RMSNorms' (Mamba-2: also the gated norm's) */
     DType dtype;       /* dtype of the large matrices */
     int tied_head;     /* 1: LM head is the embedding matrix */
+    int n_heads;       /* Mamba-2: SSM heads, n_heads * head_dim == d_inner */
+    int head_dim;      /* Mamba-2 */
+    int n_groups;      /* Mamba-2: groups of heads that share B and C (and a gated-norm group) */
+    float dt_min, dt_max;  /* Mamba-2: Δ is clamped to [dt_min, dt_max] (dt_max may be +inf) */
+    float mixer_eps;   /* Falcon-Mamba: eps of the normalisation of Δ, B and C */
 } Config;
 
 /* On-disk header, exactly MAMBA_HEADER_BYTES long. */
@@ -65,7 +74,10 @@ typedef struct {
     uint64_t tokenizer_offset, tokenizer_bytes;
     uint64_t file_bytes;                /* total length; a shorter file is truncated */
     uint32_t arch;                      /* version 2 on: an Arch (version 1: zero, read as Mamba-1) */
-    uint8_t reserved[MAMBA_HEADER_BYTES - 116];
+    uint32_t n_heads, head_dim, n_groups;   /* Mamba-2; zero otherwise */
+    float dt_min, dt_max;               /* Mamba-2; zero otherwise */
+    float mixer_eps;                    /* Falcon-Mamba; zero otherwise */
+    uint8_t reserved[MAMBA_HEADER_BYTES - 140];
 } FileHeader;
 
 /* One row of the tensor table. */
@@ -86,18 +98,21 @@ typedef struct {
 MAMBA_STATIC_ASSERT(sizeof(FileHeader) == MAMBA_HEADER_BYTES, "FileHeader must be MAMBA_HEADER_BYTES long");
 MAMBA_STATIC_ASSERT(sizeof(TensorEntry) == 96, "TensorEntry is 96 bytes on disk");
 
-/* Weights of one Mamba block; pointers into the mapped file. Matrices are row-major
- * [out, in] in config.dtype; everything else is f32. */
+/* Weights of one block; pointers into the mapped file. Matrices are row-major [out, in] in
+ * config.dtype; everything else is f32. Shapes are Mamba-1's (Falcon-Mamba's too); Mamba-2's
+ * differ where noted (conv channels: conv_dim = d_inner + 2 * n_groups * d_state). */
 typedef struct {
     const float *norm;        /* [d_model] RMSNorm weight */
-    const void *in_proj;      /* [2*d_inner, d_model] → (x, z) */
-    const float *conv_w;      /* [d_inner, d_conv] depthwise causal conv */
-    const float *conv_b;      /* [d_inner] */
-    const void *x_proj;       /* [dt_rank + 2*d_state, d_inner] → (dt, B, C) */
-    const void *dt_proj;      /* [d_inner, dt_rank] */
-    const float *dt_bias;     /* [d_inner] */
-    const float *A_log;       /* [d_inner, d_state], A = -exp(A_log) */
-    const float *D;           /* [d_inner] skip connection */
+    const void *in_proj;      /* [2*d_inner, d_model] → (x, z); Mamba-2 [2*d_inner + 2*n_groups*d_state + n_heads,
+                                 d_model] → (z, x, B, C, dt) */
+    const float *conv_w;      /* [d_inner, d_conv] depthwise causal conv; Mamba-2 [conv_dim, d_conv] over (x, B, C) */
+    const float *conv_b;      /* [d_inner]; Mamba-2 [conv_dim] */
+    const void *x_proj;       /* [dt_rank + 2*d_state, d_inner] → (dt, B, C); Mamba-2: none */
+    const void *dt_proj;      /* [d_inner, dt_rank]; Mamba-2: none */
+    const float *dt_bias;     /* [d_inner]; Mamba-2 [n_heads] */
+    const float *A_log;       /* [d_inner, d_state], A = -exp(A_log); Mamba-2 [n_heads] */
+    const float *D;           /* [d_inner] skip connection; Mamba-2 [n_heads] */
+    const float *gate_norm;   /* Mamba-2: [d_inner] gated RMSNorm weight; otherwise none */
     const void *out_proj;     /* [d_model, d_inner] */
 } LayerWeights;
 
@@ -110,8 +125,8 @@ typedef struct {
 
 /* The recurrent state of one sequence: constant size whatever its length. */
 typedef struct {
-    float *conv;              /* [n_layer, d_inner, d_conv] last d_conv inputs, oldest first */
-    float *ssm;               /* [n_layer, d_inner, d_state] h */
+    float *conv;              /* [n_layer, conv channels, d_conv] last d_conv inputs, oldest first */
+    float *ssm;               /* [n_layer, d_inner, d_state] h (Mamba-2: [n_layer, n_heads, head_dim, d_state]) */
 } SeqState;
 
 static inline size_t dtype_size(DType t) { return t == DTYPE_F32 ? 4 : 2; }

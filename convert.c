@@ -233,8 +233,8 @@ static void tensor_set_free(TensorSet *set) {
     for (int i = 0; i < set->n_files; i++) munmap((void *)set->files[i].map, set->files[i].bytes);
 }
 
-/* Python's json module writes float("inf") as Infinity (transformers' Mamba-2 configs hold
- * time_step_limit: [0.0, Infinity]), which is not JSON. Outside strings, ±Infinity becomes
+/* Python's json module writes float("inf") as Infinity (configs saved by transformers 4 hold
+ * time_step_limit: [0.0, Infinity]; transformers 5 writes {"__float__": "Infinity"}), which is not JSON. Outside strings, ±Infinity becomes
  * ±1e999, same length, which parses to ±inf; NaN, meaningful in no field, is refused. */
 static void accept_infinity(char *text, size_t len, const char *path) {
     int in_string = 0;
@@ -438,15 +438,25 @@ static int json_token_id(const cJSON *obj, const char *key, const char *path) {
     return (int)v->valuedouble;
 }
 
+/* A number, or transformers' spelling of a non-finite one: {"__float__": "Infinity"}. */
+static int json_float(const cJSON *v, double *out) {
+    if (cJSON_IsNumber(v)) return *out = v->valuedouble, 1;
+    const cJSON *f = cJSON_IsObject(v) && cJSON_GetArraySize(v) == 1 ? cJSON_GetObjectItemCaseSensitive(v, "__float__") : NULL;
+    if (!cJSON_IsString(f)) return 0;
+    if (!strcmp(f->valuestring, "Infinity")) return *out = INFINITY, 1;
+    if (!strcmp(f->valuestring, "-Infinity")) return *out = -INFINITY, 1;
+    return 0;
+}
+
 /* The Δ limits: [lo, hi] with 0 ≤ lo < hi (hi may be Infinity), [0, inf) when absent. */
 static void json_dt_limit(const cJSON *obj, const char *key, Config *c, const char *path) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     c->dt_min = 0.0f, c->dt_max = INFINITY;
     if (!v) return;
-    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2 || !cJSON_IsNumber(cJSON_GetArrayItem(v, 0)) ||
-        !cJSON_IsNumber(cJSON_GetArrayItem(v, 1)))
+    double lo, hi;
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2 || !json_float(cJSON_GetArrayItem(v, 0), &lo) ||
+        !json_float(cJSON_GetArrayItem(v, 1), &hi))
         die("%s: \"%s\" is not a pair of numbers", path, key);
-    double lo = cJSON_GetArrayItem(v, 0)->valuedouble, hi = cJSON_GetArrayItem(v, 1)->valuedouble;
     if (!(lo >= 0 && hi > lo)) die("%s: \"%s\" must be [lo, hi] with 0 ≤ lo < hi", path, key);
     c->dt_min = (float)lo, c->dt_max = (float)hi;
 }
@@ -684,31 +694,51 @@ static void convert_tensor(void *ctx, int i, const TensorSpec *s, float *out) {
     }
 }
 
-/* The tokenizer blob embedded in the output: tokenizer.json wins over tokenizer.model. */
+/* The tokenizer file at path, checked by loading it, as the blob to embed; the config's
+ * special ids win over the tokenizer's own. */
+static void take_tokenizer(const char *path, TokenizerInfo *tok) {
+    char err[256];
+    Tokenizer *t = tokenizer_load_file(path, err, sizeof err);
+    if (!t) die("%s", err);
+    if (tok->bos_id < 0) tok->bos_id = tokenizer_bos_id(t);
+    if (tok->eos_id < 0) tok->eos_id = tokenizer_eos_id(t);
+    if (tok->pad_id < 0) tok->pad_id = tokenizer_pad_id(t);
+    tok->kind = tokenizer_kind(t);
+    tokenizer_free(t);
+    tok->blob = read_file(path, MAX_TOKENIZER_BYTES, &tok->bytes, NULL);
+}
+
+/* The checkpoint folder's tokenizer: tokenizer.json wins over tokenizer.model, then Mistral's
+ * versioned tokenizer.model.v3 (and .v1, .v2); none is fine (--tokenizer at run time). */
 static void find_tokenizer(const char *dir, TokenizerInfo *tok) {
-    static const struct { const char *file; TokenizerKind kind; } candidates[] = {
-        {"tokenizer.json", TOKENIZER_HF_JSON}, {"tokenizer.model", TOKENIZER_SENTENCEPIECE}};
+    static const char *const candidates[] = {"tokenizer.json", "tokenizer.model", "tokenizer.model.v3",
+                                             "tokenizer.model.v2", "tokenizer.model.v1"};
     for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
         char path[PATH_MAX];
-        snprintf(path, sizeof path, "%s/%s", dir, candidates[i].file);
-        if (access(path, F_OK)) continue;
-        char err[256];
-        Tokenizer *t = tokenizer_load_file(path, err, sizeof err);
-        if (!t) die("%s", err);
-        if (tok->bos_id < 0) tok->bos_id = tokenizer_bos_id(t);
-        if (tok->eos_id < 0) tok->eos_id = tokenizer_eos_id(t);
-        if (tok->pad_id < 0) tok->pad_id = tokenizer_pad_id(t);
-        tokenizer_free(t);
-        tok->blob = read_file(path, MAX_TOKENIZER_BYTES, &tok->bytes, NULL);
-        tok->kind = candidates[i].kind;
-        return;
+        snprintf(path, sizeof path, "%s/%s", dir, candidates[i]);
+        if (access(path, F_OK) == 0) {
+            take_tokenizer(path, tok);
+            return;
+        }
     }
 }
 
-enum { CONVERT_DTYPE = 1 };
+/* Special ids beyond the vocabulary would make a checkpoint that does not load. */
+static void check_special_ids(const TokenizerInfo *tok, const Config *c, const char *config_path) {
+    const int ids[3] = {tok->bos_id, tok->eos_id, tok->pad_id};
+    const char *const names[3] = {"bos", "eos", "pad"};
+    for (int i = 0; i < 3; i++)
+        if (ids[i] >= c->vocab_size)
+            die("%s: the %s token id %d is outside the vocabulary (vocab_size %d)", config_path, names[i], ids[i],
+                c->vocab_size);
+}
+
+enum { CONVERT_DTYPE = 1, CONVERT_TOKENIZER };
 
 static const Option CONVERT_OPTIONS[] = {
     {CONVERT_DTYPE, "--dtype", "f32|f16|bf16", "how the matrices are stored (default bf16)"},
+    {CONVERT_TOKENIZER, "--tokenizer", "FILE",
+     "tokenizer.json or tokenizer.model to embed (default: the folder's own; the state-spaces repos have none)"},
     {0},
 };
 
@@ -726,12 +756,13 @@ static DType dtype_value(const char *flag, const char *value) {
 }
 
 void cmd_convert(int argc, char **argv) {
-    const char *dir = NULL, *out = NULL, *value;
+    const char *dir = NULL, *out = NULL, *tokenizer_path = NULL, *value;
     DType dtype = DTYPE_BF16;
     OptionParser p;
     options_begin(&p, &CONVERT_COMMAND, argc, argv);
     for (int id; (id = options_next(&p, &value)) != OPT_END;) {
         if (id == CONVERT_DTYPE) dtype = dtype_value(p.name, value);
+        else if (id == CONVERT_TOKENIZER) tokenizer_path = value;
         else if (!dir) dir = value;
         else if (!out) out = value;
         else die("convert: unexpected argument %s", value);
@@ -766,7 +797,9 @@ void cmd_convert(int argc, char **argv) {
     const char *problem = config_problem(&c);
     if (problem) die("%s: bad config: %s", path, problem);
 
-    find_tokenizer(dir, &tok);
+    if (tokenizer_path) take_tokenizer(tokenizer_path, &tok);
+    else find_tokenizer(dir, &tok);
+    check_special_ids(&tok, &c, path);
     ConvertSource src = {&set, &c};
     write_checkpoint(out, &c, convert_tensor, &src, &tok, "convert");
     tensor_set_free(&set);

@@ -91,3 +91,23 @@ interrupted_after_output() {
     signal_and_wait INT $pid && return 1   # it must exit with 130
     [ $? -eq 130 ] && [ "$(tail -c 1 "$out" | od -An -c | tr -d ' ')" = '\n' ]
 }
+
+# ---- the transformers fixtures (tests/fixtures/: tools/make_fixtures.py, tools/make_ssm_fixtures.py)
+: "${F:=tests/fixtures}"
+: "${CMP:=tests/cmp_logits}"
+
+# vocab_of FX: the columns of FX's reference logits (64 rows)
+vocab_of() { echo $(($(stat -c %s "$F/$1/ref_logits.bin") / 4 / $(tr ',' '\n' <"$F/$1/prompt_ids.txt" | wc -l))); }
+
+# logits_of FX MODEL OUT: the logits of FX's prompt through MODEL, into OUT
+logits_of() { $MAMBA -m "$2" --prompt-ids "$(cat "$F/$1/prompt_ids.txt")" -n 0 --print-ids --logits-out "$3" >/dev/null; }
+
+# logits_match FX MODEL REF: FX's prompt through MODEL gives REF's logits (≤ 1e-4 of each row's largest)
+logits_match() { logits_of "$1" "$2" "$TMP/$1.logits" && $CMP "$TMP/$1.logits" "$3" "$(vocab_of "$1")" 1e-4; }
+
+# greedy_matches FX MODEL: the greedy continuation equals transformers' generate()
+greedy_matches() {
+    local got
+    got=$($MAMBA -m "$2" --prompt-ids "$(cat "$F/$1/greedy_prompt.txt")" -n 40 -t 0 --ignore-eos --print-ids) || return 1
+    [ "$(echo "$got" | tr ' ' ',')" = "$(cat "$F/$1/greedy_ids.txt")" ] || { echo "got:  $got"; echo "want: $(cat "$F/$1/greedy_ids.txt")"; return 1; }
+}

@@ -2,25 +2,10 @@
 # Core engine: convert + CPU engine against transformers (fixtures from tools/make_fixtures.py),
 # reduced-precision conversions, the CLI's contracts, and clear errors on bad input.
 source tests/lib.sh
-F=tests/fixtures
-CMP=tests/cmp_logits
-
-vocab_of() { echo $(($(stat -c %s "$F/$1/ref_logits.bin") / 4 / $(tr ',' '\n' <"$F/$1/prompt_ids.txt" | wc -l))); }
-
-# logits of the fixture's prompt through checkpoint $2 → file $3
-logits_of() { $MAMBA -m "$2" --prompt-ids "$(cat "$F/$1/prompt_ids.txt")" -n 0 --print-ids --logits-out "$3" >/dev/null; }
-
-# greedy continuation must equal transformers' generate()
-greedy_matches() {
-    local got
-    got=$($MAMBA -m "$2" --prompt-ids "$(cat "$F/$1/greedy_prompt.txt")" -n 40 -t 0 --ignore-eos --print-ids) || return 1
-    [ "$(echo "$got" | tr ' ' ',')" = "$(cat "$F/$1/greedy_ids.txt")" ] || { echo "got:  $got"; echo "want: $(cat "$F/$1/greedy_ids.txt")"; return 1; }
-}
-
 for fx in tiny awkward statespaces bf16src f16src; do
     check "convert $fx (f32)" $MAMBA convert "$F/$fx/hf" "$TMP/$fx.bin" --dtype f32
-    check "$fx: logits = transformers (≤ 1e-4)" bash -c "$(declare -f logits_of); F=$F MAMBA=$MAMBA logits_of $fx $TMP/$fx.bin $TMP/$fx.logits && $CMP $TMP/$fx.logits $F/$fx/ref_logits.bin $(vocab_of $fx) 1e-4"
-    check "$fx: greedy tokens = transformers generate" bash -c "$(declare -f greedy_matches); F=$F MAMBA=$MAMBA greedy_matches $fx $TMP/$fx.bin"
+    check "$fx: logits = transformers (≤ 1e-4)" logits_match $fx $TMP/$fx.bin $F/$fx/ref_logits.bin
+    check "$fx: greedy tokens = transformers generate" greedy_matches $fx $TMP/$fx.bin
 done
 
 # bf16/f16: the reference is transformers on the same rounded matrices, so 1e-4 still holds;
@@ -28,7 +13,7 @@ done
 for dt in bf16 f16; do
     for fx in tiny awkward; do
         check "convert $fx ($dt)" $MAMBA convert "$F/$fx/hf" "$TMP/$fx-$dt.bin" --dtype $dt
-        check "$fx $dt: logits = transformers on $dt-rounded weights (≤ 1e-4)" bash -c "$(declare -f logits_of); F=$F MAMBA=$MAMBA logits_of $fx $TMP/$fx-$dt.bin $TMP/$fx-$dt.logits && $CMP $TMP/$fx-$dt.logits $F/$fx/ref_logits_$dt.bin $(vocab_of $fx) 1e-4"
+        check "$fx $dt: logits = transformers on $dt-rounded weights (≤ 1e-4)" logits_match $fx $TMP/$fx-$dt.bin $F/$fx/ref_logits_$dt.bin
     done
 done
 check "bf16 file is half the f32 weights" bash -c "[ \$(stat -c %s $TMP/tiny-bf16.bin) -lt \$(( \$(stat -c %s $TMP/tiny.bin) * 6 / 10 )) ]"

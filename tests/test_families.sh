@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Mamba-2 (transformers' layout and the original state-spaces one) and Falcon-Mamba (issue 13):
+# convert + the CPU engine against transformers in float64 (fixtures from
+# tools/make_ssm_fixtures.py), reduced precision, info, what else works for Mamba-1 (batching,
+# --json, bench, perplexity, init), the GPU's one-line refusal, and configs that are refused.
+source tests/lib.sh
+export MAMBA_MODEL=/nonexistent.bin    # every case names its model
+
+for fx in mamba2_tiny mamba2_awkward mamba2_odd mamba2_statespaces falcon_tiny falcon_awkward statespaces_bin; do
+    check "convert $fx (f32)" $MAMBA convert "$F/$fx/hf" "$TMP/$fx.bin" --dtype f32
+    check "$fx: logits = transformers float64 (≤ 1e-4)" logits_match $fx $TMP/$fx.bin $F/$fx/ref_logits.bin
+    check "$fx: greedy tokens = transformers generate (40)" greedy_matches $fx $TMP/$fx.bin
+done
+for dt in bf16 f16; do
+    for fx in mamba2_tiny mamba2_awkward falcon_tiny; do
+        check "convert $fx ($dt)" $MAMBA convert "$F/$fx/hf" "$TMP/$fx-$dt.bin" --dtype $dt
+        check "$fx $dt: logits = transformers on $dt-rounded weights (≤ 1e-4)" logits_match $fx $TMP/$fx-$dt.bin $F/$fx/ref_logits_$dt.bin
+    done
+done
+
+has_lines() { local out; out=$($MAMBA info "$1") || return 1; shift; for l in "$@"; do grep -qxF -- "$l" <<<"$out" || { echo "no line '$l' in:"; echo "$out"; return 1; }; done; }
+check "info: Mamba-2's heads, groups and Δ limit" has_lines $TMP/mamba2_awkward.bin 'arch: mamba2' 'd_inner: 96' \
+    'n_heads: 12' 'head_dim: 8' 'n_groups: 3' 'd_conv: 3' 'tied_head: no' 'dt_limit: [0, 0.05]'
+check "info: the state-spaces Mamba-2 (padded vocab, mamba_ssm defaults)" has_lines $TMP/mamba2_statespaces.bin \
+    'arch: mamba2' 'vocab_size: 509' 'padded_vocab: 512' 'n_groups: 2' 'dt_limit: [0, inf]' 'tied_head: yes'
+check "info: Falcon-Mamba's mixer eps" has_lines $TMP/falcon_tiny.bin 'arch: falcon-mamba' 'mixer_eps: 1e-06' 'tied_head: no'
+
+# ---- the GPU engine does not run them yet: --device cuda refuses in one line, auto = the CPU
+if $MAMBA --version | grep -q 'CUDA build'; then gpu_refusal="does not run mamba2 models yet"; else gpu_refusal="built without CUDA"; fi
+expect_error "--device cuda refuses Mamba-2 in one line" "$gpu_refusal" $MAMBA -m $TMP/mamba2_tiny.bin --device cuda --prompt-ids 1,2 -n 2 --print-ids
+check "--device auto runs Mamba-2 (on the CPU): = --device cpu" same \
+    "$MAMBA -m $TMP/mamba2_tiny.bin --device auto --prompt-ids 1,2,3 -n 20 -t 0 --ignore-eos --print-ids 2>/dev/null" \
+    "$MAMBA -m $TMP/mamba2_tiny.bin --device cpu --prompt-ids 1,2,3 -n 20 -t 0 --ignore-eos --print-ids"
+
+# ---- everything else that works for Mamba-1: batching, --json, bench, perplexity
+check "convert --tokenizer embeds a tokenizer (Mamba-2 + byte-level BPE)" \
+    $MAMBA convert $F/mamba2_awkward/hf $TMP/m2text.bin --dtype f32 --tokenizer tests/tokenizer/neox.json
+check "convert --tokenizer (Falcon-Mamba)" $MAMBA convert $F/falcon_awkward/hf $TMP/fmtext.bin --tokenizer tests/tokenizer/neox.json
+printf '%s\n' 'Once upon a time' 'The whale, the whale!' 'A' 'It is a truth universally acknowledged, that a single man' >$TMP/prompts.txt
+for m in m2text fmtext; do
+    check "$m: greedy, each prompt of a batch = its run alone" python3 tests/same_as_single.py $MAMBA text $TMP/prompts.txt 1 -m $TMP/$m.bin -n 20 -t 0 --ignore-eos
+    check "$m: seeded sampling, --json, 2 at a time = alone" python3 tests/same_as_single.py $MAMBA json $TMP/prompts.txt 3 -m $TMP/$m.bin -n 20 -t 1.2 --batch-size 2
+    check "$m: bench (CPU) reports decode tokens/s and the roofline" bash -c "$MAMBA bench -m $TMP/$m.bin --device cpu --prompt-len 8 -n 16 | grep -q 'roofline'"
+    check "$m: perplexity of a text" bash -c "head -c 3000 tests/tokenizer/neox_cases.tsv | $MAMBA perplexity -m $TMP/$m.bin --device cpu --ctx 64 - | grep -q 'bits per byte'"
+done
+check "bench --json (Mamba-2): bytes a step reads count the state" python3 - "$MAMBA" "$TMP/mamba2_awkward.bin" <<'PY'
+import json, subprocess, sys
+r = json.loads(subprocess.run([sys.argv[1], 'bench', '-m', sys.argv[2], '--device', 'cpu', '--prompt-len', '4', '-n', '8', '--json'],
+                              capture_output=True, check=True).stdout)
+# 3 layers × (conv_dim 96 + 2·3·12 = 168 channels × d_conv 3 + d_inner 96 × d_state 12) floats
+state = 3 * (168 * 3 + 96 * 12) * 4
+assert r['bytes_per_token'] > state, r
+print(r['bytes_per_token'], state)
+PY
+
+# ---- init: the published shapes
+check "init mamba2-tiny and falcon-mamba-tiny run" bash -c "
+    $MAMBA init --shape mamba2-tiny $TMP/i2.bin && $MAMBA init --shape falcon-mamba-tiny $TMP/if.bin &&
+    [ \$($MAMBA -m $TMP/i2.bin --prompt-ids 1 -n 5 --ignore-eos --print-ids | wc -w) -eq 5 ] &&
+    [ \$($MAMBA -m $TMP/if.bin --prompt-ids 1 -n 5 --ignore-eos --print-ids | wc -w) -eq 5 ]"
+expect_error "init: an unknown shape lists the known ones" "codestral-7b.*falcon-mamba-7b" $MAMBA init --shape mamba3-1b $TMP/x.bin
+
+# ---- refused configs: one line, no output file
+refuse() {   # refuse NAME PATTERN FIXTURE PYTHON-EDIT-OF-c: convert of FIXTURE with config c edited must fail
+    local name=$1 pattern=$2 fx=$3 edit=$4
+    rm -rf "$TMP/r_$name"; cp -r "$F/$fx/hf" "$TMP/r_$name"
+    python3 -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); $edit; json.dump(c, open(p,'w'))" "$TMP/r_$name/config.json"
+    expect_error "convert refuses: $name" "$pattern" $MAMBA convert "$TMP/r_$name" "$TMP/r_$name.bin"
+    [ -e "$TMP/r_$name.bin" ] && fail "$name: an output was left behind"
+}
+expect_error "convert refuses a hybrid with attention layers" "attn_layer_idx.*hybrid models are not supported" \
+    $MAMBA convert $F/refuse/mamba2_attn $TMP/x.bin
+expect_error "convert refuses a hybrid with MLPs" "d_intermediate.*hybrid models are not supported" \
+    $MAMBA convert $F/refuse/mamba2_mlp $TMP/x.bin
+refuse "unknown model_type" 'model_type "jamba" is not supported \(known: mamba, mamba2, falcon_mamba\)' mamba2_tiny "c['model_type']='jamba'"
+refuse "heads × head_dim ≠ d_inner" "num_heads 7 × head_dim 16" mamba2_tiny "c['num_heads']=7"
+refuse "groups not dividing the heads" "n_groups must divide n_heads" mamba2_tiny "c['n_groups']=3"
+refuse "a Δ limit upside down" "time_step_limit.*0 ≤ lo < hi" mamba2_tiny "c['time_step_limit']=[0.1, 0.01]"
+refuse "a Δ limit that is not a pair" "time_step_limit.*not a pair of numbers" mamba2_tiny "c['time_step_limit']='wide'"
+refuse "NaN in a config" "NaN" mamba2_tiny "c['layer_norm_epsilon']=float('nan')"
+refuse "an eos id beyond the vocabulary" "eos token id 99999 is outside the vocabulary" mamba2_tiny "c['eos_token_id']=99999"
+refuse "Falcon-Mamba's mixer eps out of range" "mixer_eps must be in" falcon_tiny "c['mixer_rms_eps']=2.0"
+refuse "state-spaces Mamba2 with an MLP beside the SSM" "d_ssm" mamba2_statespaces "c['ssm_cfg']['d_ssm']=32"
+refuse "state-spaces headdim not dividing d_inner" "head_dim 48 does not divide d_inner 128" mamba2_statespaces "c['ssm_cfg']['headdim']=48"
+refuse "an unknown ssm_cfg.layer" 'ssm_cfg.layer "Mamba3" is not supported' mamba2_statespaces "c['ssm_cfg']['layer']='Mamba3'"
+check "transformers 4's bare Infinity in time_step_limit is read" bash -c "
+    cp -r $F/mamba2_tiny/hf $TMP/inf && python3 -c \"import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['time_step_limit']=[0.0, float('inf')]; open(p,'w').write(json.dumps(c))\" $TMP/inf/config.json &&
+    grep -q Infinity $TMP/inf/config.json && $MAMBA convert $TMP/inf $TMP/inf.bin && $MAMBA info $TMP/inf.bin | grep -qxF 'dt_limit: [0, inf]'"

@@ -34,13 +34,15 @@ CFLAGS ?= $(OPT) -g -Wall -Wextra -Wshadow -fopenmp
 CFLAGS += -std=c11
 CXXFLAGS ?= $(OPT) -g -Wall -Wextra
 CXXFLAGS += -std=c++17
-LDLIBS = -lsentencepiece -lcjson -lutf8proc -lpcre2-8 -lstdc++ -lm
+# -lzip: torch.save files (torch_archive.c) are zip archives, and libzip is a well-kept zip library
+# (zip64, deflate, CRC and consistency checks), safer than a zip reader of our own
+LDLIBS = -lsentencepiece -lcjson -lutf8proc -lpcre2-8 -lzip -lstdc++ -lm
 SANITIZE = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -fopenmp
 
 # the host program, one concern a file (README: how the code is organised); tests/fuzz/mamba_unity.h
 # lists the same files for the fuzz targets
-HOST_SRC = mamba.c util.c options.c model.c cpu.c pool.c sampler.c engine.c batch.c convert.c bench.c tokenizer.c
-HEADERS = mamba.h model.h gpu.h tokenizer.h sp_wrapper.h
+HOST_SRC = mamba.c util.c options.c model.c cpu.c pool.c sampler.c engine.c batch.c convert.c torch_archive.c bench.c tokenizer.c
+HEADERS = mamba.h model.h gpu.h tokenizer.h sp_wrapper.h torch_archive.h
 GPU_HEADERS = gpu.h gpu_internal.cuh gpu_device.cuh model.h
 
 ifneq ($(CUDA_HOME),)

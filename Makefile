@@ -89,6 +89,13 @@ tests/tok_check: tests/tok_check.c tokenizer.c $(HEADERS) build/sp_wrapper.o
 tests/tok_check-asan: tests/tok_check.c tokenizer.c $(HEADERS) build/asan/sp_wrapper.o
 	$(CC) -std=c11 -Wall -Wextra $(SANITIZE) -I. -o $@ tests/tok_check.c tokenizer.c build/asan/sp_wrapper.o $(LDLIBS)
 
+# prints what torch_archive.c reads from a torch.save file (tests/test_torch_archive.sh)
+tests/torch_dump: tests/torch_dump.c torch_archive.c torch_archive.h model.h
+	$(CC) $(CFLAGS) -I. -o $@ tests/torch_dump.c torch_archive.c -lzip
+
+tests/torch_dump-asan: tests/torch_dump.c torch_archive.c torch_archive.h model.h
+	$(CC) -std=c11 -Wall -Wextra $(SANITIZE) -I. -o $@ tests/torch_dump.c torch_archive.c -lzip
+
 tests/cmp_logits: tests/cmp_logits.c
 	$(CC) -O2 -std=c11 -Wall -Wextra -o $@ $< -lm
 
@@ -117,7 +124,7 @@ deps:
 	@bash tests/deps.sh test
 
 test: deps
-	$(MAKE) mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan fuzz
+	$(MAKE) mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan tests/torch_dump tests/torch_dump-asan fuzz
 	MAMBA_BINARIES="./mamba ./mamba-asan" bash tests/run.sh
 
 # The GPU machine lacks the Debian libraries: `make devlibs` (here) builds .devlibs/mamba for any
@@ -139,4 +146,4 @@ test-gpu:
 	bash tests/gpu.sh
 
 clean:
-	rm -rf build mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan
+	rm -rf build mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan tests/torch_dump tests/torch_dump-asan

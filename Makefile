@@ -34,13 +34,15 @@ CFLAGS ?= $(OPT) -g -Wall -Wextra -Wshadow -fopenmp
 CFLAGS += -std=c11
 CXXFLAGS ?= $(OPT) -g -Wall -Wextra
 CXXFLAGS += -std=c++17
-LDLIBS = -lsentencepiece -lcjson -lutf8proc -lpcre2-8 -lstdc++ -lm
+# -lzip: torch.save files (torch_archive.c) are zip archives, and libzip is a well-kept zip library
+# (zip64, deflate, CRC and consistency checks), safer than a zip reader of our own
+LDLIBS = -lsentencepiece -lcjson -lutf8proc -lpcre2-8 -lzip -lstdc++ -lm
 SANITIZE = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -fopenmp
 
 # the host program, one concern a file (README: how the code is organised); tests/fuzz/mamba_unity.h
 # lists the same files for the fuzz targets
-HOST_SRC = mamba.c util.c options.c model.c cpu.c pool.c sampler.c engine.c batch.c convert.c bench.c tokenizer.c
-HEADERS = mamba.h model.h gpu.h tokenizer.h sp_wrapper.h
+HOST_SRC = mamba.c util.c options.c model.c cpu.c pool.c sampler.c engine.c batch.c convert.c torch_archive.c bench.c tokenizer.c
+HEADERS = mamba.h model.h gpu.h tokenizer.h sp_wrapper.h torch_archive.h
 GPU_HEADERS = gpu.h gpu_internal.cuh gpu_device.cuh model.h
 
 ifneq ($(CUDA_HOME),)
@@ -87,6 +89,13 @@ tests/tok_check: tests/tok_check.c tokenizer.c $(HEADERS) build/sp_wrapper.o
 tests/tok_check-asan: tests/tok_check.c tokenizer.c $(HEADERS) build/asan/sp_wrapper.o
 	$(CC) -std=c11 -Wall -Wextra $(SANITIZE) -I. -o $@ tests/tok_check.c tokenizer.c build/asan/sp_wrapper.o $(LDLIBS)
 
+# prints what torch_archive.c reads from a torch.save file (tests/test_torch_archive.sh)
+tests/torch_dump: tests/torch_dump.c torch_archive.c torch_archive.h model.h
+	$(CC) $(CFLAGS) -I. -o $@ tests/torch_dump.c torch_archive.c -lzip
+
+tests/torch_dump-asan: tests/torch_dump.c torch_archive.c torch_archive.h model.h
+	$(CC) -std=c11 -Wall -Wextra $(SANITIZE) -I. -o $@ tests/torch_dump.c torch_archive.c -lzip
+
 tests/cmp_logits: tests/cmp_logits.c
 	$(CC) -O2 -std=c11 -Wall -Wextra -o $@ $< -lm
 
@@ -115,7 +124,7 @@ deps:
 	@bash tests/deps.sh test
 
 test: deps
-	$(MAKE) mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan fuzz
+	$(MAKE) mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan tests/torch_dump tests/torch_dump-asan fuzz
 	MAMBA_BINARIES="./mamba ./mamba-asan" bash tests/run.sh
 
 # The GPU machine lacks the Debian libraries: `make devlibs` (here) builds .devlibs/mamba for any
@@ -137,4 +146,4 @@ test-gpu:
 	bash tests/gpu.sh
 
 clean:
-	rm -rf build mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan
+	rm -rf build mamba mamba-asan tests/cmp_logits tests/tok_check tests/tok_check-asan tests/torch_dump tests/torch_dump-asan

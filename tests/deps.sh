@@ -2,7 +2,7 @@
 # tests/deps.sh [build|test]: installs the Debian packages that are missing (apt-get, through
 # sudo when not root) for one of two sets:
 #   build  what compiling and running ./mamba needs: cc, c++, make and the -dev libraries
-#          (cJSON, SentencePiece, utf8proc, PCRE2). ./run.sh installs this set.
+#          (cJSON, SentencePiece, utf8proc, PCRE2, libzip). ./run.sh installs this set.
 #   test   (the default) build's set plus what only the tests use: python3, the SentencePiece
 #          command-line tools (spm_encode, tests/test_default_model.sh) and clang with its
 #          sanitizer and libFuzzer runtimes (make fuzz). `make test` installs this set.
@@ -15,6 +15,7 @@ have_header cjson/cJSON.h || need+=(libcjson-dev)
 have_header sentencepiece_processor.h || need+=(libsentencepiece-dev)
 have_header utf8proc.h || need+=(libutf8proc-dev)
 have_header pcre2.h || need+=(libpcre2-dev)
+have_header zip.h || need+=(libzip-dev)
 command -v cc >/dev/null || need+=(gcc)
 command -v c++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)

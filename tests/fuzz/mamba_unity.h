@@ -10,5 +10,6 @@
 #include "../../engine.c"
 #include "../../batch.c"
 #include "../../convert.c"
+#include "../../torch_archive.c"
 #include "../../bench.c"
 #include "../../mamba.c"

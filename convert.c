@@ -3,6 +3,7 @@
  * `mamba convert` (Hugging Face and state-spaces Mamba checkpoints: config.json + safetensors)
  * and `mamba init` (a random model of a published shape). */
 #include "mamba.h"
+#include "torch_archive.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -210,6 +211,8 @@ static void write_checkpoint(const char *path, const Config *c, TensorSource sou
 #define MAX_JSON_BYTES (64u << 20)        /* config.json, index and safetensors headers */
 #define MAX_SAFETENSORS_TENSORS 32768     /* in all shards together; a Mamba needs ≤ 10 243 */
 
+/* A source tensor: in a mapped safetensors file (data), or tensor `index` of a torch.save
+ * archive, read when it is converted. */
 typedef struct {
     char *name;
     DType dtype;
@@ -217,20 +220,39 @@ typedef struct {
     uint64_t shape[4];
     const uint8_t *data;
     uint64_t bytes;
+    TorchArchive *archive;
+    int index;
 } SafeTensor;
+
+#define MAX_SHARDS 256
 
 typedef struct {
     SafeTensor *tensors;
     int n, cap;
     const char *dir;
-    struct { const uint8_t *map; size_t bytes; } files[256];   /* mapped shards, to unmap */
+    struct { const uint8_t *map; size_t bytes; } files[MAX_SHARDS];   /* mapped safetensors shards, to unmap */
     int n_files;
+    TorchArchive *archives[MAX_SHARDS];                              /* open pytorch_model*.bin shards */
+    int n_archives;
 } TensorSet;
 
 static void tensor_set_free(TensorSet *set) {
     for (int i = 0; i < set->n; i++) free(set->tensors[i].name);
     free(set->tensors);
     for (int i = 0; i < set->n_files; i++) munmap((void *)set->files[i].map, set->files[i].bytes);
+    for (int i = 0; i < set->n_archives; i++) torch_archive_close(set->archives[i]);
+}
+
+/* Appends t, within the limit on tensors. */
+static void add_tensor(TensorSet *set, SafeTensor t, const char *path) {
+    if (set->n == MAX_SAFETENSORS_TENSORS)
+        die("%s: more than %d tensors in the checkpoint (the limit)", path, MAX_SAFETENSORS_TENSORS);
+    if (set->n == set->cap) {
+        set->cap = set->cap ? 2 * set->cap : 64;
+        set->tensors = realloc(set->tensors, set->cap * sizeof *set->tensors);
+        if (!set->tensors) die("out of memory");
+    }
+    set->tensors[set->n++] = t;
 }
 
 /* Python's json module writes float("inf") as Infinity (configs saved by transformers 4 hold
@@ -277,9 +299,9 @@ static void load_safetensors(TensorSet *set, const char *path) {
     if (st_err || !S_ISREG(st.st_mode)) die("%s is not a regular file", path);
     uint64_t size = st.st_size;
     if (size < 8) die("%s is truncated: no safetensors header", path);
-    if (set->n_files == (int)(sizeof set->files / sizeof *set->files)) {
+    if (set->n_files == MAX_SHARDS) {
         close(fd);
-        die("%s: more than %d safetensors shards", set->dir, (int)(sizeof set->files / sizeof *set->files));
+        die("%s: more than %d safetensors shards", set->dir, MAX_SHARDS);
     }
     const uint8_t *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     int map_errno = errno;
@@ -329,15 +351,8 @@ static void load_safetensors(TensorSet *set, const char *path) {
         if ((int)t.dtype >= 0 && t.bytes != count * dtype_size(t.dtype))
             die("%s: tensor %s has %llu bytes but its shape needs %llu", path, item->string,
                 (unsigned long long)t.bytes, (unsigned long long)(count * dtype_size(t.dtype)));
-        if (set->n == MAX_SAFETENSORS_TENSORS)
-            die("%s: more than %d tensors in the checkpoint (the limit)", path, MAX_SAFETENSORS_TENSORS);
         if (!(t.name = strdup(item->string))) die("out of memory");
-        if (set->n == set->cap) {
-            set->cap = set->cap ? 2 * set->cap : 64;
-            set->tensors = realloc(set->tensors, set->cap * sizeof *set->tensors);
-            if (!set->tensors) die("out of memory");
-        }
-        set->tensors[set->n++] = t;
+        add_tensor(set, t, path);
     }
     cJSON_Delete(header);
 }
@@ -348,47 +363,76 @@ static const SafeTensor *find_tensor(const TensorSet *set, const char *name) {
     return NULL;
 }
 
-/* Reads a checkpoint directory: one model.safetensors, or shards listed by the index. */
+/* Opens one torch.save file (pytorch_model.bin) and appends its tensors, read at conversion. */
+static void load_torch_archive(TensorSet *set, const char *path) {
+    if (set->n_archives == MAX_SHARDS) die("%s: more than %d pytorch_model shards", set->dir, MAX_SHARDS);
+    char err[512];
+    TorchArchive *a = torch_archive_open(path, err, sizeof err);
+    if (!a) die("%s", err);
+    set->archives[set->n_archives++] = a;
+    for (int i = 0; i < torch_archive_count(a); i++) {
+        const TorchTensor *tt = torch_archive_tensor(a, i);
+        SafeTensor t = {.dtype = (DType)tt->dtype, .ndim = tt->ndim, .bytes = tt->bytes, .archive = a, .index = i};
+        memcpy(t.shape, tt->shape, sizeof t.shape);
+        if (!(t.name = strdup(tt->name))) die("out of memory");
+        add_tensor(set, t, path);
+    }
+}
+
+/* The shards an index (model.safetensors.index.json, pytorch_model.bin.index.json) names,
+ * each loaded once, and every tensor it lists found in its shard. */
+static void load_index(TensorSet *set, const char *dir, const char *path, void (*load_shard)(TensorSet *, const char *)) {
+    cJSON *index = parse_json_file(path, "checkpoint index");
+    cJSON *map = cJSON_GetObjectItemCaseSensitive(index, "weight_map");
+    if (!cJSON_IsObject(map)) die("%s has no weight_map object", path);
+    if (cJSON_GetArraySize(map) > MAX_SAFETENSORS_TENSORS)
+        die("%s: weight_map lists more than %d tensors (the limit)", path, MAX_SAFETENSORS_TENSORS);
+    char **seen = NULL;
+    int n_seen = 0;
+    for (cJSON *e = map->child; e; e = e->next) {
+        if (!cJSON_IsString(e) || strchr(e->valuestring, '/') || !strcmp(e->valuestring, "..") || !e->valuestring[0])
+            die("%s: weight_map entry %s names a bad file", path, e->string);
+        int known = 0;
+        for (int i = 0; i < n_seen; i++) known |= !strcmp(seen[i], e->valuestring);
+        if (known) continue;
+        seen = realloc(seen, (n_seen + 1) * sizeof *seen);
+        if (!seen) die("out of memory");
+        seen[n_seen++] = e->valuestring;
+        char shard[PATH_MAX];
+        snprintf(shard, sizeof shard, "%s/%s", dir, e->valuestring);
+        load_shard(set, shard);
+    }
+    for (cJSON *e = map->child; e; e = e->next)
+        if (!find_tensor(set, e->string)) die("%s lists tensor %s, which its shard lacks", path, e->string);
+    free(seen);
+    cJSON_Delete(index);
+}
+
+/* Reads a checkpoint directory: safetensors (one file, or shards listed by the index), else
+ * torch.save files (the original state-spaces repositories have only pytorch_model.bin). */
 static void load_hf_tensors(TensorSet *set, const char *dir) {
-    char path[PATH_MAX];
+    static const struct {
+        const char *index, *single;
+        void (*load)(TensorSet *, const char *);
+    } kinds[] = {
+        {"model.safetensors.index.json", "model.safetensors", load_safetensors},
+        {"pytorch_model.bin.index.json", "pytorch_model.bin", load_torch_archive},
+    };
     set->dir = dir;
-    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-    if (access(path, F_OK) == 0) {
-        cJSON *index = parse_json_file(path, "safetensors index");
-        cJSON *map = cJSON_GetObjectItemCaseSensitive(index, "weight_map");
-        if (!cJSON_IsObject(map)) die("%s has no weight_map object", path);
-        if (cJSON_GetArraySize(map) > MAX_SAFETENSORS_TENSORS)
-            die("%s: weight_map lists more than %d tensors (the limit)", path, MAX_SAFETENSORS_TENSORS);
-        char **seen = NULL;
-        int n_seen = 0;
-        for (cJSON *e = map->child; e; e = e->next) {
-            if (!cJSON_IsString(e) || strchr(e->valuestring, '/') || !strcmp(e->valuestring, "..") || !e->valuestring[0])
-                die("%s: weight_map entry %s names a bad file", path, e->string);
-            int known = 0;
-            for (int i = 0; i < n_seen; i++) known |= !strcmp(seen[i], e->valuestring);
-            if (known) continue;
-            seen = realloc(seen, (n_seen + 1) * sizeof *seen);
-            if (!seen) die("out of memory");
-            seen[n_seen++] = e->valuestring;
-            char shard[PATH_MAX];
-            snprintf(shard, sizeof shard, "%s/%s", dir, e->valuestring);
-            load_safetensors(set, shard);
+    for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, kinds[k].index);
+        if (access(path, F_OK) == 0) {
+            load_index(set, dir, path, kinds[k].load);
+            return;
         }
-        for (cJSON *e = map->child; e; e = e->next)
-            if (!find_tensor(set, e->string)) die("%s lists tensor %s, which its shard lacks", path, e->string);
-        free(seen);
-        cJSON_Delete(index);
-        return;
+        snprintf(path, sizeof path, "%s/%s", dir, kinds[k].single);
+        if (access(path, F_OK) == 0) {
+            kinds[k].load(set, path);
+            return;
+        }
     }
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (access(path, F_OK) == 0) {
-        load_safetensors(set, path);
-        return;
-    }
-    snprintf(path, sizeof path, "%s/pytorch_model.bin", dir);
-    if (access(path, F_OK) == 0)
-        die("%s holds pytorch_model.bin only; save it as safetensors first (save_pretrained)", dir);
-    die("%s has neither model.safetensors nor model.safetensors.index.json", dir);
+    die("%s has no model.safetensors, pytorch_model.bin or an index of their shards", dir);
 }
 
 static double json_number(const cJSON *obj, const char *key, double fallback, int required, const char *path) {
@@ -682,12 +726,15 @@ static void convert_tensor(void *ctx, int i, const TensorSpec *s, float *out) {
     const ConvertSource *src = ctx;
     const SafeTensor *t = lookup_source(src->set, src->config, s);
     size_t count = (size_t)s->rows * s->cols;
+    const uint8_t *data = t->data;
+    char err[512];
+    if (!data && !(data = torch_archive_data(t->archive, t->index, err, sizeof err))) die("%s", err);
     for (size_t j = 0; j < count; j++) {
         uint16_t half;
         if (t->dtype == DTYPE_F32) {
-            memcpy(&out[j], t->data + 4 * j, 4);
+            memcpy(&out[j], data + 4 * j, 4);
         } else {
-            memcpy(&half, t->data + 2 * j, 2);
+            memcpy(&half, data + 2 * j, 2);
             out[j] = t->dtype == DTYPE_BF16 ? bf16_to_f32(half) : f16_to_f32(half);
         }
         if (!isfinite(out[j])) die("tensor %s contains NaN or infinity at element %zu", t->name, j);

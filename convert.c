@@ -1,7 +1,7 @@
 /* convert.c: making checkpoints. The writer (a temporary file beside the target, fsynced and
  * renamed into place, so an interrupted or failed write never leaves a file that looks valid),
- * `mamba convert` (Hugging Face and state-spaces Mamba checkpoints: config.json + safetensors)
- * and `mamba init` (a random model of a published shape). */
+ * `mamba convert` (Hugging Face and state-spaces checkpoints of every family: config.json +
+ * safetensors or pytorch_model.bin) and `mamba init` (a random model of a published shape). */
 #include "mamba.h"
 #include "torch_archive.h"
 
@@ -790,9 +790,10 @@ static const Option CONVERT_OPTIONS[] = {
 };
 
 static const Command CONVERT_COMMAND = {
-    "convert", "mamba convert HF_DIR OUT.bin [--dtype f32|f16|bf16]",
-    "Imports a Hugging Face or state-spaces Mamba checkpoint (config.json and safetensors, with\n"
-    "tokenizer.json or tokenizer.model when present) into one mamba checkpoint file.",
+    "convert", "mamba convert HF_DIR OUT.bin [--dtype f32|f16|bf16] [--tokenizer FILE]",
+    "Imports a Mamba-1, Mamba-2 (Codestral-Mamba) or Falcon-Mamba checkpoint folder, Hugging Face's\n"
+    "or the original state-spaces one (config.json; safetensors or pytorch_model.bin, sharded or\n"
+    "not; tokenizer.json or tokenizer.model when present) into one mamba checkpoint file.",
     CONVERT_OPTIONS, 0,
 };
 

@@ -86,3 +86,15 @@ refuse "an unknown ssm_cfg.layer" 'ssm_cfg.layer "Mamba3" is not supported' mamb
 check "transformers 4's bare Infinity in time_step_limit is read" bash -c "
     cp -r $F/mamba2_tiny/hf $TMP/inf && python3 -c \"import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['time_step_limit']=[0.0, float('inf')]; open(p,'w').write(json.dumps(c))\" $TMP/inf/config.json &&
     grep -q Infinity $TMP/inf/config.json && $MAMBA convert $TMP/inf $TMP/inf.bin && $MAMBA info $TMP/inf.bin | grep -qxF 'dt_limit: [0, inf]'"
+
+# ---- pytorch_model.bin that lies or would run code: convert refuses in one line (torch_archive.c;
+# tests/test_torch_archive.sh has the reader's own cases)
+bad_bin() {   # bad_bin NAME PATTERN SOURCE: statespaces_bin's folder with pytorch_model.bin from SOURCE
+    rm -rf "$TMP/b_$1"; cp -r "$F/statespaces_bin/hf" "$TMP/b_$1"; cp "$3" "$TMP/b_$1/pytorch_model.bin"
+    expect_error "convert refuses pytorch_model.bin: $1" "$2" $MAMBA convert "$TMP/b_$1" "$TMP/b_$1.bin"
+}
+head -c 20000 $F/statespaces_bin/hf/pytorch_model.bin >$TMP/truncated_torch.bin
+bad_bin truncated "pytorch_model.bin" $TMP/truncated_torch.bin
+bad_bin "a pickle calling os.system" "os.system|not allowed" tests/torch/bad_system.bin
+bad_bin "a legacy torch file" "legacy" tests/torch/bad_legacy.bin
+bad_bin "another model's tensors" "missing tensor backbone" tests/torch/basic.bin

@@ -244,7 +244,7 @@ static void tensor_set_free(TensorSet *set) {
 }
 
 /* Appends t, within the limit on tensors. */
-static void add_tensor(TensorSet *set, SafeTensor t, const char *path) {
+static void add_source_tensor(TensorSet *set, SafeTensor t, const char *path) {
     if (set->n == MAX_SAFETENSORS_TENSORS)
         die("%s: more than %d tensors in the checkpoint (the limit)", path, MAX_SAFETENSORS_TENSORS);
     if (set->n == set->cap) {
@@ -352,7 +352,7 @@ static void load_safetensors(TensorSet *set, const char *path) {
             die("%s: tensor %s has %llu bytes but its shape needs %llu", path, item->string,
                 (unsigned long long)t.bytes, (unsigned long long)(count * dtype_size(t.dtype)));
         if (!(t.name = strdup(item->string))) die("out of memory");
-        add_tensor(set, t, path);
+        add_source_tensor(set, t, path);
     }
     cJSON_Delete(header);
 }
@@ -375,7 +375,7 @@ static void load_torch_archive(TensorSet *set, const char *path) {
         SafeTensor t = {.dtype = (DType)tt->dtype, .ndim = tt->ndim, .bytes = tt->bytes, .archive = a, .index = i};
         memcpy(t.shape, tt->shape, sizeof t.shape);
         if (!(t.name = strdup(tt->name))) die("out of memory");
-        add_tensor(set, t, path);
+        add_source_tensor(set, t, path);
     }
 }
 

@@ -184,6 +184,7 @@ int n_model_tensors(const Config *c) { return layout_of(c->arch)->n_tensors(c); 
 void model_tensor_specs(const Config *c, TensorSpec *specs) { layout_of(c->arch)->tensor_specs(c, specs); }
 
 void set_spec(TensorSpec *s, const char *name, uint32_t rows, uint32_t cols, int ndim, int big) {
+    memset(s->name, 0, sizeof s->name);     /* the whole field is written to files: no stray bytes */
     snprintf(s->name, sizeof s->name, "%s", name);
     s->rows = rows, s->cols = cols, s->ndim = ndim, s->big = big;
 }

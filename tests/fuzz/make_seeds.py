@@ -66,8 +66,14 @@ def hf_tiny(d=4, layers=1, vocab=8, state=2, conv=2, rank=1, tied=True, dtype="F
 
 def main():
     # config.json
-    for name in ["tiny", "statespaces", "awkward", "bf16src", "f16src"]:
+    for name in ["tiny", "statespaces", "awkward", "bf16src", "f16src", "mamba2_tiny", "mamba2_awkward", "mamba2_odd",
+                 "mamba2_statespaces", "falcon_tiny", "falcon_awkward"]:
         put("config", f"{name}.json", open(f"tests/fixtures/{name}/hf/config.json", "rb").read())
+    for name in ["mamba2_attn", "mamba2_mlp"]:
+        put("config", f"refuse_{name}.json", open(f"tests/fixtures/refuse/{name}/config.json", "rb").read())
+    inf = json.load(open("tests/fixtures/mamba2_tiny/hf/config.json"))
+    inf["time_step_limit"] = [0.0, float("inf")]            # transformers 4's bare Infinity
+    put("config", "mamba2_bare_infinity.json", json.dumps(inf))
     put("config", "minimal_hf.json", json.dumps(hf_tiny()[0]))
     put("config", "ssm_cfg.json", json.dumps({"d_model": 8, "n_layer": 2, "vocab_size": 11, "pad_vocab_size_multiple": 8,
                                               "ssm_cfg": {"layer": "Mamba1", "d_state": 4, "d_conv": 3, "expand": 3, "dt_rank": "auto"},
@@ -104,6 +110,9 @@ def main():
         convert("bf16_sp", "bf16", tokenizer="sp_bytes.model")
     subprocess.run(["./mamba", "convert", "tests/fixtures/tiny/hf", f"{ROOT}/checkpoint/fixture_tiny_bf16.bin"],
                    check=True, stderr=subprocess.DEVNULL)
+    for shape in ["mamba2-tiny", "falcon-mamba-tiny"]:       # the other architectures' layouts
+        subprocess.run(["./mamba", "init", "--shape", shape, f"{ROOT}/checkpoint/init_{shape}_bf16.bin"],
+                       check=True, stderr=subprocess.DEVNULL)
 
     # tokenizer.json
     for name in ["neox.json", "variant.json", "noregex.json"]:

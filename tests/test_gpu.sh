@@ -25,6 +25,19 @@ if ! $GPU -m "$TMP/tiny32.bin" --prompt-ids 1 -n 1 --print-ids >/dev/null 2>"$TM
     exit 0
 fi
 
+# ---- the families the GPU engine does not run yet: --device cuda refuses them in one line, auto
+# runs them on the CPU with a note
+for shape in mamba2-tiny falcon-mamba-tiny; do
+    $MAMBA init --shape $shape --dtype f32 "$TMP/$shape.bin" 2>/dev/null
+    arch=$($MAMBA info "$TMP/$shape.bin" | sed -n 's/^arch: //p')
+    expect_error "$shape: --device cuda refuses it in one line" "the GPU engine does not run $arch models yet" \
+        $GPU -m "$TMP/$shape.bin" --prompt-ids 1,2 -n 2 --print-ids
+    check "$shape: --device auto runs it on the CPU, with a note, as --device cpu does" bash -c "
+        a=\$($MAMBA run -m $TMP/$shape.bin --prompt-ids 1,2,3 -n 12 -t 0 --print-ids 2>$TMP/note) &&
+        b=\$($CPU -m $TMP/$shape.bin --prompt-ids 1,2,3 -n 12 -t 0 --print-ids) && [ \"\$a\" = \"\$b\" ] &&
+        grep -q 'does not run $arch models yet; running on the CPU' $TMP/note"
+done
+
 vocab_of() { $MAMBA info "$1" | sed -n 's/^vocab_size: //p'; }
 # logits of the ids $3 through checkpoint $2 on device $1 → file $4 (teacher-forced: -n 0), one
 # step at a time (the GPU's decode step); parallel_logits: the GPU's parallel prompt pass

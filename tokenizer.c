@@ -3,26 +3,34 @@
  * SentencePiece is the C++ library itself, through sp_wrapper.cc; like spm_encode, it reads each
  * byte of ill-formed UTF-8 as U+FFFD.
  *
- * Byte-level BPE follows Hugging Face `tokenizers` step by step, as the tokenizer.json declares:
+ * A tokenizer.json BPE follows Hugging Face `tokenizers` step by step, as the file declares; it
+ * covers byte-level BPE (GPT-2, GPT-NeoX, Falcon) and SentencePiece-style BPE with "▁" for
+ * spaces and <0xXX> byte pieces (Llama, Mistral):
  *   1. the input splits into maximal runs of valid UTF-8 and the ill-formed bytes between them
  *      (each byte of an ill-formed sequence on its own). Each run goes through steps 2 to 5 as
  *      a text of its own, so its ids are those `tokenizers` gives that run: added tokens,
- *      normalization and add_prefix_space apply to it as to the text between two added tokens
- *      (the split pattern and the normalizers need valid text, and `tokenizers`, which only
- *      takes valid text, has no rule for a run cut by a bad byte). Each ill-formed byte becomes
- *      the id of its byte-level symbol (below), one id per byte, merged with nothing, so these
- *      ids decode back to the very bytes. Every byte-level vocabulary has the 256 symbols;
- *      encoding fails, with a reason, on a byte whose symbol is missing or whose id an added
- *      token took;
+ *      normalization and prefixes apply to it as to the text between two added tokens (the
+ *      split patterns and the normalizers need valid text, and `tokenizers`, which only takes
+ *      valid text, has no rule for a run cut by a bad byte). Each ill-formed byte becomes one id
+ *      merged with nothing, so that it decodes back to that byte: with a ByteLevel
+ *      pre-tokenizer the id of its byte-level symbol (below), else its <0xXX> piece when the
+ *      model has byte_fallback, else unk. Encoding fails, with a reason, when there is none or
+ *      an added token took its id;
  *   2. added tokens with normalized=false are split off the raw text, leftmost-longest;
- *   3. each remaining piece is normalized (utf8proc), then added tokens with normalized=true
- *      are split off the normalized text, leftmost-longest;
- *   4. the ByteLevel pre-tokenizer splits what is left with the GPT-2 pattern (PCRE2) and each
- *      word's bytes become the GPT-2 byte alphabet;
- *   5. BPE merges each word, lowest merge rank first, leftmost first among equal ranks.
- * Decoding maps pieces back to bytes (ByteLevel decoder) and keeps special tokens' text, as
- * tokenizers' decode(ids, skip_special_tokens=False) does; the streaming decoder shows each
- * ill-formed sequence of those bytes as one U+FFFD, as tokenizers' decode does too. */
+ *   3. each remaining piece is normalized (Unicode forms through utf8proc, Prepend, Replace),
+ *      then added tokens with normalized=true are split off the normalized text;
+ *   4. the pre-tokenizer components split what is left, each one every piece the one before
+ *      made (Split, Punctuation, Digits, Whitespace, WhitespaceSplit, Metaspace, ByteLevel with
+ *      the GPT-2 pattern); ByteLevel also turns each piece's bytes into the GPT-2 byte
+ *      alphabet, so the components after it see those characters;
+ *   5. BPE merges each word, lowest merge rank first, leftmost first among equal ranks, from one
+ *      symbol per character: its piece, else (byte_fallback) one <0xXX> piece per byte, else unk.
+ * Decoding keeps special tokens' text, as tokenizers' decode(ids, skip_special_tokens=False)
+ * does: the ByteLevel decoder maps pieces back to bytes; the other decoders (Replace,
+ * ByteFallback, Fuse, Strip, Metaspace) run in their order on the stream of pieces. The
+ * streaming decoder shows each ill-formed sequence of the bytes as one U+FFFD, as tokenizers'
+ * ByteLevel decode does, and holds a run of <0xXX> pieces until it ends: ByteFallback makes
+ * the run one text when it is valid UTF-8, else one U+FFFD per piece. */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L   /* strdup */
 #endif
@@ -41,9 +49,12 @@
 #include <pcre2.h>
 
 #include "sp_wrapper.h"
+#include "tokenizer_unicode.h"
 
 #define MAX_ID (1 << 24)      /* ids in tokenizer.json beyond this are rejected as corrupt */
 #define MAX_NORMALIZERS 8
+#define MAX_PRETOKENIZERS 16
+#define MAX_DECODERS 8
 #define REPLACEMENT "\xEF\xBF\xBD"   /* U+FFFD in UTF-8 */
 
 static void set_err(char *err, size_t err_len, const char *fmt, ...) {
@@ -290,7 +301,29 @@ static int is_word(int32_t c) {
     }
 }
 
-/* ---------------------------------------------------------------- byte-level BPE: data */
+/* Whether c is in one of the n sorted ranges. */
+static int in_ranges(const uint32_t (*r)[2], size_t n, int32_t c) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if ((uint32_t)c > r[mid][1]) lo = mid + 1;
+        else if ((uint32_t)c < r[mid][0]) hi = mid;
+        else return 1;
+    }
+    return 0;
+}
+
+/* The Punctuation and Digits pre-tokenizers' classes, in tokenizers' own Unicode tables
+ * (tokenizer_unicode.h; utf8proc's are of another Unicode version). */
+static int is_punctuation(int32_t c) {
+    return in_ranges(PUNCTUATION_RANGES, sizeof PUNCTUATION_RANGES / sizeof PUNCTUATION_RANGES[0], c);
+}
+
+static int is_numeric(int32_t c) {
+    return in_ranges(NUMERIC_RANGES, sizeof NUMERIC_RANGES / sizeof NUMERIC_RANGES[0], c);
+}
+
+/* ---------------------------------------------------------------- BPE: data */
 
 typedef struct {
     char *content;              /* the token's text */
@@ -303,6 +336,52 @@ typedef struct {
 typedef struct { int child, sibling, token; unsigned char byte; } TrieNode;
 typedef struct { TrieNode *nodes; size_t n, cap; unsigned char first[256]; } Trie;
 
+/* How a split keeps what its pattern matched (tokenizers' SplitDelimiterBehavior). */
+typedef enum { KEEP_REMOVED, KEEP_ISOLATED, KEEP_WITH_PREVIOUS, KEEP_WITH_NEXT, KEEP_CONTIGUOUS } Behavior;
+
+/* What a pattern matches: a regular expression (PCRE2; a String pattern is compiled as a
+ * literal), or one character at a time, a class of characters. */
+typedef enum { CLASS_NONE, CLASS_PUNCTUATION, CLASS_NUMERIC, CLASS_SPACE, CLASS_CHAR } CharClass;
+typedef struct {
+    pcre2_code *re;             /* owned unless it is the Bpe's gpt2 */
+    CharClass cls;
+    int32_t ch;                 /* CLASS_CHAR: the character */
+} Pattern;
+
+/* One normalizer of the chain. */
+typedef enum { NORM_FORM, NORM_PREPEND, NORM_REPLACE } NormKind;
+typedef struct {
+    NormKind kind;
+    utf8proc_option_t opts;     /* NORM_FORM */
+    char *text;                 /* NORM_PREPEND: the prefix; NORM_REPLACE: the replacement */
+    Pattern pat;                /* NORM_REPLACE */
+} Norm;
+
+/* One pre-tokenizer component: an optional change of each piece, then a split. */
+typedef enum { PRE_BYTE_LEVEL, PRE_SPLIT, PRE_METASPACE } PreKind;
+typedef enum { PREPEND_NEVER, PREPEND_FIRST, PREPEND_ALWAYS } Prepend;
+typedef struct {
+    PreKind kind;
+    Pattern pat;                /* pat.re and pat.cls both empty: no split */
+    Behavior behavior;
+    int invert;
+    int add_prefix_space;       /* ByteLevel */
+    char rep[5];                /* Metaspace: the replacement character, in UTF-8 */
+    Prepend prepend;            /* Metaspace */
+} PreTok;
+
+/* One decoder of a chain (the ByteLevel decoder is not one: it is the whole decoder). */
+typedef enum { DEC_REPLACE, DEC_BYTE_FALLBACK, DEC_FUSE, DEC_STRIP, DEC_METASPACE } DecKind;
+typedef struct {
+    DecKind kind;
+    int fused;                  /* after a Fuse: the stream is one token */
+    Pattern pat;                /* Replace */
+    char *content;              /* Replace */
+    int32_t ch;                 /* Strip: the character; Metaspace: the replacement */
+    int start, stop;            /* Strip: how many at each end; Metaspace: start = drop them in
+                                   the first token */
+} DecStep;
+
 typedef struct {
     StrMap vocab;                       /* model piece → id */
     StrMap added_ids;                   /* added token content → id */
@@ -310,14 +389,24 @@ typedef struct {
     Added *added;
     int n_added;
     Trie raw, norm;                     /* added tokens matched before / after normalization */
-    utf8proc_option_t norm_opts[MAX_NORMALIZERS];
-    int n_norm;
-    int add_prefix_space, use_regex, ignore_merges;
-    int unk, fuse_unk;                  /* unk: id for bytes without a piece, -1 drops them */
+    Norm norms[MAX_NORMALIZERS];
+    int n_norm, norm_forms_only;        /* only Unicode forms: ASCII stays as it is */
+    PreTok pre[MAX_PRETOKENIZERS];
+    int n_pre;
+    int byte_level;                     /* a ByteLevel component: words are in the byte alphabet */
+    int raw_words;                      /* the last component is ByteLevel: words reach BPE as
+                                           bytes, mapped there */
+    int ignore_merges, byte_fallback;
+    int unk, fuse_unk;                  /* unk: id for characters without a piece, -1 drops them */
     int byte_id[256];                   /* id of each byte's one-character piece, or -1 */
+    int fallback_id[256];               /* id of each byte's <0xXX> piece, or -1 */
     char byte_char[256][3];             /* GPT-2 byte-to-unicode: each byte's character */
     short char_byte[324];               /* and back: code point → byte, or -1 */
-    pcre2_code *split;
+    pcre2_code *gpt2;                   /* ByteLevel's split pattern, compiled once */
+    pcre2_match_context *mctx;          /* limits that keep a hostile pattern from running away */
+    int dec_byte_level;                 /* the ByteLevel decoder */
+    DecStep dec[MAX_DECODERS];          /* else this chain; none: pieces joined by spaces */
+    int n_dec;
     const char **piece;                 /* [vocab_size] text of each id, NULL for unused ids */
     int vocab_size;
 } Bpe;
@@ -374,11 +463,125 @@ static size_t trie_longest(const Trie *t, const char *s, size_t n, size_t i, int
     return best;
 }
 
-/* ---------------------------------------------------------------- byte-level BPE: loading */
+/* ---------------------------------------------------------------- patterns */
+
+/* A piece of text: [start, end) and whether the pattern matched it, as tokenizers'
+ * find_matches gives them (every byte in one span, in order). */
+typedef struct { size_t start, end; int match; } Span;
+typedef struct { Span *data; size_t len, cap; } SpanVec;
+
+static int span_add(SpanVec *v, size_t start, size_t end, int match) {
+    Span *d = reserve(v->data, &v->cap, v->len + 1, sizeof(Span));
+    if (!d) return -1;
+    v->data = d;
+    v->data[v->len++] = (Span){start, end, match};
+    return 0;
+}
+
+/* The regular expression's matches and the gaps between them, found as the Oniguruma binding
+ * of tokenizers iterates: an empty match right where the last match ended is skipped, the
+ * search going on one character further. */
+static int regex_spans(const pcre2_code *re, pcre2_match_data *md, const pcre2_match_context *mc,
+                       const char *s, size_t n, SpanVec *v, const char **fail) {
+    size_t prev = 0, from = 0, last_end = (size_t)-1, len;
+    while (from <= n) {
+        int rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, md, (pcre2_match_context *)mc);
+        if (rc == PCRE2_ERROR_NOMATCH) break;
+        if (rc < 0) {
+            *fail = rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT ||
+                    rc == PCRE2_ERROR_JIT_STACKLIMIT ? "a split or replace pattern needs too much backtracking"
+                                                      : "PCRE2 failed on a split or replace pattern";
+            return -1;
+        }
+        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        size_t start = ov[0], end = ov[1];
+        if (start == end && end == last_end) {
+            if (from == n) break;
+            cp_at(s + from, n - from, &len);
+            from += len;
+            continue;
+        }
+        if ((start > prev && span_add(v, prev, start, 0)) || span_add(v, start, end, 1)) return -1;
+        prev = from = last_end = end;
+    }
+    return prev < n ? span_add(v, prev, n, 0) : 0;
+}
+
+static int in_class(const Pattern *p, int32_t c) {
+    switch (p->cls) {
+    case CLASS_PUNCTUATION: return is_punctuation(c);
+    case CLASS_NUMERIC: return is_numeric(c);
+    case CLASS_SPACE: return is_space(c);
+    case CLASS_CHAR: return c == p->ch;
+    default: return 0;
+    }
+}
+
+/* A class matches each of its characters on its own. */
+static int class_spans(const Pattern *p, const char *s, size_t n, SpanVec *v) {
+    size_t last = 0, len;
+    for (size_t i = 0; i < n; i += len) {
+        int32_t c = cp_at(s + i, n - i, &len);
+        if (!in_class(p, c)) continue;
+        if ((last < i && span_add(v, last, i, 0)) || span_add(v, i, i + len, 1)) return -1;
+        last = i + len;
+    }
+    return last < n ? span_add(v, last, n, 0) : 0;
+}
+
+/* Spans of s[0..n) (n > 0) by pattern p into v (emptied first); -1 with *fail set on error. */
+static int pattern_spans(const Pattern *p, pcre2_match_data *md, const pcre2_match_context *mc,
+                         const char *s, size_t n, SpanVec *v, const char **fail) {
+    v->len = 0;
+    int rc = p->re ? regex_spans(p->re, md, mc, s, n, v, fail) : class_spans(p, s, n, v);
+    if (rc && !*fail) *fail = "out of memory";
+    return rc;
+}
+
+/* The pieces a split keeps, as tokenizers' NormalizedString::split: matched spans on their own,
+ * dropped, or joined to the span before or after them (or runs of like spans joined); empty
+ * pieces dropped. In place; returns the new count. */
+static size_t split_by_behavior(Span *v, size_t n, Behavior how, int invert) {
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) v[i].match ^= invert;
+    for (size_t i = 0; i < n; i++) {
+        const int prev_match = i > 0 && v[i - 1].match;
+        if (how == KEEP_REMOVED && v[i].match) continue;
+        if (w > 0 && ((how == KEEP_CONTIGUOUS && v[i].match == prev_match) ||
+                      (how == KEEP_WITH_PREVIOUS && v[i].match && !prev_match))) {
+            v[w - 1].end = v[i].end;
+            continue;
+        }
+        if (how == KEEP_WITH_NEXT && v[i].match && i + 1 < n && !v[i + 1].match) {
+            v[w++] = (Span){v[i].start, v[i + 1].end, 0};
+            i++;
+            continue;
+        }
+        v[w++] = v[i];
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < w; i++)
+        if (v[i].end > v[i].start) v[kept++] = v[i];
+    return kept;
+}
+
+/* ---------------------------------------------------------------- BPE: loading */
 
 static const cJSON *get(const cJSON *o, const char *key) {
     return cJSON_GetObjectItemCaseSensitive(o, key);
 }
+
+/* Up to 40 bytes of a string from the file, for an error message: control characters (a
+ * newline would break the one line) as '?'. */
+typedef struct { char s[41]; } Shown;
+static Shown shown(const char *s, size_t n) {
+    Shown out;
+    size_t k = 0;
+    for (; s && k < n && k < 40 && s[k]; k++) out.s[k] = (unsigned char)s[k] < 0x20 || s[k] == 0x7F ? '?' : s[k];
+    out.s[k] = 0;
+    return out;
+}
+#define SHOWN(str) (shown((str), (size_t)-1).s)
 
 static const char *type_of(const cJSON *o) {
     const cJSON *t = get(o, "type");
@@ -418,6 +621,96 @@ static void byte_alphabet(Bpe *b) {
     }
 }
 
+/* A string from the file that becomes part of the text: it must be valid UTF-8, as PCRE2 is
+ * only ever given valid text. NULL when absent or not. */
+static const char *get_text(const cJSON *o, const char *key) {
+    const cJSON *j = get(o, key);
+    if (!cJSON_IsString(j)) return NULL;
+    size_t n = strlen(j->valuestring);
+    return utf8_valid_prefix(j->valuestring, n) == n ? j->valuestring : NULL;
+}
+
+/* The code point of a string that is one character, else -1. */
+static int32_t one_char(const char *s) {
+    size_t n = s ? strlen(s) : 0, len;
+    int32_t c = n ? cp_at(s, n, &len) : -1;
+    return c >= 0 && len == n ? c : -1;
+}
+
+/* A pattern of tokenizers (Oniguruma, Ruby syntax) in PCRE2's terms, where they differ on
+ * text: \s is White_Space (PCRE2 adds U+180E), \w letters, marks, decimal digits and
+ * connectors (PCRE2 takes every number), \h a hex digit (PCRE2: horizontal space). Inside a
+ * character class \W and \H stay PCRE2's (a class cannot hold their complement). */
+static int translate_regex(const char *re, Buf *out) {
+    static const char *const outside[][2] = {
+        {"s", "\\p{White_Space}"}, {"S", "\\P{White_Space}"}, {"w", "[\\p{L}\\p{M}\\p{Nd}\\p{Pc}]"},
+        {"W", "[^\\p{L}\\p{M}\\p{Nd}\\p{Pc}]"}, {"h", "[0-9a-fA-F]"}, {"H", "[^0-9a-fA-F]"}};
+    static const char *const inside[][2] = {
+        {"s", "\\p{White_Space}"}, {"S", "\\P{White_Space}"}, {"w", "\\p{L}\\p{M}\\p{Nd}\\p{Pc}"},
+        {"h", "0-9a-fA-F"}};
+    int in_class = 0;
+    out->len = 0;
+    for (size_t i = 0; re[i]; i++) {
+        const char c = re[i];
+        if (c == '\\' && re[i + 1]) {
+            const char *to = NULL;
+            const size_t n = in_class ? 4 : 6;
+            for (size_t k = 0; k < n && !to; k++)
+                if (re[i + 1] == (in_class ? inside : outside)[k][0][0]) to = (in_class ? inside : outside)[k][1];
+            if (to ? buf_add(out, to, strlen(to)) : buf_add(out, re + i, 2)) return -1;
+            i++;
+            continue;
+        }
+        if (c == '[' && !in_class) {                   /* a ']' first in the class is literal */
+            size_t j = i + 1 + (re[i + 1] == '^');
+            in_class = 1;
+            if (re[j] == ']') j++;
+            if (buf_add(out, re + i, j - i)) return -1;
+            i = j - 1;
+            continue;
+        }
+        if (c == ']') in_class = 0;
+        if (buf_add(out, &c, 1)) return -1;
+    }
+    return buf_add(out, "", 0);
+}
+
+/* A {"String": s} or {"Regex": r} pattern, compiled by PCRE2 (a String as a literal). */
+static int parse_pattern(const cJSON *j, Pattern *p, const char *what, char *err, size_t err_len) {
+    const char *lit = get_text(j, "String"), *re = get_text(j, "Regex");
+    int code;
+    PCRE2_SIZE at;
+    Buf pcre = {0};
+    memset(p, 0, sizeof *p);
+    if (!lit && !re) {
+        set_err(err, err_len, "tokenizer.json: %s needs a pattern {\"String\": ...} or {\"Regex\": ...} "
+                "of valid UTF-8", what);
+        return -1;
+    }
+    if (re && translate_regex(re, &pcre)) {
+        free(pcre.data);
+        set_err(err, err_len, "tokenizer.json: out of memory");
+        return -1;
+    }
+    p->re = pcre2_compile((PCRE2_SPTR)(lit ? lit : pcre.data), PCRE2_ZERO_TERMINATED,
+                          PCRE2_UTF | (lit ? PCRE2_LITERAL : PCRE2_UCP), &code, &at, NULL);
+    free(pcre.data);
+    if (!p->re) {
+        PCRE2_UCHAR msg[120];
+        pcre2_get_error_message(code, msg, sizeof msg);
+        set_err(err, err_len, "tokenizer.json: %s pattern does not compile (PCRE2: %s)", what, (const char *)msg);
+        return -1;
+    }
+    pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE);   /* without JIT it is only slower */
+    return 0;
+}
+
+static void pattern_free(Pattern *p, const Bpe *b) {
+    if (p->re != b->gpt2) pcre2_code_free(p->re);
+    p->re = NULL;
+}
+
+/* One normalizer, or each of a Sequence's, appended to the chain. */
 static int parse_normalizer(Bpe *b, const cJSON *j, char *err, size_t err_len) {
     static const struct { const char *type; utf8proc_option_t opts; } forms[] = {
         {"NFC", UTF8PROC_STABLE | UTF8PROC_COMPOSE},
@@ -436,36 +729,98 @@ static int parse_normalizer(Bpe *b, const cJSON *j, char *err, size_t err_len) {
         cJSON_ArrayForEach(x, list) if (parse_normalizer(b, x, err, err_len)) return -1;
         return 0;
     }
+    if (b->n_norm == MAX_NORMALIZERS) {
+        set_err(err, err_len, "tokenizer.json: more than %d normalizers", MAX_NORMALIZERS);
+        return -1;
+    }
+    Norm *m = &b->norms[b->n_norm];
     for (size_t i = 0; type && i < sizeof forms / sizeof forms[0]; i++) {
         if (strcmp(type, forms[i].type)) continue;
-        if (b->n_norm == MAX_NORMALIZERS) break;
-        b->norm_opts[b->n_norm++] = forms[i].opts;
+        *m = (Norm){.kind = NORM_FORM, .opts = forms[i].opts};
+        b->n_norm++;
+        return 0;
+    }
+    const int prepend = type && !strcmp(type, "Prepend"), replace = type && !strcmp(type, "Replace");
+    if (prepend || replace) {
+        const char *text = get_text(j, prepend ? "prepend" : "content");
+        if (!text) {
+            set_err(err, err_len, "tokenizer.json: normalizer %s needs '%s', a string of valid UTF-8",
+                    type, prepend ? "prepend" : "content");
+            return -1;
+        }
+        if (replace && parse_pattern(get(j, "pattern"), &m->pat, "normalizer Replace", err, err_len)) return -1;
+        m->kind = prepend ? NORM_PREPEND : NORM_REPLACE;
+        b->n_norm++;                                   /* bpe_free frees what it holds from here */
+        if (!(m->text = strdup(text))) {
+            set_err(err, err_len, "tokenizer.json: out of memory");
+            return -1;
+        }
         return 0;
     }
     set_err(err, err_len, "tokenizer.json: normalizer '%s' is not supported (NFC, NFD, NFKC, NFKD, "
-            "Sequence of at most %d)", type ? type : "?", MAX_NORMALIZERS);
+            "Prepend, Replace, Sequence)", type ? SHOWN(type) : "?");
     return -1;
 }
 
+/* Replace: each match of the pattern becomes the text. */
+static int norm_replace(const Norm *m, pcre2_match_data *md, const pcre2_match_context *mc,
+                        const char *s, size_t n, Buf *out, const char **fail) {
+    SpanVec v = {0};
+    int rc = -1;
+    out->len = 0;
+    if (buf_add(out, "", 0) || (n && pattern_spans(&m->pat, md, mc, s, n, &v, fail))) goto done;
+    for (size_t i = 0; i < v.len; i++) {
+        const Span *x = &v.data[i];
+        if (x->match ? buf_add(out, m->text, strlen(m->text)) : buf_add(out, s + x->start, x->end - x->start))
+            goto done;
+    }
+    rc = 0;
+done:
+    free(v.data);
+    return rc;
+}
+
+/* One normalizer on cur[0..n) into out (NUL-terminated). */
+static int norm_one(const Norm *m, pcre2_match_data *md, const pcre2_match_context *mc,
+                    const char *cur, size_t n, Buf *out, const char **fail) {
+    out->len = 0;
+    if (m->kind == NORM_REPLACE) return norm_replace(m, md, mc, cur, n, out, fail);
+    if (m->kind == NORM_PREPEND)                       /* empty text stays empty */
+        return (n && buf_add(out, m->text, strlen(m->text))) || buf_add(out, cur, n) ? -1 : 0;
+    utf8proc_uint8_t *dst;
+    utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)cur, (utf8proc_ssize_t)n, &dst, m->opts);
+    if (r < 0) {
+        *fail = "utf8proc failed to normalize";
+        return -1;
+    }
+    int rc = buf_add(out, dst, (size_t)r);
+    free(dst);
+    return rc;
+}
+
 /* Normalizes s[0..n) into *out, malloc'd; *out stays NULL when the text is unchanged: no
- * normalizer, or pure ASCII, which every Unicode normalization form leaves alone. */
-static int normalize(const Bpe *b, const char *s, size_t n, char **out, size_t *out_len) {
+ * normalizer, or pure ASCII, which every Unicode normalization form leaves alone. md: match
+ * data for Replace patterns. */
+static int normalize(const Bpe *b, pcre2_match_data *md, const char *s, size_t n, char **out,
+                     size_t *out_len, const char **fail) {
     size_t i = 0;
     *out = NULL;
     while (i < n && (unsigned char)s[i] < 0x80) i++;
-    if (!b->n_norm || i == n) return 0;
-    const char *cur = s;
-    size_t len = n;
-    for (int k = 0; k < b->n_norm; k++) {
-        utf8proc_uint8_t *dst;
-        utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)cur, (utf8proc_ssize_t)len,
-                                          &dst, b->norm_opts[k]);
-        free(*out);
-        *out = NULL;
-        if (r < 0) return -1;
-        *out = (char *)dst, cur = *out, len = (size_t)r;
+    if (!b->n_norm || (i == n && b->norm_forms_only)) return 0;
+    Buf cur = {0}, next = {0};
+    int rc = buf_add(&cur, s, n);
+    for (int k = 0; !rc && k < b->n_norm; k++) {
+        rc = norm_one(&b->norms[k], md, b->mctx, cur.data, cur.len, &next, fail);
+        Buf t = cur;
+        cur = next, next = t;
     }
-    *out_len = len;
+    free(next.data);
+    if (rc) {
+        free(cur.data);
+        if (!*fail) *fail = "out of memory";
+        return -1;
+    }
+    *out = cur.data, *out_len = cur.len;
     return 0;
 }
 
@@ -508,15 +863,20 @@ oom:
 
 /* Added tokens go to two tries: normalized=false ones match the raw text, normalized=true ones
  * the normalized text, so their patterns are normalized too (as tokenizers does). */
-static int build_tries(Bpe *b) {
-    for (int i = 0; i < b->n_added; i++) {
+static int build_tries(Bpe *b, char *err, size_t err_len) {
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    const char *fail = NULL;
+    int rc = md ? 0 : -1;
+    for (int i = 0; !rc && i < b->n_added; i++) {
         Added *a = &b->added[i];
         size_t len = strlen(a->content);
-        if (a->normalized && normalize(b, a->content, len, &a->pattern, &len)) return -1;
-        if (!a->pattern && !(a->pattern = strdup(a->content))) return -1;
-        if (trie_add(a->normalized ? &b->norm : &b->raw, a->pattern, len, i)) return -1;
+        if (a->normalized && normalize(b, md, a->content, len, &a->pattern, &len, &fail)) rc = -1;
+        else if (!a->pattern && !(a->pattern = strdup(a->content))) rc = -1;
+        else if (len && trie_add(a->normalized ? &b->norm : &b->raw, a->pattern, len, i)) rc = -1;
     }
-    return 0;
+    if (rc) set_err(err, err_len, "tokenizer.json: normalizing the added tokens: %s", fail ? fail : "out of memory");
+    pcre2_match_data_free(md);
+    return rc;
 }
 
 static int parse_vocab(Bpe *b, const cJSON *model, char *err, size_t err_len) {
@@ -528,8 +888,8 @@ static int parse_vocab(Bpe *b, const cJSON *model, char *err, size_t err_len) {
     cJSON_ArrayForEach(x, vocab) {
         int id;
         if (get_id(x, &id)) {
-            set_err(err, err_len, "tokenizer.json: vocab entry '%.40s' has no id in [0, %d)",
-                    x->string, MAX_ID);
+            set_err(err, err_len, "tokenizer.json: vocab entry '%s' has no id in [0, %d)",
+                    SHOWN(x->string), MAX_ID);
             return -1;
         }
         if (strmap_put(&b->vocab, x->string, strlen(x->string), id)) goto oom;
@@ -571,8 +931,8 @@ static int parse_merges(Bpe *b, const cJSON *model, char *err, size_t err_len) {
         }
         if (!strmap_get(&b->vocab, l, ln, &a) || !strmap_get(&b->vocab, r, strlen(r), &c) ||
             !strmap_get(&b->vocab, both.data, both.len, &m)) {
-            set_err(err, err_len, "tokenizer.json: merge %u ('%.*s' + '%.20s') uses a piece that "
-                    "is not in the vocabulary", rank, (int)(ln < 20 ? ln : 20), l, r);
+            set_err(err, err_len, "tokenizer.json: merge %u ('%.20s' + '%.20s') uses a piece that "
+                    "is not in the vocabulary", rank, shown(l, ln).s, SHOWN(r));
             goto fail;
         }
         if (pairmap_put(&b->merges, (int)a, (int)c, rank++, (int)m)) {
@@ -602,18 +962,15 @@ static int parse_model_options(Bpe *b, const cJSON *model, char *err, size_t err
         set_err(err, err_len, "tokenizer.json: BPE dropout is not supported");
         return -1;
     }
-    if (get_bool(model, "byte_fallback", 0)) {
-        set_err(err, err_len, "tokenizer.json: BPE byte_fallback is not supported");
-        return -1;
-    }
+    b->byte_fallback = get_bool(model, "byte_fallback", 0);
     b->ignore_merges = get_bool(model, "ignore_merges", 0);
     b->fuse_unk = get_bool(model, "fuse_unk", 0);
     b->unk = -1;
     if (cJSON_IsString(unk)) {
         int64_t id;
         if (!strmap_get(&b->vocab, unk->valuestring, strlen(unk->valuestring), &id)) {
-            set_err(err, err_len, "tokenizer.json: unk_token '%.40s' is not in the vocabulary",
-                    unk->valuestring);
+            set_err(err, err_len, "tokenizer.json: unk_token '%s' is not in the vocabulary",
+                    SHOWN(unk->valuestring));
             return -1;
         }
         b->unk = (int)id;
@@ -621,22 +978,211 @@ static int parse_model_options(Bpe *b, const cJSON *model, char *err, size_t err
     return 0;
 }
 
-/* The pre-tokenizer and the decoder must both be ByteLevel: that is what this BPE is. */
-static int parse_byte_level(Bpe *b, const cJSON *root, char *err, size_t err_len) {
-    const cJSON *pre = get(root, "pre_tokenizer"), *dec = get(root, "decoder");
-    if (!is_type(pre, "ByteLevel")) {
-        set_err(err, err_len, "tokenizer.json: pre_tokenizer '%s' is not supported (ByteLevel only)",
-                type_of(pre) ? type_of(pre) : "null");
+static int parse_behavior(const cJSON *o, Behavior dflt, Behavior *how) {
+    static const char *const names[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
+    const cJSON *j = get(o, "behavior");
+    *how = dflt;
+    if (!j) return 0;
+    for (int i = 0; i < 5; i++)
+        if (cJSON_IsString(j) && !strcmp(j->valuestring, names[i])) {
+            *how = (Behavior)i;
+            return 0;
+        }
+    return -1;
+}
+
+/* Metaspace's options (pre-tokenizer and decoder alike): the replacement character and when a
+ * piece gets one in front; older files say add_prefix_space instead of prepend_scheme. */
+static int parse_metaspace(const cJSON *j, int32_t *rep, Prepend *prepend) {
+    const cJSON *scheme = get(j, "prepend_scheme");
+    const char *r = get_text(j, "replacement");
+    *rep = r ? one_char(r) : 0x2581;                   /* ▁ */
+    *prepend = get_bool(j, "add_prefix_space", 1) ? PREPEND_ALWAYS : PREPEND_NEVER;
+    if (cJSON_IsString(scheme)) {
+        const char *v = scheme->valuestring;
+        *prepend = !strcmp(v, "first") ? PREPEND_FIRST : !strcmp(v, "always") ? PREPEND_ALWAYS
+                 : !strcmp(v, "never") ? PREPEND_NEVER : (Prepend)-1;
+    }
+    return *rep < 0 || (int)*prepend < 0 ? -1 : 0;
+}
+
+static void put_utf8(int32_t c, char out[5]) {
+    utf8proc_ssize_t k = utf8proc_encode_char(c, (utf8proc_uint8_t *)out);
+    out[k] = 0;
+}
+
+/* One pre-tokenizer component (in *p) from its JSON; `where` names it in errors. */
+static int parse_component(Bpe *b, const cJSON *j, PreTok *p, const char *where, char *err, size_t err_len) {
+    const char *type = type_of(j);
+    int32_t rep;
+    memset(p, 0, sizeof *p);
+    p->kind = PRE_SPLIT;
+    p->behavior = KEEP_ISOLATED;
+    if (!type) type = "?";
+    if (!strcmp(type, "ByteLevel")) {
+        p->kind = PRE_BYTE_LEVEL;
+        p->add_prefix_space = get_bool(j, "add_prefix_space", 1);
+        if (get_bool(j, "use_regex", 1)) p->pat.re = b->gpt2;
+        return 0;
+    }
+    if (!strcmp(type, "Split")) {
+        p->invert = get_bool(j, "invert", 0);
+        if (parse_behavior(j, KEEP_ISOLATED, &p->behavior) || !get(j, "behavior")) goto bad_behavior;
+        return parse_pattern(get(j, "pattern"), &p->pat, "pre_tokenizer Split", err, err_len);
+    }
+    if (!strcmp(type, "Punctuation")) {
+        p->pat.cls = CLASS_PUNCTUATION;
+        if (parse_behavior(j, KEEP_ISOLATED, &p->behavior)) goto bad_behavior;
+        return 0;
+    }
+    if (!strcmp(type, "Digits")) {
+        p->pat.cls = CLASS_NUMERIC;
+        p->behavior = get_bool(j, "individual_digits", 0) ? KEEP_ISOLATED : KEEP_CONTIGUOUS;
+        return 0;
+    }
+    if (!strcmp(type, "WhitespaceSplit")) {
+        p->pat.cls = CLASS_SPACE;
+        p->behavior = KEEP_REMOVED;
+        return 0;
+    }
+    if (!strcmp(type, "Whitespace")) {                 /* what Rust's regex crate calls \w and \s */
+        static const char word[] = "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]+"
+                                   "|[^\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}\\p{White_Space}]+";
+        cJSON *pat = cJSON_CreateObject();
+        int rc = !pat || !cJSON_AddStringToObject(pat, "Regex", word) ? -1
+               : parse_pattern(pat, &p->pat, "pre_tokenizer Whitespace", err, err_len);
+        cJSON_Delete(pat);
+        p->behavior = KEEP_REMOVED, p->invert = 1;
+        return rc;
+    }
+    if (!strcmp(type, "Metaspace")) {
+        p->kind = PRE_METASPACE;
+        if (parse_metaspace(j, &rep, &p->prepend)) {
+            set_err(err, err_len, "tokenizer.json: %s Metaspace needs a one-character 'replacement' and "
+                    "a prepend_scheme of first, always or never", where);
+            return -1;
+        }
+        put_utf8(rep, p->rep);
+        if (get_bool(j, "split", 1)) p->pat = (Pattern){NULL, CLASS_CHAR, rep}, p->behavior = KEEP_WITH_NEXT;
+        return 0;
+    }
+    set_err(err, err_len, "tokenizer.json: %s '%s' is not supported (ByteLevel, Split, Punctuation, "
+            "Digits, Whitespace, WhitespaceSplit, Metaspace, Sequence of them)", where, SHOWN(type));
+    return -1;
+bad_behavior:
+    set_err(err, err_len, "tokenizer.json: %s %s needs a behavior: Removed, Isolated, MergedWithPrevious, "
+            "MergedWithNext or Contiguous", where, type);
+    return -1;
+}
+
+/* The pre-tokenizer: null, one component, or a Sequence of them (nested ones flattened). */
+static int parse_pretok(Bpe *b, const cJSON *j, int nested, char *err, size_t err_len) {
+    const cJSON *x;
+    if (!j || cJSON_IsNull(j)) return 0;
+    if (is_type(j, "Sequence")) {
+        const cJSON *list = get(j, "pretokenizers");
+        if (!cJSON_IsArray(list)) {
+            set_err(err, err_len, "tokenizer.json: pre_tokenizer Sequence has no 'pretokenizers' list");
+            return -1;
+        }
+        cJSON_ArrayForEach(x, list) if (parse_pretok(b, x, 1, err, err_len)) return -1;
+        return 0;
+    }
+    if (b->n_pre == MAX_PRETOKENIZERS) {
+        set_err(err, err_len, "tokenizer.json: more than %d pre_tokenizer components", MAX_PRETOKENIZERS);
         return -1;
     }
-    if (!is_type(dec, "ByteLevel")) {
-        set_err(err, err_len, "tokenizer.json: decoder '%s' is not supported (ByteLevel only)",
-                type_of(dec) ? type_of(dec) : "null");
+    PreTok *p = &b->pre[b->n_pre];
+    int rc = parse_component(b, j, p, nested ? "pre_tokenizer Sequence component" : "pre_tokenizer", err, err_len);
+    if (p->pat.re || !rc) b->n_pre++;                  /* bpe_free frees what it holds */
+    if (!rc && p->kind == PRE_BYTE_LEVEL) b->byte_level = 1;
+    return rc;
+}
+
+/* One decoder of a chain, or each of a Sequence's. A Replace after a Fuse sees the text in
+ * pieces, so it may only replace one character; ByteFallback must come before any Fuse. */
+static int parse_decoder(Bpe *b, const cJSON *j, int *fused, char *err, size_t err_len) {
+    const char *type = type_of(j);
+    const cJSON *x;
+    if (type && !strcmp(type, "Sequence")) {
+        const cJSON *list = get(j, "decoders");
+        if (!cJSON_IsArray(list)) {
+            set_err(err, err_len, "tokenizer.json: decoder Sequence has no 'decoders' list");
+            return -1;
+        }
+        cJSON_ArrayForEach(x, list) if (parse_decoder(b, x, fused, err, err_len)) return -1;
+        return 0;
+    }
+    if (b->n_dec == MAX_DECODERS) {
+        set_err(err, err_len, "tokenizer.json: more than %d decoders", MAX_DECODERS);
         return -1;
     }
-    b->add_prefix_space = get_bool(pre, "add_prefix_space", 1);
-    b->use_regex = get_bool(pre, "use_regex", 1);
+    DecStep *d = &b->dec[b->n_dec];
+    memset(d, 0, sizeof *d);
+    d->fused = *fused;
+    if (type && !strcmp(type, "Fuse")) {
+        d->kind = DEC_FUSE;
+        *fused = 1;
+    } else if (type && !strcmp(type, "ByteFallback") && !*fused) {
+        d->kind = DEC_BYTE_FALLBACK;
+    } else if (type && !strcmp(type, "Strip")) {
+        const cJSON *start = get(j, "start"), *stop = get(j, "stop");
+        d->kind = DEC_STRIP;
+        d->ch = one_char(get_text(j, "content"));
+        d->start = cJSON_IsNumber(start) && start->valuedouble >= 0 && start->valuedouble < 1e6 ? (int)start->valuedouble : -1;
+        d->stop = cJSON_IsNumber(stop) && stop->valuedouble >= 0 && stop->valuedouble < 1e6 ? (int)stop->valuedouble : -1;
+        if (d->ch < 0 || d->start < 0 || d->stop < 0) {
+            set_err(err, err_len, "tokenizer.json: decoder Strip needs a one-character 'content', 'start' and 'stop'");
+            return -1;
+        }
+    } else if (type && !strcmp(type, "Metaspace")) {
+        Prepend prepend;
+        d->kind = DEC_METASPACE;
+        if (parse_metaspace(j, &d->ch, &prepend)) {
+            set_err(err, err_len, "tokenizer.json: decoder Metaspace needs a one-character 'replacement' and "
+                    "a prepend_scheme of first, always or never");
+            return -1;
+        }
+        d->start = prepend != PREPEND_NEVER;
+    } else if (type && !strcmp(type, "Replace")) {
+        const char *content = get_text(j, "content");
+        const cJSON *pat = get(j, "pattern");
+        d->kind = DEC_REPLACE;
+        if (!content) {
+            set_err(err, err_len, "tokenizer.json: decoder Replace needs 'content', a string of valid UTF-8");
+            return -1;
+        }
+        if (*fused && one_char(get_text(pat, "String")) < 0) {
+            set_err(err, err_len, "tokenizer.json: decoder Replace after Fuse is supported for a one-character "
+                    "String pattern only");
+            return -1;
+        }
+        if (parse_pattern(pat, &d->pat, "decoder Replace", err, err_len)) return -1;
+        b->n_dec++;                                    /* bpe_free frees what it holds from here */
+        if (!(d->content = strdup(content))) {
+            set_err(err, err_len, "tokenizer.json: out of memory");
+            return -1;
+        }
+        return 0;
+    } else {
+        set_err(err, err_len, "tokenizer.json: decoder '%s'%s is not supported (ByteLevel, or Replace, "
+                "ByteFallback, Fuse, Strip, Metaspace, alone or in a Sequence)", type ? SHOWN(type) : "?",
+                type && !strcmp(type, "ByteFallback") ? " after Fuse" : "");
+        return -1;
+    }
+    b->n_dec++;
     return 0;
+}
+
+/* The decoder: ByteLevel, a chain of the others, or none (pieces joined by spaces). */
+static int parse_decoders(Bpe *b, const cJSON *j, char *err, size_t err_len) {
+    int fused = 0;
+    if (!j || cJSON_IsNull(j)) return 0;
+    if (is_type(j, "ByteLevel")) {
+        b->dec_byte_level = 1;
+        return 0;
+    }
+    return parse_decoder(b, j, &fused, err, err_len);
 }
 
 /* The id the post-processor puts before the text (a BOS), -1 when none. */
@@ -668,7 +1214,7 @@ static int leading_special(const cJSON *pp, int *bos, char *err, size_t err_len)
     }
 bad:
     set_err(err, err_len, "tokenizer.json: post_processor '%s' is not supported (or malformed)",
-            type ? type : "?");
+            type ? SHOWN(type) : "?");
     return -1;
 }
 
@@ -679,16 +1225,25 @@ static const char GPT2_SPLIT[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\t-\\r\\x{85}\\p{Z}\\p{L}\\p{N}]+"
     "|[\\t-\\r\\x{85}\\p{Z}]+(?![^\\t-\\r\\x{85}\\p{Z}])|[\\t-\\r\\x{85}\\p{Z}]+";
 
+/* The GPT-2 pattern and the match limits: a pattern from the file may backtrack for ever on
+ * some text, and then encoding fails instead. */
 static int compile_split(Bpe *b, char *err, size_t err_len) {
     int code;
     PCRE2_SIZE at;
-    b->split = pcre2_compile((PCRE2_SPTR)GPT2_SPLIT, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
-                             &code, &at, NULL);
-    if (!b->split) {
+    b->gpt2 = pcre2_compile((PCRE2_SPTR)GPT2_SPLIT, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
+                            &code, &at, NULL);
+    if (!b->gpt2) {
         set_err(err, err_len, "tokenizer: PCRE2 cannot compile the GPT-2 pattern (error %d)", code);
         return -1;
     }
-    pcre2_jit_compile(b->split, PCRE2_JIT_COMPLETE);   /* without JIT it is only slower */
+    pcre2_jit_compile(b->gpt2, PCRE2_JIT_COMPLETE);   /* without JIT it is only slower */
+    if (!(b->mctx = pcre2_match_context_create(NULL))) {
+        set_err(err, err_len, "tokenizer.json: out of memory");
+        return -1;
+    }
+    pcre2_set_match_limit(b->mctx, 1000000);
+    pcre2_set_depth_limit(b->mctx, 10000);
+    pcre2_set_heap_limit(b->mctx, 65536);               /* KiB */
     return 0;
 }
 
@@ -701,7 +1256,11 @@ static void bpe_free(Bpe *b) {
     free(b->added);
     free(b->raw.nodes);
     free(b->norm.nodes);
-    pcre2_code_free(b->split);
+    for (int i = 0; i < b->n_norm; i++) free(b->norms[i].text), pattern_free(&b->norms[i].pat, b);
+    for (int i = 0; i < b->n_pre; i++) pattern_free(&b->pre[i].pat, b);
+    for (int i = 0; i < b->n_dec; i++) free(b->dec[i].content), pattern_free(&b->dec[i].pat, b);
+    pcre2_code_free(b->gpt2);
+    pcre2_match_context_free(b->mctx);
     free(b->piece);
     free(b);
 }
@@ -719,8 +1278,12 @@ static int build_pieces(Bpe *b) {
     for (int i = 0; i < b->n_added; i++) b->piece[b->added[i].id] = b->added[i].pattern;
     for (int c = 0; c < 256; c++) {
         int64_t id;
+        char hex[7];
         int found = strmap_get(&b->vocab, b->byte_char[c], strlen(b->byte_char[c]), &id);
         b->byte_id[c] = found ? (int)id : -1;
+        snprintf(hex, sizeof hex, "<0x%02X>", c);      /* byte_fallback's spelling */
+        found = b->byte_fallback && strmap_get(&b->vocab, hex, 6, &id);
+        b->fallback_id[c] = found ? (int)id : -1;
     }
     return 0;
 }
@@ -738,20 +1301,25 @@ static Bpe *bpe_load(const cJSON *root, int *bos, char *err, size_t err_len) {
         goto fail;
     }
     if (!is_type(model, "BPE")) {
-        set_err(err, err_len, "tokenizer.json: model type '%.40s' is not supported (BPE only)",
-                type_of(model) ? type_of(model) : "?");
+        set_err(err, err_len, "tokenizer.json: model type '%s' is not supported (BPE only)",
+                type_of(model) ? SHOWN(type_of(model)) : "?");
         goto fail;
     }
     *bos = -1;
-    if (parse_vocab(b, model, err, err_len) || parse_merges(b, model, err, err_len) ||
+    if (compile_split(b, err, err_len) ||
+        parse_vocab(b, model, err, err_len) || parse_merges(b, model, err, err_len) ||
         parse_model_options(b, model, err, err_len) ||
         parse_added(b, get(root, "added_tokens"), err, err_len) ||
         parse_normalizer(b, get(root, "normalizer"), err, err_len) ||
-        parse_byte_level(b, root, err, err_len) ||
+        parse_pretok(b, get(root, "pre_tokenizer"), 0, err, err_len) ||
+        parse_decoders(b, get(root, "decoder"), err, err_len) ||
         leading_special(get(root, "post_processor"), bos, err, err_len) ||
-        compile_split(b, err, err_len))
+        build_tries(b, err, err_len))
         goto fail;
-    if (build_tries(b) || build_pieces(b)) {
+    b->norm_forms_only = 1;
+    for (int i = 0; i < b->n_norm; i++) b->norm_forms_only &= b->norms[i].kind == NORM_FORM;
+    b->raw_words = b->n_pre && b->pre[b->n_pre - 1].kind == PRE_BYTE_LEVEL;
+    if (build_pieces(b)) {
         set_err(err, err_len, "tokenizer.json: out of memory");
         goto fail;
     }
@@ -765,7 +1333,7 @@ fail:
     return NULL;
 }
 
-/* ---------------------------------------------------------------- byte-level BPE: encoding */
+/* ---------------------------------------------------------------- BPE: encoding */
 
 typedef struct { int id, prev, next; } Sym;      /* id -1: merged into its left neighbour */
 typedef struct { uint32_t rank; int pos, id; } Cand;
@@ -776,7 +1344,11 @@ typedef struct {                  /* the scratch space of one tokenizer_encode c
     IntVec *out;
     StrMap cache;                 /* word → (offset << 32 | count) of its ids in `cached` */
     IntVec cached;
-    Buf spaced, mapped;
+    Buf text[MAX_PRETOKENIZERS];  /* each component's changed piece (prefix, Metaspace) */
+    Buf mapped[MAX_PRETOKENIZERS];/* and each piece after ByteLevel's byte alphabet */
+    SpanVec spans[MAX_PRETOKENIZERS];
+    Buf word;                     /* a raw word in the byte alphabet, for ignore_merges */
+    int first;                    /* the piece being encoded starts its run (Metaspace "first") */
     Sym *syms;
     size_t syms_cap;
     Cand *heap;
@@ -815,36 +1387,86 @@ static void push_pair(Enc *e, int pos) {
     if (p) heap_push(e, (Cand){p->rank, pos, p->id});
 }
 
+/* The id of the piece of one character (UTF-8 c[0..len), code point cp), -1 when none; the
+ * byte alphabet's characters through byte_id, the others through the vocabulary. */
+static int char_id(const Bpe *b, int32_t cp, const char *c, size_t len) {
+    int64_t id;
+    if (cp >= 0 && cp < 324 && b->char_byte[cp] >= 0) return b->byte_id[b->char_byte[cp]];
+    return strmap_get(&b->vocab, c, len, &id) ? (int)id : -1;
+}
+
+static void sym_add(Sym *s, int *m, int id) {
+    s[*m] = (Sym){id, *m - 1, *m + 1};
+    (*m)++;
+}
+
+/* A word's first symbols, as tokenizers' merge_word: each character's piece; else, with
+ * byte_fallback, the <0xXX> pieces of its bytes when all exist; else unk, fused with an unk
+ * right before when fuse_unk, and (as there) put down only at the next character that has a
+ * piece, or at the end: after any byte pieces in between. Raw words are bytes, each standing
+ * for its character of the byte alphabet. Returns the count. */
+static int word_symbols(const Bpe *b, Sym *s, const unsigned char *w, size_t n, int raw) {
+    int m = 0, unk = -1;
+    size_t len;
+    for (size_t i = 0; i < n; i += len) {
+        const char *c = (const char *)w + i;
+        size_t c_len = len = 1;
+        int id;
+        if (raw) {
+            c = b->byte_char[w[i]], c_len = strlen(c), id = b->byte_id[w[i]];
+        } else {
+            int32_t cp = cp_at(c, n - i, &len);
+            c_len = len, id = char_id(b, cp, c, len);
+        }
+        if (id >= 0) {
+            if (unk >= 0) sym_add(s, &m, unk), unk = -1;
+            sym_add(s, &m, id);
+            continue;
+        }
+        size_t k = 0;
+        while (b->byte_fallback && k < c_len && b->fallback_id[(unsigned char)c[k]] >= 0) k++;
+        if (b->byte_fallback && k == c_len) {
+            for (k = 0; k < c_len; k++) sym_add(s, &m, b->fallback_id[(unsigned char)c[k]]);
+            continue;
+        }
+        if (b->unk < 0) continue;                    /* no piece and no unk: dropped */
+        if (unk >= 0 && !b->fuse_unk) sym_add(s, &m, unk);
+        unk = b->unk;
+    }
+    if (unk >= 0) sym_add(s, &m, unk);
+    return m;
+}
+
+/* ignore_merges: the id of the whole word when it is a piece, else -1. */
+static int whole_word(Enc *e, const unsigned char *w, size_t n, int raw) {
+    const Bpe *b = e->b;
+    int64_t id;
+    if (raw) {
+        e->word.len = 0;
+        for (size_t i = 0; i < n; i++)
+            if (buf_add(&e->word, b->byte_char[w[i]], strlen(b->byte_char[w[i]]))) return -2;
+        w = (const unsigned char *)e->word.data, n = e->word.len;
+    }
+    return strmap_get(&b->vocab, (const char *)w, n, &id) ? (int)id : -1;
+}
+
 /* BPE of one word, as tokenizers' Word::merge_all: always the pair of lowest rank, the leftmost
  * among equals, until no pair of neighbours has a merge. */
 static int bpe_word(Enc *e, const unsigned char *w, size_t n) {
     const Bpe *b = e->b;
+    const int raw = b->raw_words;
     if (b->ignore_merges) {                          /* a word that is a piece stays whole */
-        int64_t id;
-        e->mapped.len = 0;
-        for (size_t i = 0; i < n; i++)
-            if (buf_add(&e->mapped, b->byte_char[w[i]], strlen(b->byte_char[w[i]]))) return -1;
-        if (strmap_get(&b->vocab, e->mapped.data, e->mapped.len, &id)) {
-            int x = (int)id;
-            return ivec_add(e->out, &x, 1);
-        }
+        int id = whole_word(e, w, n, raw);
+        if (id != -1) return id < 0 ? -1 : ivec_add(e->out, &id, 1);
     }
-    Sym *s = reserve(e->syms, &e->syms_cap, n, sizeof(Sym));
+    /* a byte of the word makes at most 2 symbols (the bytes of its 2-byte character) */
+    Sym *s = reserve(e->syms, &e->syms_cap, 2 * n + 1, sizeof(Sym));
     if (!s) return -1;
     e->syms = s;
-    Cand *h = reserve(e->heap, &e->heap_cap, 3 * n, sizeof(Cand));   /* n - 1 pairs + 2 per merge */
+    Cand *h = reserve(e->heap, &e->heap_cap, 6 * n + 3, sizeof(Cand));   /* m - 1 pairs + 2 per merge */
     if (!h) return -1;
     e->heap = h;
-    int m = 0, last_unk = 0;
-    for (size_t i = 0; i < n; i++) {
-        int id = b->byte_id[w[i]];
-        if (id < 0) {                                /* no piece: unk (fused) or dropped */
-            if (b->unk < 0 || (b->fuse_unk && last_unk)) continue;
-            id = b->unk, last_unk = 1;
-        } else last_unk = 0;
-        s[m] = (Sym){id, m - 1, m + 1};
-        m++;
-    }
+    int m = word_symbols(b, s, w, n, raw);
     if (!m) return 0;
     s[m - 1].next = -1;
     e->heap_n = 0;
@@ -877,30 +1499,67 @@ static int encode_word(Enc *e, const char *w, size_t n) {
     return strmap_put(&e->cache, w, n, (int64_t)off << 32 | (int64_t)count);
 }
 
-/* The ByteLevel pre-tokenizer on one piece of normalized text. */
-static int encode_pretokens(Enc *e, const char *s, size_t n) {
-    if (e->b->add_prefix_space && s[0] != ' ') {
-        e->spaced.len = 0;
-        if (buf_add(&e->spaced, " ", 1) || buf_add(&e->spaced, s, n)) return -1;
-        s = e->spaced.data, n = e->spaced.len;
-    }
-    if (!e->b->use_regex) return encode_word(e, s, n);
-    for (size_t off = 0; off < n;) {
-        size_t start = n, end = n;
-        int rc = pcre2_match(e->b->split, (PCRE2_SPTR)s, n, off, PCRE2_NO_UTF_CHECK, e->md, NULL);
-        if (rc >= 0) {
-            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
-            start = ov[0], end = ov[1];
-        } else if (rc != PCRE2_ERROR_NOMATCH) {
-            e->fail = "PCRE2 failed on the split pattern";
-            return -1;
+/* A component's change of a piece before it splits: ByteLevel's prefix space, Metaspace's "▁"
+ * for spaces and in front (always, or only at the start of the run). *s and *n are updated
+ * when it changes. */
+static int pretok_change(Enc *e, int k, const char **s, size_t *n, int first) {
+    const PreTok *p = &e->b->pre[k];
+    Buf *t = &e->text[k];
+    t->len = 0;
+    if (p->kind == PRE_BYTE_LEVEL) {
+        if (!p->add_prefix_space || (*s)[0] == ' ') return 0;
+        if (buf_add(t, " ", 1) || buf_add(t, *s, *n)) return -1;
+    } else if (p->kind == PRE_METASPACE) {
+        const size_t rep_len = strlen(p->rep);
+        for (size_t i = 0; i < *n; i++)
+            if ((*s)[i] == ' ' ? buf_add(t, p->rep, rep_len) : buf_add(t, *s + i, 1)) return -1;
+        const int starts = t->len >= rep_len && !memcmp(t->data, p->rep, rep_len);
+        if (!starts && (p->prepend == PREPEND_ALWAYS || (p->prepend == PREPEND_FIRST && first))) {
+            if (buf_add(t, p->rep, rep_len)) return -1;          /* room, then shift it in front */
+            memmove(t->data + rep_len, t->data, t->len - rep_len);
+            memcpy(t->data, p->rep, rep_len);
         }
-        if (start > off && encode_word(e, s + off, start - off)) return -1;   /* unmatched gap */
-        if (end > start && encode_word(e, s + start, end - start)) return -1;
-        off = end;
+    } else return 0;
+    *s = t->data, *n = t->len;
+    return 0;
+}
+
+/* Component k of the pre-tokenizer on one piece: it splits the piece, each of its pieces goes
+ * on to component k + 1 (after ByteLevel: in the byte alphabet), and words to BPE. first: the
+ * piece starts its run. */
+static int pretokenize(Enc *e, int k, const char *s, size_t n, int first) {
+    const Bpe *b = e->b;
+    if (!n) return 0;
+    if (k == b->n_pre) return encode_word(e, s, n);
+    const PreTok *p = &b->pre[k];
+    SpanVec *v = &e->spans[k];
+    if (pretok_change(e, k, &s, &n, first)) return -1;
+    if (p->pat.re || p->pat.cls) {
+        if (pattern_spans(&p->pat, e->md, p->pat.re == b->gpt2 ? NULL : b->mctx, s, n, v, &e->fail)) return -1;
+        v->len = split_by_behavior(v->data, v->len, p->behavior, p->invert);
+    } else {
+        v->len = 0;
+        if (span_add(v, 0, n, 0)) return -1;
+    }
+    for (size_t i = 0; i < v->len; i++) {
+        const char *piece = s + v->data[i].start;
+        size_t len = v->data[i].end - v->data[i].start;
+        const int at_start = first && v->data[i].start == 0;
+        if (p->kind == PRE_BYTE_LEVEL && k + 1 < b->n_pre) {   /* the last one leaves it to BPE */
+            Buf *m = &e->mapped[k];
+            m->len = 0;
+            for (size_t j = 0; j < len; j++) {
+                const char *c = b->byte_char[(unsigned char)piece[j]];
+                if (buf_add(m, c, strlen(c))) return -1;
+            }
+            piece = m->data, len = m->len;
+        }
+        if (pretokenize(e, k + 1, piece, len, at_start)) return -1;
     }
     return 0;
 }
+
+static int encode_pretokens(Enc *e, const char *s, size_t n) { return pretokenize(e, 0, s, n, e->first); }
 
 /* The next match of trie t in s[0..n) from byte `from`, as tokenizers' find_matches:
  * single_word tokens must not touch word characters; lstrip / rstrip tokens take the spaces
@@ -935,35 +1594,44 @@ static int next_added(const Bpe *b, const Trie *t, const char *s, size_t n, size
     return 0;
 }
 
-/* Splits s[0..n) around the added tokens of trie t, the text between them going to gap(). */
+/* Splits s[0..n) around the added tokens of trie t, the text between them going to gap();
+ * e->first tells gap() whether its text starts the run. */
 static int split_added(Enc *e, const Trie *t, const char *s, size_t n,
                        int (*gap)(Enc *, const char *, size_t)) {
+    const int first = e->first;
     size_t pos = 0, from = 0;
     Match m;
     while (next_added(e->b, t, s, n, from, pos, &m)) {
+        e->first = first && pos == 0;
         if (m.start > pos && gap(e, s + pos, m.start - pos)) return -1;
         if (ivec_add(e->out, &m.id, 1)) return -1;
         pos = m.stop, from = m.resume;
     }
+    e->first = first && pos == 0;
     return pos < n ? gap(e, s + pos, n - pos) : 0;
 }
 
 static int encode_normalized(Enc *e, const char *s, size_t n) {
     char *norm;
     size_t len;
-    if (normalize(e->b, s, n, &norm, &len)) {
-        e->fail = "utf8proc failed to normalize";
-        return -1;
-    }
+    if (normalize(e->b, e->md, s, n, &norm, &len, &e->fail)) return -1;
     int rc = norm ? (len ? split_added(e, &e->b->norm, norm, len, encode_pretokens) : 0)
                   : split_added(e, &e->b->norm, s, n, encode_pretokens);
     free(norm);
     return rc;
 }
 
-/* An ill-formed byte: the id of its byte-level symbol, whose piece decodes to that byte alone. */
+/* An ill-formed byte: one id that decodes to that byte alone (see the top). */
 static int encode_raw_byte(Enc *e, unsigned char c) {
     const Bpe *b = e->b;
+    if (!b->byte_level) {
+        int id = b->fallback_id[c] >= 0 ? b->fallback_id[c] : b->unk;
+        if (id >= 0) return ivec_add(e->out, &id, 1);
+        snprintf(e->why, sizeof e->why, "the text has the ill-formed UTF-8 byte 0x%02X and the "
+                 "vocabulary has neither a byte_fallback piece <0x%02X> nor unk", c, c);
+        e->fail = e->why;
+        return -1;
+    }
     int id = b->byte_id[c];
     if (id < 0 || !b->piece[id] || strcmp(b->piece[id], b->byte_char[c])) {
         snprintf(e->why, sizeof e->why, "the text has the ill-formed UTF-8 byte 0x%02X and the "
@@ -978,9 +1646,10 @@ static int encode_raw_byte(Enc *e, unsigned char c) {
 static int bpe_encode(const Bpe *b, const char *text, size_t len, IntVec *out, char *err, size_t err_len) {
     Enc e = {.b = b, .out = out, .fail = "out of memory"};
     int rc = -1;
-    if (!(e.md = pcre2_match_data_create_from_pattern(b->split, NULL))) goto done;
+    if (!(e.md = pcre2_match_data_create(1, NULL))) goto done;
     for (size_t i = 0; i < len;) {
         size_t run = utf8_valid_prefix(text + i, len - i);
+        e.first = 1;
         if (run && split_added(&e, &b->raw, text + i, run, encode_normalized)) goto done;
         i += run;
         if (i < len && encode_raw_byte(&e, (unsigned char)text[i++])) goto done;
@@ -991,8 +1660,8 @@ done:
     pcre2_match_data_free(e.md);
     strmap_free(&e.cache);
     free(e.cached.data);
-    free(e.spaced.data);
-    free(e.mapped.data);
+    for (int k = 0; k < MAX_PRETOKENIZERS; k++) free(e.text[k].data), free(e.mapped[k].data), free(e.spans[k].data);
+    free(e.word.data);
     free(e.syms);
     free(e.heap);
     return rc;
@@ -1242,9 +1911,17 @@ int tokenizer_piece_to_id(const Tokenizer *t, const char *piece) {
 struct TokenDecoder {
     const Tokenizer *t;
     Buf out;          /* what the last call returned */
-    Buf pend;         /* byte-level BPE: the start of a character not yet complete */
+    Buf pend;         /* BPE: the start of a character not yet complete */
     IntVec ids;       /* SentencePiece: [anchor, ids not yet printed...] */
     int anchored;     /* SentencePiece: text was printed, so decode after the anchor */
+    /* the decoder chain of tokenizer.json: */
+    size_t tokens;                  /* pieces pushed (no decoder: joined by spaces) */
+    size_t seen[MAX_DECODERS];      /* tokens that reached each decoder */
+    int stripped[MAX_DECODERS];     /* Strip after Fuse: the start of the text is done */
+    int held[MAX_DECODERS];         /* Strip after Fuse: its characters held at the end */
+    Buf step_out[MAX_DECODERS];     /* each decoder's output for the next one */
+    Buf run;                        /* ByteFallback: the bytes of the <0xXX> pieces so far */
+    pcre2_match_data *md;           /* Replace's matches */
 };
 
 TokenDecoder *decoder_new(const Tokenizer *t) {
@@ -1302,13 +1979,143 @@ static const char *sp_push(TokenDecoder *d, int id, int last) {
     return d->out.data;
 }
 
+/* ByteFallback's reading of a piece: <0xHH> (Rust's u8::from_str_radix also takes "+H"). */
+static int byte_piece(const char *s, size_t n) {
+    if (n != 6 || memcmp(s, "<0x", 3) || s[5] != '>') return -1;
+    int v = 0;
+    for (int i = s[3] == '+' ? 4 : 3; i < 5; i++) {
+        char c = s[i];
+        int x = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (x < 0) return -1;
+        v = v * 16 + x;
+    }
+    return v;
+}
+
+static int dec_feed(TokenDecoder *d, int k, const char *s, size_t n);
+
+/* ByteFallback at the end of a run of byte pieces: the run as one text when it is valid UTF-8,
+ * else one U+FFFD per piece, each a token for the decoders after it. */
+static int dec_flush_run(TokenDecoder *d, int k) {
+    Buf *r = &d->run;
+    int rc = 0;
+    if (!r->len) return 0;
+    if (utf8_valid_prefix(r->data, r->len) == r->len) rc = dec_feed(d, k + 1, r->data, r->len);
+    else for (size_t i = 0; !rc && i < r->len; i++) rc = dec_feed(d, k + 1, REPLACEMENT, 3);
+    r->len = 0;
+    return rc;
+}
+
+/* Strip on one token: up to `start` of its characters at the front, `stop` at the back. */
+static int dec_strip_token(TokenDecoder *d, int k, const char *s, size_t n) {
+    const DecStep *st = &d->t->bpe->dec[k];
+    size_t a = 0, z = n, len;
+    for (int i = 0; i < st->start && a < n && cp_at(s + a, n - a, &len) == st->ch; i++) a += len;
+    for (int i = 0; i < st->stop && z > a && cp_before(s, z) == st->ch; i++) z = cp_back(s, z);
+    return dec_feed(d, k + 1, s + a, z - a);
+}
+
+/* Strip after Fuse, where the text comes in pieces: its characters at the very start are
+ * dropped, those at the end held until more text comes (dropped when none does). */
+static int dec_strip_stream(TokenDecoder *d, int k, const char *s, size_t n) {
+    const DecStep *st = &d->t->bpe->dec[k];
+    Buf *o = &d->step_out[k];
+    char c[5];
+    size_t len;
+    put_utf8(st->ch, c);
+    o->len = 0;
+    for (size_t i = 0; i < n; i += len) {
+        int32_t cp = cp_at(s + i, n - i, &len);
+        if (!d->stripped[k] && cp == st->ch && (int)d->seen[k] < st->start) {
+            d->seen[k]++;                              /* counts the characters dropped */
+            continue;
+        }
+        d->stripped[k] = 1;
+        if (cp == st->ch && st->stop > 0) {
+            if (d->held[k] < st->stop) {
+                d->held[k]++;
+                continue;
+            }
+            if (buf_add(o, c, strlen(c))) return -1;  /* one more than may go: the oldest goes on */
+            continue;
+        }
+        for (; d->held[k] > 0; d->held[k]--)
+            if (buf_add(o, c, strlen(c))) return -1;
+        if (buf_add(o, s + i, len)) return -1;
+    }
+    return o->len ? dec_feed(d, k + 1, o->data, o->len) : 0;
+}
+
+/* Replace each match of the pattern in one token; Metaspace: the replacement character becomes
+ * a space, or nothing in the first token. */
+static int dec_map(TokenDecoder *d, int k, const char *s, size_t n, size_t index) {
+    const DecStep *st = &d->t->bpe->dec[k];
+    Buf *o = &d->step_out[k];
+    size_t len;
+    o->len = 0;
+    if (buf_add(o, "", 0)) return -1;
+    if (st->kind == DEC_METASPACE) {
+        for (size_t i = 0; i < n; i += len) {
+            if (cp_at(s + i, n - i, &len) != st->ch) {
+                if (buf_add(o, s + i, len)) return -1;
+            } else if (!(index == 0 && st->start) && buf_add(o, " ", 1)) return -1;
+        }
+    } else {                                            /* Replace; PCRE2 takes valid text only */
+        Norm m = {.kind = NORM_REPLACE, .text = st->content, .pat = st->pat};
+        const char *fail = NULL;
+        if (!n || utf8_valid_prefix(s, n) != n) return dec_feed(d, k + 1, s, n);
+        if (!d->md && !(d->md = pcre2_match_data_create(1, NULL))) return -1;
+        if (norm_replace(&m, d->md, d->t->bpe->mctx, s, n, o, &fail)) return -1;   /* out of memory, or a
+                                                                                       runaway pattern */
+    }
+    return dec_feed(d, k + 1, o->data, o->len);
+}
+
+/* A token (a piece, or what the decoders before made of it) enters decoder k of the chain;
+ * what leaves the last one is the text. */
+static int dec_feed(TokenDecoder *d, int k, const char *s, size_t n) {
+    const Bpe *b = d->t->bpe;
+    if (k == b->n_dec) return buf_add(&d->pend, s, n);
+    const DecStep *st = &b->dec[k];
+    const size_t index = st->fused ? 0 : d->seen[k]++;
+    int byte;
+    switch (st->kind) {
+    case DEC_BYTE_FALLBACK:
+        if ((byte = byte_piece(s, n)) >= 0) {
+            char c = (char)byte;
+            return buf_add(&d->run, &c, 1);
+        }
+        return dec_flush_run(d, k) || dec_feed(d, k + 1, s, n) ? -1 : 0;
+    case DEC_STRIP:
+        return st->fused ? dec_strip_stream(d, k, s, n) : dec_strip_token(d, k, s, n);
+    case DEC_REPLACE:
+    case DEC_METASPACE:
+        return dec_map(d, k, s, n, index);
+    default:                                            /* Fuse: one token from here on */
+        return dec_feed(d, k + 1, s, n);
+    }
+}
+
+/* The end of the pieces: byte runs still held go on; Strip's held characters are dropped. */
+static int dec_finish_chain(TokenDecoder *d) {
+    const Bpe *b = d->t->bpe;
+    for (int k = 0; k < b->n_dec; k++)
+        if (b->dec[k].kind == DEC_BYTE_FALLBACK && dec_flush_run(d, k)) return -1;
+    return 0;
+}
+
 /* Bytes become text as soon as they complete a character; ill-formed ones become U+FFFD at
  * once, the same maximal subparts as decoding the whole text lossily. */
 static const char *bpe_push(TokenDecoder *d, int id) {
-    size_t used = 0;
+    const Bpe *b = d->t->bpe;
+    const char *p = b->piece[id];
+    size_t used = 0, n = strlen(p);
     out_clear(d);
-    if (bpe_piece_bytes(d->t->bpe, id, &d->pend) || !d->pend.len ||   /* a piece may be "" */
-        utf8_lossy(d->pend.data, d->pend.len, &d->out, &used))
+    int rc = b->dec_byte_level ? bpe_piece_bytes(b, id, &d->pend)
+           : b->n_dec ? dec_feed(d, 0, p, n)
+           : (d->tokens && buf_add(&d->pend, " ", 1)) || buf_add(&d->pend, p, n);   /* no decoder */
+    d->tokens++;
+    if (rc || !d->pend.len || utf8_lossy(d->pend.data, d->pend.len, &d->out, &used))
         return d->out.data;
     memmove(d->pend.data, d->pend.data + used, d->pend.len - used);
     d->pend.len -= used;
@@ -1326,15 +2133,25 @@ const char *decoder_push(TokenDecoder *d, int id) {
 size_t decoder_len(const TokenDecoder *d) { return d->out.len; }
 
 const char *decoder_finish(TokenDecoder *d) {
+    size_t used = 0;
     if (d->t->sp) return sp_push(d, -1, 1);
     out_clear(d);
-    if (d->pend.len) buf_add(&d->out, REPLACEMENT, 3);
-    d->pend.len = 0;
+    if (!dec_finish_chain(d) && d->pend.len) {
+        utf8_lossy(d->pend.data, d->pend.len, &d->out, &used);
+        if (used < d->pend.len) buf_add(&d->out, REPLACEMENT, 3);
+    }
+    /* ready for the next text */
+    d->pend.len = d->run.len = d->tokens = 0;
+    memset(d->seen, 0, sizeof d->seen), memset(d->stripped, 0, sizeof d->stripped);
+    memset(d->held, 0, sizeof d->held);
     return d->out.data;
 }
 
 void decoder_free(TokenDecoder *d) {
     if (!d) return;
+    for (int k = 0; k < MAX_DECODERS; k++) free(d->step_out[k].data);
+    free(d->run.data);
+    pcre2_match_data_free(d->md);
     free(d->out.data);
     free(d->pend.data);
     free(d->ids.data);

@@ -741,12 +741,14 @@ static void convert_tensor(void *ctx, int i, const TensorSpec *s, float *out) {
     }
 }
 
-/* The tokenizer file at path, checked by loading it, as the blob to embed; the config's
- * special ids win over the tokenizer's own. */
-static void take_tokenizer(const char *path, TokenizerInfo *tok) {
+/* The tokenizer file at path, checked by loading it and against the model's rows, as the blob
+ * to embed; the config's special ids win over the tokenizer's own. */
+static void take_tokenizer(const char *path, const Config *c, TokenizerInfo *tok) {
     char err[256];
     Tokenizer *t = tokenizer_load_file(path, err, sizeof err);
     if (!t) die("%s", err);
+    if (tokenizer_vocab_size(t) > c->padded_vocab)
+        die("%s has %d ids but the model only %d", path, tokenizer_vocab_size(t), c->padded_vocab);
     if (tok->bos_id < 0) tok->bos_id = tokenizer_bos_id(t);
     if (tok->eos_id < 0) tok->eos_id = tokenizer_eos_id(t);
     if (tok->pad_id < 0) tok->pad_id = tokenizer_pad_id(t);
@@ -757,14 +759,14 @@ static void take_tokenizer(const char *path, TokenizerInfo *tok) {
 
 /* The checkpoint folder's tokenizer: tokenizer.json wins over tokenizer.model, then Mistral's
  * versioned tokenizer.model.v3 (and .v1, .v2); none is fine (--tokenizer at run time). */
-static void find_tokenizer(const char *dir, TokenizerInfo *tok) {
+static void find_tokenizer(const char *dir, const Config *c, TokenizerInfo *tok) {
     static const char *const candidates[] = {"tokenizer.json", "tokenizer.model", "tokenizer.model.v3",
                                              "tokenizer.model.v2", "tokenizer.model.v1"};
     for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/%s", dir, candidates[i]);
         if (access(path, F_OK) == 0) {
-            take_tokenizer(path, tok);
+            take_tokenizer(path, c, tok);
             return;
         }
     }
@@ -845,8 +847,8 @@ void cmd_convert(int argc, char **argv) {
     const char *problem = config_problem(&c);
     if (problem) die("%s: bad config: %s", path, problem);
 
-    if (tokenizer_path) take_tokenizer(tokenizer_path, &tok);
-    else find_tokenizer(dir, &tok);
+    if (tokenizer_path) take_tokenizer(tokenizer_path, &c, &tok);
+    else find_tokenizer(dir, &c, &tok);
     check_special_ids(&tok, &c, path);
     ConvertSource src = {&set, &c};
     write_checkpoint(out, &c, convert_tensor, &src, &tok, "convert");

@@ -98,3 +98,44 @@ bad_bin truncated "pytorch_model.bin" $TMP/truncated_torch.bin
 bad_bin "a pickle calling os.system" "os.system|not allowed" tests/torch/bad_system.bin
 bad_bin "a legacy torch file" "legacy" tests/torch/bad_legacy.bin
 bad_bin "another model's tensors" "missing tensor backbone" tests/torch/basic.bin
+
+# ---- each family's tokenizer, found in the folder (or given) and embedded by convert; the ids
+# of its test cases (tests/tokenizer/, from tokenizers and sentencepiece) through the checkpoint
+tokenizes_as_cases() {   # MODEL CASES: the first 40 valid-UTF-8 rows of CASES through `mamba tokenize`
+    python3 - "$MAMBA" "$1" "$2" <<'PY'
+import subprocess, sys
+mamba, model, cases = sys.argv[1:4]
+def unescape(s):
+    out, i = bytearray(), 0
+    while i < len(s):
+        if s[i] == '\\':
+            c = s[i + 1]
+            if c == 'x': out += bytes([int(s[i + 2:i + 4], 16)]); i += 4; continue
+            out += {'n': b'\n', 'r': b'\r', 't': b'\t', '\\': b'\\'}[c]; i += 2; continue
+        out += s[i].encode(); i += 1
+    return bytes(out)
+n = 0
+for line in open(cases, encoding='utf-8'):
+    text, ids = line.rstrip('\n').split('\t')[:2]
+    raw = unescape(text)
+    try: raw.decode('utf-8')
+    except UnicodeDecodeError: continue
+    if not raw.strip() or raw.startswith(b'-'): continue
+    got = subprocess.run([mamba, 'tokenize', '-m', model, '--', raw.decode()], capture_output=True, check=True).stdout.split()
+    if [int(x) for x in got] != [int(x) for x in ids.split()]: sys.exit(f"{text!r}: got {got}, want {ids}")
+    n += 1
+    if n == 40: break
+print(n, "rows agree")
+PY
+}
+python3 tests/make_zero_hf.py $TMP/z_falcon falcon_mamba 16 1 1042 && cp tests/tokenizer/falcon.json $TMP/z_falcon/tokenizer.json
+python3 tests/make_zero_hf.py $TMP/z_codestral mamba2 16 1 1039 && cp tests/tokenizer/mistral_a.json $TMP/z_codestral/tokenizer.json
+python3 tests/make_zero_hf.py $TMP/z_sp mamba2 16 1 700 && cp tests/tokenizer/sp_mistral.model $TMP/z_sp/tokenizer.model.v3
+check "convert embeds Falcon's tokenizer.json" $MAMBA convert $TMP/z_falcon $TMP/z_falcon.bin
+check "convert embeds Mistral's tokenizer.json" $MAMBA convert $TMP/z_codestral $TMP/z_codestral.bin
+check "convert finds Mistral's tokenizer.model.v3 (SentencePiece)" bash -c "$MAMBA convert $TMP/z_sp $TMP/z_sp.bin && $MAMBA info $TMP/z_sp.bin | grep -q '^tokenizer: sentencepiece'"
+check "Falcon's tokenizer through the checkpoint = tokenizers" tokenizes_as_cases $TMP/z_falcon.bin tests/tokenizer/falcon_cases.tsv
+check "Mistral's tokenizer.json through the checkpoint = tokenizers" tokenizes_as_cases $TMP/z_codestral.bin tests/tokenizer/mistral_a_cases.tsv
+check "Mistral's SentencePiece model through the checkpoint = sentencepiece" tokenizes_as_cases $TMP/z_sp.bin tests/tokenizer/sp_mistral_cases.tsv
+expect_error "convert refuses a tokenizer with more ids than the model's rows" "has 1042 ids but the model only 1039" \
+    $MAMBA convert $TMP/z_codestral $TMP/x.bin --tokenizer tests/tokenizer/falcon.json

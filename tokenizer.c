@@ -2011,7 +2011,11 @@ static int dec_strip_token(TokenDecoder *d, int k, const char *s, size_t n) {
     const DecStep *st = &d->t->bpe->dec[k];
     size_t a = 0, z = n, len;
     for (int i = 0; i < st->start && a < n && cp_at(s + a, n - a, &len) == st->ch; i++) a += len;
-    for (int i = 0; i < st->stop && z > a && cp_before(s, z) == st->ch; i++) z = cp_back(s, z);
+    for (int i = 0; i < st->stop && z > a; i++) {     /* a piece need not be valid UTF-8 */
+        size_t j = cp_back(s, z);
+        if (j < a || cp_at(s + j, z - j, &len) != st->ch || j + len != z) break;
+        z = j;
+    }
     return dec_feed(d, k + 1, s + a, z - a);
 }
 

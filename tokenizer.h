@@ -1,5 +1,6 @@
 /* tokenizer.h: one C API over two tokenizers: SentencePiece (through the C++ library, see
- * sp_wrapper.cc) and Hugging Face byte-level BPE read from tokenizer.json. */
+ * sp_wrapper.cc) and Hugging Face BPE read from tokenizer.json (byte-level, or on "▁" pieces
+ * with byte fallback). */
 #ifndef MAMBA_TOKENIZER_H
 #define MAMBA_TOKENIZER_H
 
@@ -38,8 +39,9 @@ int tokenizer_wants_bos(const Tokenizer *t);    /* whether prompts should start 
 
 /* Encode len bytes of text. On success returns 0 and a malloc'd array in *ids (caller frees)
  * of *n_ids ids; BOS is prepended when add_bos and the tokenizer has one. On failure returns
- * -1 with a one-line reason in err. Text that is not valid UTF-8: byte-level BPE tokenizes each
- * ill-formed byte as the token of that byte; SentencePiece reads it as U+FFFD (tokenizer.c). */
+ * -1 with a one-line reason in err. Text that is not valid UTF-8: tokenizer.json BPE tokenizes
+ * each ill-formed byte as the token of that byte (its byte-level symbol, or its <0xXX> piece);
+ * SentencePiece reads it as U+FFFD (tokenizer.c). */
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int add_bos,
                      int **ids, size_t *n_ids, char *err, size_t err_len);
 
@@ -54,7 +56,8 @@ TokenDecoder *decoder_new(const Tokenizer *t);
 const char *decoder_push(TokenDecoder *d, int id);
 const char *decoder_finish(TokenDecoder *d);
 /* Length in bytes of what the last push or finish returned: its strlen() unless the text holds
- * NUL bytes, which a model can emit (byte-level BPE has a piece for the byte 0). */
+ * NUL bytes, which a model can emit (byte-level BPE has a piece for the byte 0, byte fallback
+ * <0x00>). After decoder_finish the decoder starts a new text. */
 size_t decoder_len(const TokenDecoder *d);
 void decoder_free(TokenDecoder *d);
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # tests/test_tokenizer.sh: both tokenizers against their reference libraries (issue 3).
-# tokenizer.json also in Falcon's and Mistral's forms and with the other pre-tokenizer components
-# (references from tools/make_tokenizer_fixtures.py).
 # SentencePiece: ids and decoded text equal to spm_encode / spm_decode (Debian `sentencepiece`)
-# for two committed models. Byte-level BPE: ids and decoded text equal to Hugging Face
-# `tokenizers`, recorded in the fixtures by tools/make_bpe_fixture.py (for texts that are not
-# valid UTF-8: `tokenizers` on each valid run, the ids of the raw bytes between them). Every decode streams one id at a time and each piece must
-# be valid UTF-8. Then malformed files, corrupted copies, and the encode speed on a 10 MB text.
+# for three committed models, and to Python sentencepiece for sp_mistral.model. tokenizer.json:
+# ids and decoded text equal to Hugging Face `tokenizers`, recorded in the fixtures by
+# tools/make_bpe_fixture.py (GPT-NeoX's byte-level BPE) and tools/make_tokenizer_fixtures.py
+# (Falcon's, Mistral's in both forms, Metaspace, the other pre-tokenizer components); for texts
+# that are not valid UTF-8: `tokenizers` on each valid run, the ids of the raw bytes between them.
+# Every decode streams one id at a time and each piece must be valid UTF-8. Then malformed
+# files, corrupted copies, and the encode speed on a 10 MB text.
 # tests/tokenizer/README.md describes the fixtures.
 source tests/lib.sh
 D=tests/tokenizer

@@ -115,7 +115,8 @@ def main():
                        check=True, stderr=subprocess.DEVNULL)
 
     # tokenizer.json
-    for name in ["neox.json", "variant.json", "noregex.json"]:
+    for name in ["neox.json", "variant.json", "noregex.json", "falcon.json", "mistral_a.json", "mistral_b.json",
+                 "metaspace.json", "pretok_split.json", "bytegaps.json"]:
         put("tokenizer_json", name, open(f"{TOK}/{name}", "rb").read())
     put("tokenizer_json", "small_bpe.json", json.dumps({
         "added_tokens": [{"id": 5, "content": "<s>", "special": True}],
@@ -131,6 +132,9 @@ def main():
     put("bpe_encode", "spaces", b"a    b\t\tc\n\n  <|endoftext|>  <|padding|>")
     put("bpe_encode", "invalid_utf8", b"ok \xff\xfe \xc3 \xe2\x82 \xf0\x9f\x98 \xed\xa0\x80 \xc0\xaf end")
     put("bpe_encode", "nul", b"a\0b\0\0c")
+    put("bpe_encode", "falcon_digits", b">>TITLE<< 1 12 123 1234 1234567 1,234,567 3.14159 !!!...?? (x)")
+    put("bpe_encode", "mistral_control", "<s>[INST] Héllo, 世界 🙂 [/INST] ok</s>[TOOL_CALLS]".encode())
+    put("bpe_encode", "metaspace_spaces", "  ▁ leading\t\tand   trailing  ▁▁ \u3000 ".encode())
 
     # decode: first byte picks the tokenizer (0 SentencePiece, 1 BPE), then little-endian u16 ids
     def ids(sel, seq):

@@ -107,7 +107,7 @@ build:
 FUZZ_CXX ?= clang++
 FUZZ_FLAGS = -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 	-Dmain=mamba_main -Wall -Wextra -Wno-unknown-pragmas
-FUZZ_TARGETS = checkpoint safetensors config tokenizer_json bpe_encode decode sentencepiece cli
+FUZZ_TARGETS = checkpoint safetensors config tokenizer_json bpe_encode decode sentencepiece cli torch_archive
 FUZZ_BINS = $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 
 fuzz: $(FUZZ_BINS)

@@ -986,12 +986,13 @@ TorchArchive *torch_archive_open_bytes(const void *data, size_t n, char *err, si
 
 TorchArchive *torch_archive_open(const char *path, char *err, size_t err_len) {
     char *label = concat(path, ": ", 2);
-    TorchArchive *a = label ? new_archive(label, err, err_len) : NULL;
-    free(label);
-    if (!a) {
-        if (!label && err && err_len) snprintf(err, err_len, "out of memory");
+    if (!label) {
+        if (err && err_len) snprintf(err, err_len, "out of memory");
         return NULL;
     }
+    TorchArchive *a = new_archive(label, err, err_len);
+    free(label);
+    if (!a) return NULL;
     int fd = open(path, O_RDONLY);
     struct stat st;
     int rc = fd < 0 ? fail(a, "cannot open: %s", strerror(errno))

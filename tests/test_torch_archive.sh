@@ -64,6 +64,62 @@ text.bin            is not a torch\.save file \(not a zip archive\)
 model.safetensors   is a safetensors file, not a torch\.save zip archive
 nopickle.bin        has no <folder>/data\.pkl: not a torch\.save archive
 EOF
+# the limits, on pickles written here byte by byte (no torch needed)
+python3 - $TMP <<'PY'
+import struct, sys, zipfile
+out = sys.argv[1]
+def zipped(name, pkl, storages={}, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(f"{out}/{name}", "w", compression) as z:
+        z.writestr("archive/data.pkl", pkl)
+        for k, v in storages.items():
+            z.writestr(f"archive/data/{k}", v)
+def s(text):  # BINUNICODE
+    return b"X" + struct.pack("<I", len(text)) + text.encode()
+pid = b"(" + s("storage") + b"ctorch\nFloatStorage\n" + s("0") + s("cpu") + b"K\x06tq\x01"
+rebuild = b"ctorch._utils\n_rebuild_tensor_v2\nq\x00"
+def tensor(first):   # a [1] tensor at offset 0 of storage 0 (six floats)
+    return (rebuild if first else b"h\x00") + b"(" + (pid if first else b"h\x01") + b"QK\x00K\x01\x85K\x01\x85\x89NtR"
+n = 32769
+zipped("many_tensors.bin", b"\x80\x02}(" + b"".join(s(f"t{i}") + tensor(i == 0) for i in range(n)) + b"u.", {"0": bytes(24)})
+zipped("deep_marks.bin", b"\x80\x02" + b"(" * 65)
+zipped("deep_stack.bin", b"\x80\x02" + b"N" * 300000)
+zipped("memo_index.bin", b"\x80\x02Nr" + struct.pack("<I", 1 << 20))
+zipped("memo_unset.bin", b"\x80\x02h\x05")
+zipped("string_cut.bin", b"\x80\x02X\xff\x00\x00\x00abc")
+zipped("no_stop.bin", b"\x80\x02}")
+zipped("long_int.bin", b"\x80\x02\x8a\x09" + bytes(9))
+zipped("proto6.bin", b"\x80\x06}.")
+zipped("eval.bin", b"\x80\x02c__builtin__\neval\n.")
+zipped("big_pickle.bin", b"\x80\x02" + b"N" * (64 << 20) + b".", compression=zipfile.ZIP_DEFLATED)
+zipped("bad_pid.bin", b"\x80\x02}(" + s("w") + b"(" + s("storage") + b"tQ" + b"u.")
+PY
+while read -r name phrase; do
+    expect_error "refused: $name" "$phrase" $DUMP $TMP/$name
+done <<'EOF'
+many_tensors.bin    data\.pkl has more than 32768 tensors \(the limit\)
+deep_marks.bin      nests more than 64 MARKs \(the limit\)
+deep_stack.bin      stack grows deeper than 262144 \(the limit\)
+memo_index.bin      memo index 1048576 is too large
+memo_unset.bin      memo entry 5 is read before it is written
+string_cut.bin      data\.pkl is truncated: the opcode at offset 2 needs 255 more bytes
+no_stop.bin         data\.pkl is truncated: it ends without a STOP opcode
+long_int.bin        integer of 9 bytes at offset 2 \(at most 8\)
+proto6.bin          pickle protocol 6 is not supported
+eval.bin            pickle global __builtin__\.eval is not allowed
+big_pickle.bin      data\.pkl is 67108867 bytes \(the limit is 67108864\)
+bad_pid.bin         persistent id at offset [0-9]+ is not \('storage', type, key, location, numel\)
+EOF
+# 32768 tensors are fine (the same pickle, one tensor fewer)
+python3 - $TMP <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(f"{sys.argv[1]}/many_tensors.bin") as z:
+    pkl, data = z.read("archive/data.pkl"), z.read("archive/data/0")
+cut = pkl.rfind(b"X\x06\x00\x00\x00t32768")   # the last key
+with zipfile.ZipFile(f"{sys.argv[1]}/most_tensors.bin", "w") as z:
+    z.writestr("archive/data.pkl", pkl[:cut] + b"u.")
+    z.writestr("archive/data/0", data)
+PY
+check "32768 tensors (the limit) are read" test "$($DUMP $TMP/most_tensors.bin | wc -l)" = 32768
 expect_error "refused: a folder" "is not a regular file" $DUMP $D
 expect_error "refused: a missing file" "no-such\.bin: cannot open: No such file" $DUMP $TMP/no-such.bin
 

@@ -213,20 +213,34 @@ def flip_data_byte(path, name):
     open(path, "wb").write(bytes(buf))
 
 
-# ---- fuzz seeds: byte 0 even: a whole archive; odd: [count][u16 sizes...] then a data.pkl that
-# tests/fuzz/fuzz_torch_archive.c wraps into an archive of storages 0..count-1 of those sizes
+# ---- fuzz seeds (tests/fuzz/fuzz_torch_archive.c): byte 0 is 0: a whole archive in memory; 2: the
+# same as a file; 1: [count][u16 sizes...] then a data.pkl, which the target wraps into an
+# archive of storages 0..count-1 of those sizes
 
 def write_seeds():
     os.makedirs(CORPUS, exist_ok=True)
     for name in ["basic", "proto4", "module", "params", "deflated", "zip64"]:
         data = open(f"{OUT}/{name}.bin", "rb").read()
         open(f"{CORPUS}/zip-{name}", "wb").write(b"\x00" + data)
+    open(f"{CORPUS}/file-basic", "wb").write(b"\x02" + open(f"{OUT}/basic.bin", "rb").read())
     for name in ["basic", "proto4", "module", "params"]:
         items = dict((n.split("/", 1)[1], d) for n, d in entries(f"{OUT}/{name}.bin"))
         keys = sorted(int(k[5:]) for k in items if k.startswith("data/"))
         assert keys == list(range(len(keys))) and len(keys) <= 16
         head = bytes([1, len(keys)]) + b"".join(struct.pack("<H", len(items[f"data/{k}"])) for k in keys)
         open(f"{CORPUS}/pickle-{name}", "wb").write(head + items["data.pkl"])
+    # hand-made pickles with what torch's own rarely hold: every kind of value, each protocol,
+    # and more than 256 memo entries (LONG_BINPUT, LONG_BINGET)
+    w = Tensor(Storage(torch.FloatStorage, "0", 6), 0, [2, 3], [3, 1])
+    h = Tensor(Storage(torch.HalfStorage, "1", 4), 1, [3], [1])
+    values = [0, 1, 300, 70000, -5, 1 << 40, -(1 << 63), 2.5, None, True, False, "text", ("t",), {"k": "v"}, []]
+    head = bytes([1, 2]) + struct.pack("<HH", 24, 8)
+    for protocol in [2, 3, 4, 5]:
+        pkl = pickled(collections.OrderedDict([("w", w), ("h", h), ("values", values)]), protocol)
+        open(f"{CORPUS}/pickle-values{protocol}", "wb").write(head + pkl)
+    many = {f"t{i}": Tensor(Storage(torch.FloatStorage, "0", 6), i % 6, [1], [1]) for i in range(40)}
+    many["t39_again"] = many["t39"]
+    open(f"{CORPUS}/pickle-memo", "wb").write(head + pickled(many))
 
 
 def main():

@@ -98,7 +98,7 @@ static FileHeader checkpoint_header(const Config *c, int n, uint64_t data_end, c
     h.d_conv = c->d_conv, h.dt_rank = c->dt_rank, h.vocab_size = c->vocab_size, h.padded_vocab = c->padded_vocab;
     h.norm_eps = c->norm_eps, h.dtype = c->dtype, h.tied_head = c->tied_head;
     h.n_heads = c->n_heads, h.head_dim = c->head_dim, h.n_groups = c->n_groups;
-    h.dt_min = c->dt_min, h.dt_max = c->dt_max, h.mixer_eps = c->mixer_eps;
+    h.dt_limit_lo = c->dt_limit_lo, h.dt_limit_hi = c->dt_limit_hi, h.mixer_eps = c->mixer_eps;
     h.tokenizer_kind = tok->blob ? tok->kind : TOKENIZER_NONE;
     h.bos_id = tok->bos_id, h.eos_id = tok->eos_id, h.pad_id = tok->pad_id;
     h.n_tensors = n, h.table_offset = MAMBA_HEADER_BYTES;
@@ -209,7 +209,7 @@ static void write_checkpoint(const char *path, const Config *c, TensorSource sou
  * mamba convert: Hugging Face Mamba checkpoints (config.json + safetensors). */
 
 #define MAX_JSON_BYTES (64u << 20)        /* config.json, index and safetensors headers */
-#define MAX_SAFETENSORS_TENSORS 32768     /* in all shards together; a Mamba needs ≤ 10 243 */
+#define MAX_SOURCE_TENSORS 32768     /* in all shards together; a Mamba needs ≤ 10 243 */
 
 /* A source tensor: in a mapped safetensors file (data), or tensor `index` of a torch.save
  * archive, read when it is converted. */
@@ -222,12 +222,12 @@ typedef struct {
     uint64_t bytes;
     TorchArchive *archive;
     int index;
-} SafeTensor;
+} SourceTensor;
 
 #define MAX_SHARDS 256
 
 typedef struct {
-    SafeTensor *tensors;
+    SourceTensor *tensors;
     int n, cap;
     const char *dir;
     struct { const uint8_t *map; size_t bytes; } files[MAX_SHARDS];   /* mapped safetensors shards, to unmap */
@@ -244,9 +244,9 @@ static void tensor_set_free(TensorSet *set) {
 }
 
 /* Appends t, within the limit on tensors. */
-static void add_source_tensor(TensorSet *set, SafeTensor t, const char *path) {
-    if (set->n == MAX_SAFETENSORS_TENSORS)
-        die("%s: more than %d tensors in the checkpoint (the limit)", path, MAX_SAFETENSORS_TENSORS);
+static void add_source_tensor(TensorSet *set, SourceTensor t, const char *path) {
+    if (set->n == MAX_SOURCE_TENSORS)
+        die("%s: more than %d tensors in the checkpoint (the limit)", path, MAX_SOURCE_TENSORS);
     if (set->n == set->cap) {
         set->cap = set->cap ? 2 * set->cap : 64;
         set->tensors = realloc(set->tensors, set->cap * sizeof *set->tensors);
@@ -255,9 +255,10 @@ static void add_source_tensor(TensorSet *set, SafeTensor t, const char *path) {
     set->tensors[set->n++] = t;
 }
 
-/* Python's json module writes float("inf") as Infinity (configs saved by transformers 4 hold
- * time_step_limit: [0.0, Infinity]; transformers 5 writes {"__float__": "Infinity"}), which is not JSON. Outside strings, ±Infinity becomes
- * ±1e999, same length, which parses to ±inf; NaN, meaningful in no field, is refused. */
+/* Python's json module writes float("inf") as Infinity, which is not JSON: configs saved by
+ * transformers 4 hold time_step_limit: [0.0, Infinity] (transformers 5 writes
+ * {"__float__": "Infinity"}, see json_float). Outside strings, Infinity becomes 1e999 of the
+ * same length, which parses to inf; NaN, meaningful in no field, is refused. */
 static void accept_infinity(char *text, size_t len, const char *path) {
     int in_string = 0;
     for (size_t i = 0; i < len; i++) {
@@ -326,7 +327,7 @@ static void load_safetensors(TensorSet *set, const char *path) {
         if (!cJSON_IsString(dtype) || !cJSON_IsArray(shape) || !cJSON_IsArray(offsets) ||
             cJSON_GetArraySize(offsets) != 2)
             die("%s: tensor %s has a malformed entry", path, item->string);
-        SafeTensor t = {.ndim = cJSON_GetArraySize(shape)};
+        SourceTensor t = {.ndim = cJSON_GetArraySize(shape)};
         if (!strcmp(dtype->valuestring, "F32")) t.dtype = DTYPE_F32;
         else if (!strcmp(dtype->valuestring, "F16")) t.dtype = DTYPE_F16;
         else if (!strcmp(dtype->valuestring, "BF16")) t.dtype = DTYPE_BF16;
@@ -357,7 +358,7 @@ static void load_safetensors(TensorSet *set, const char *path) {
     cJSON_Delete(header);
 }
 
-static const SafeTensor *find_tensor(const TensorSet *set, const char *name) {
+static const SourceTensor *find_tensor(const TensorSet *set, const char *name) {
     for (int i = 0; i < set->n; i++)
         if (!strcmp(set->tensors[i].name, name)) return &set->tensors[i];
     return NULL;
@@ -372,7 +373,7 @@ static void load_torch_archive(TensorSet *set, const char *path) {
     set->archives[set->n_archives++] = a;
     for (int i = 0; i < torch_archive_count(a); i++) {
         const TorchTensor *tt = torch_archive_tensor(a, i);
-        SafeTensor t = {.dtype = (DType)tt->dtype, .ndim = tt->ndim, .bytes = tt->bytes, .archive = a, .index = i};
+        SourceTensor t = {.dtype = (DType)tt->dtype, .ndim = tt->ndim, .bytes = tt->bytes, .archive = a, .index = i};
         memcpy(t.shape, tt->shape, sizeof t.shape);
         if (!(t.name = strdup(tt->name))) die("out of memory");
         add_source_tensor(set, t, path);
@@ -385,8 +386,8 @@ static void load_index(TensorSet *set, const char *dir, const char *path, void (
     cJSON *index = parse_json_file(path, "checkpoint index");
     cJSON *map = cJSON_GetObjectItemCaseSensitive(index, "weight_map");
     if (!cJSON_IsObject(map)) die("%s has no weight_map object", path);
-    if (cJSON_GetArraySize(map) > MAX_SAFETENSORS_TENSORS)
-        die("%s: weight_map lists more than %d tensors (the limit)", path, MAX_SAFETENSORS_TENSORS);
+    if (cJSON_GetArraySize(map) > MAX_SOURCE_TENSORS)
+        die("%s: weight_map lists more than %d tensors (the limit)", path, MAX_SOURCE_TENSORS);
     char **seen = NULL;
     int n_seen = 0;
     for (cJSON *e = map->child; e; e = e->next) {
@@ -495,14 +496,14 @@ static int json_float(const cJSON *v, double *out) {
 /* The Δ limits: [lo, hi] with 0 ≤ lo < hi (hi may be Infinity), [0, inf) when absent. */
 static void json_dt_limit(const cJSON *obj, const char *key, Config *c, const char *path) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    c->dt_min = 0.0f, c->dt_max = INFINITY;
+    c->dt_limit_lo = 0.0f, c->dt_limit_hi = INFINITY;
     if (!v) return;
     double lo, hi;
     if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2 || !json_float(cJSON_GetArrayItem(v, 0), &lo) ||
         !json_float(cJSON_GetArrayItem(v, 1), &hi))
         die("%s: \"%s\" is not a pair of numbers", path, key);
     if (!(lo >= 0 && hi > lo)) die("%s: \"%s\" must be [lo, hi] with 0 ≤ lo < hi", path, key);
-    c->dt_min = (float)lo, c->dt_max = (float)hi;
+    c->dt_limit_lo = (float)lo, c->dt_limit_hi = (float)hi;
 }
 
 /* d_inner / head_dim heads, or a one-line refusal when head_dim does not divide d_inner. */
@@ -614,6 +615,8 @@ static void hf_config(const cJSON *j, const char *path, Config *c) {
     c->n_layer = json_int(j, "num_hidden_layers", 0, 1, path);
     c->vocab_size = json_int(j, "vocab_size", 0, 1, path);
     r->read(j, path, c);
+    if (strcmp(json_string(j, "hidden_act", "silu", path), "silu"))
+        die("%s: hidden_act \"%s\" is not supported (silu only)", path, json_string(j, "hidden_act", "silu", path));
     if (json_bool(j, "use_bias", 0, path)) die("%s: use_bias=true (biased in/out projections) is not supported", path);
     if (!json_bool(j, "use_conv_bias", 1, path)) die("%s: use_conv_bias=false is not supported", path);
 }
@@ -635,7 +638,8 @@ static int state_spaces_config(const cJSON *j, const char *path, Config *c) {
         die("%s: d_intermediate > 0 (an MLP after each mixer): hybrid models are not supported", path);
     const cJSON *ssm = cJSON_GetObjectItemCaseSensitive(j, "ssm_cfg");
     if (ssm && !cJSON_IsObject(ssm)) die("%s: ssm_cfg is not an object", path);
-    const ConfigReader *r = config_reader(STATE_SPACES_CONFIGS, 2, json_string(ssm, "layer", "Mamba1", path),
+    const ConfigReader *r = config_reader(STATE_SPACES_CONFIGS, sizeof STATE_SPACES_CONFIGS / sizeof *STATE_SPACES_CONFIGS,
+                                          json_string(ssm, "layer", "Mamba1", path),
                                           "ssm_cfg.layer", path);
     r->read(ssm, path, c);
     c->norm_eps = 1e-5f;                    /* mamba_ssm's, not in its config */
@@ -660,17 +664,29 @@ static int config_from_json(const cJSON *j, const char *path, Config *c, Tokeniz
     return multiple;
 }
 
-/* Source names of each of our tensors, per architecture; the two conventions differ only in
- * the embedding. */
+/* The Hugging Face names of each architecture's layer tensors, in the order of its layout's
+ * (model.c); the state-spaces checkpoints use the same ones. */
+static const char *const MAMBA1_SOURCE_NAMES[MAMBA1_LAYER_TENSORS] = {
+    "norm.weight", "mixer.in_proj.weight", "mixer.conv1d.weight", "mixer.conv1d.bias", "mixer.x_proj.weight",
+    "mixer.dt_proj.weight", "mixer.dt_proj.bias", "mixer.A_log", "mixer.D", "mixer.out_proj.weight",
+};
+static const char *const MAMBA2_SOURCE_NAMES[MAMBA2_LAYER_TENSORS] = {
+    "norm.weight", "mixer.in_proj.weight", "mixer.conv1d.weight", "mixer.conv1d.bias", "mixer.dt_bias",
+    "mixer.A_log", "mixer.D", "mixer.norm.weight", "mixer.out_proj.weight",
+};
+
+static const struct {
+    Arch arch;
+    int n;
+    const char *const *ours, *const *theirs;
+} LAYER_SOURCES[] = {
+    {ARCH_MAMBA1, MAMBA1_LAYER_TENSORS, MAMBA1_LAYER_TENSOR_NAMES, MAMBA1_SOURCE_NAMES},
+    {ARCH_MAMBA2, MAMBA2_LAYER_TENSORS, MAMBA2_LAYER_TENSOR_NAMES, MAMBA2_SOURCE_NAMES},
+    {ARCH_FALCON_MAMBA, MAMBA1_LAYER_TENSORS, MAMBA1_LAYER_TENSOR_NAMES, MAMBA1_SOURCE_NAMES},
+};
+
+/* Source names of each of our tensors; the two conventions differ only in the embedding. */
 static void source_names(const Config *c, const TensorSpec *s, char names[2][128]) {
-    static const char *const mamba1[MAMBA1_LAYER_TENSORS] = {
-        "norm.weight", "mixer.in_proj.weight", "mixer.conv1d.weight", "mixer.conv1d.bias", "mixer.x_proj.weight",
-        "mixer.dt_proj.weight", "mixer.dt_proj.bias", "mixer.A_log", "mixer.D", "mixer.out_proj.weight",
-    };
-    static const char *const mamba2[MAMBA2_LAYER_TENSORS] = {
-        "norm.weight", "mixer.in_proj.weight", "mixer.conv1d.weight", "mixer.conv1d.bias", "mixer.dt_bias",
-        "mixer.A_log", "mixer.D", "mixer.norm.weight", "mixer.out_proj.weight",
-    };
     int layer;
     char part[32];
     names[0][0] = names[1][0] = '\0';
@@ -682,18 +698,17 @@ static void source_names(const Config *c, const TensorSpec *s, char names[2][128
     } else if (!strcmp(s->name, "lm_head")) {
         strcpy(names[0], "lm_head.weight");
     } else if (sscanf(s->name, "layers.%d.%31s", &layer, part) == 2) {
-        int mamba2_layout = c->arch == ARCH_MAMBA2, n = mamba2_layout ? MAMBA2_LAYER_TENSORS : MAMBA1_LAYER_TENSORS;
-        const char *const *ours = mamba2_layout ? MAMBA2_LAYER_TENSOR_NAMES : MAMBA1_LAYER_TENSOR_NAMES;
-        const char *const *theirs = mamba2_layout ? mamba2 : mamba1;
-        for (int t = 0; t < n; t++)
-            if (!strcmp(part, ours[t])) snprintf(names[0], 128, "backbone.layers.%d.%s", layer, theirs[t]);
+        for (size_t a = 0; a < sizeof LAYER_SOURCES / sizeof *LAYER_SOURCES; a++)
+            for (int t = 0; LAYER_SOURCES[a].arch == c->arch && t < LAYER_SOURCES[a].n; t++)
+                if (!strcmp(part, LAYER_SOURCES[a].ours[t]))
+                    snprintf(names[0], 128, "backbone.layers.%d.%s", layer, LAYER_SOURCES[a].theirs[t]);
     }
 }
 
-static const SafeTensor *lookup_source(const TensorSet *set, const Config *c, const TensorSpec *s) {
+static const SourceTensor *lookup_source(const TensorSet *set, const Config *c, const TensorSpec *s) {
     char names[2][128];
     source_names(c, s, names);
-    const SafeTensor *t = find_tensor(set, names[0]);
+    const SourceTensor *t = find_tensor(set, names[0]);
     if (!t && names[1][0]) t = find_tensor(set, names[1]);
     if (!t) die("%s: missing tensor %s", set->dir, names[0]);
     if ((int)t->dtype < 0) die("%s: tensor %s has an unsupported dtype (F32, F16 and BF16 are read)", set->dir, t->name);
@@ -724,7 +739,7 @@ typedef struct {
 static void convert_tensor(void *ctx, int i, const TensorSpec *s, float *out) {
     (void)i;
     const ConvertSource *src = ctx;
-    const SafeTensor *t = lookup_source(src->set, src->config, s);
+    const SourceTensor *t = lookup_source(src->set, src->config, s);
     size_t count = (size_t)s->rows * s->cols;
     const uint8_t *data = t->data;
     char err[512];
@@ -742,16 +757,17 @@ static void convert_tensor(void *ctx, int i, const TensorSpec *s, float *out) {
 }
 
 /* The tokenizer file at path, checked by loading it and against the model's rows, as the blob
- * to embed; the config's special ids win over the tokenizer's own. */
+ * to embed. Its special ids win over config.json's, which are often stale (Codestral-Mamba's
+ * say 0, its <unk>, for all three). */
 static void take_tokenizer(const char *path, const Config *c, TokenizerInfo *tok) {
     char err[256];
     Tokenizer *t = tokenizer_load_file(path, err, sizeof err);
     if (!t) die("%s", err);
     if (tokenizer_vocab_size(t) > c->padded_vocab)
         die("%s has %d ids but the model only %d", path, tokenizer_vocab_size(t), c->padded_vocab);
-    if (tok->bos_id < 0) tok->bos_id = tokenizer_bos_id(t);
-    if (tok->eos_id < 0) tok->eos_id = tokenizer_eos_id(t);
-    if (tok->pad_id < 0) tok->pad_id = tokenizer_pad_id(t);
+    if (tokenizer_bos_id(t) >= 0) tok->bos_id = tokenizer_bos_id(t);
+    if (tokenizer_eos_id(t) >= 0) tok->eos_id = tokenizer_eos_id(t);
+    if (tokenizer_pad_id(t) >= 0) tok->pad_id = tokenizer_pad_id(t);
     tok->kind = tokenizer_kind(t);
     tokenizer_free(t);
     tok->blob = read_file(path, MAX_TOKENIZER_BYTES, &tok->bytes, NULL);
@@ -772,14 +788,30 @@ static void find_tokenizer(const char *dir, const Config *c, TokenizerInfo *tok)
     }
 }
 
-/* Special ids beyond the vocabulary would make a checkpoint that does not load. */
-static void check_special_ids(const TokenizerInfo *tok, const Config *c, const char *config_path) {
+/* generation_config.json, when the folder has one, says what generation stops at: its ids win
+ * over the tokenizer's and config.json's (as in transformers' generate). */
+static void read_generation_config(const char *dir, TokenizerInfo *tok) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    if (access(path, F_OK)) return;
+    cJSON *j = parse_json_file(path, "generation config");
+    const char *keys[3] = {"bos_token_id", "eos_token_id", "pad_token_id"};
+    int *ids[3] = {&tok->bos_id, &tok->eos_id, &tok->pad_id};
+    for (int i = 0; i < 3; i++) {
+        int id = json_token_id(j, keys[i], path);
+        if (id >= 0) *ids[i] = id;
+    }
+    cJSON_Delete(j);
+}
+
+/* Special ids beyond the vocabulary (from whichever file) would make a checkpoint that does not
+ * load. */
+static void check_special_ids(const TokenizerInfo *tok, const Config *c, const char *dir) {
     const int ids[3] = {tok->bos_id, tok->eos_id, tok->pad_id};
     const char *const names[3] = {"bos", "eos", "pad"};
     for (int i = 0; i < 3; i++)
         if (ids[i] >= c->vocab_size)
-            die("%s: the %s token id %d is outside the vocabulary (vocab_size %d)", config_path, names[i], ids[i],
-                c->vocab_size);
+            die("%s: the %s token id %d is outside the vocabulary (vocab_size %d)", dir, names[i], ids[i], c->vocab_size);
 }
 
 enum { CONVERT_DTYPE = 1, CONVERT_TOKENIZER };
@@ -838,7 +870,7 @@ void cmd_convert(int argc, char **argv) {
     set_spec(&probe, "embedding", 0, 0, 2, 1);
     char names[2][128];
     source_names(&c, &probe, names);
-    const SafeTensor *emb = find_tensor(&set, names[0]);
+    const SourceTensor *emb = find_tensor(&set, names[0]);
     if (!emb) emb = find_tensor(&set, names[1]);
     if (!emb) die("%s: missing tensor %s", dir, names[0]);
     if (emb->ndim == 2 && emb->shape[0] != (uint64_t)c.padded_vocab)
@@ -849,7 +881,8 @@ void cmd_convert(int argc, char **argv) {
 
     if (tokenizer_path) take_tokenizer(tokenizer_path, &c, &tok);
     else find_tokenizer(dir, &c, &tok);
-    check_special_ids(&tok, &c, path);
+    read_generation_config(dir, &tok);
+    check_special_ids(&tok, &c, dir);
     ConvertSource src = {&set, &c};
     write_checkpoint(out, &c, convert_tensor, &src, &tok, "convert");
     tensor_set_free(&set);
@@ -864,45 +897,42 @@ void cmd_convert(int argc, char **argv) {
 
 typedef struct {
     const char *name;
-    Arch arch;
-    int d_model, n_layer, vocab, padded_vocab, d_state, tied_head;
-    int head_dim, n_groups;                 /* Mamba-2 */
+    Config config;                          /* dtype set by --dtype */
 } Shape;
 
-/* The published shapes: Mamba-1 (state-spaces/mamba-*), Mamba-2 (state-spaces/mamba2-*),
- * Codestral-Mamba-7B and Falcon-Mamba-7B. */
-static const Shape SHAPES[] = {
-    {"tiny", ARCH_MAMBA1, 64, 2, 512, 512, 16, 1, 0, 0},
-    {"130m", ARCH_MAMBA1, 768, 24, 50280, 50280, 16, 1, 0, 0},
-    {"370m", ARCH_MAMBA1, 1024, 48, 50280, 50280, 16, 1, 0, 0},
-    {"790m", ARCH_MAMBA1, 1536, 48, 50280, 50280, 16, 1, 0, 0},
-    {"1.4b", ARCH_MAMBA1, 2048, 48, 50280, 50280, 16, 1, 0, 0},
-    {"2.8b", ARCH_MAMBA1, 2560, 64, 50280, 50280, 16, 1, 0, 0},
-    {"mamba2-tiny", ARCH_MAMBA2, 64, 2, 512, 512, 16, 1, 16, 2},
-    {"mamba2-130m", ARCH_MAMBA2, 768, 24, 50277, 50288, 128, 1, 64, 1},
-    {"mamba2-370m", ARCH_MAMBA2, 1024, 48, 50277, 50288, 128, 1, 64, 1},
-    {"mamba2-780m", ARCH_MAMBA2, 1536, 48, 50277, 50288, 128, 1, 64, 1},
-    {"mamba2-1.3b", ARCH_MAMBA2, 2048, 48, 50277, 50288, 128, 1, 64, 1},
-    {"mamba2-2.7b", ARCH_MAMBA2, 2560, 64, 50277, 50288, 128, 1, 64, 1},
-    {"codestral-7b", ARCH_MAMBA2, 4096, 64, 32768, 32768, 128, 0, 64, 8},
-    {"falcon-mamba-tiny", ARCH_FALCON_MAMBA, 64, 2, 512, 512, 16, 0, 0, 0},
-    {"falcon-mamba-7b", ARCH_FALCON_MAMBA, 4096, 64, 65024, 65024, 16, 0, 0, 0},
-};
+/* The published shapes, expand 2 and conv 4 throughout: Mamba-1 (state-spaces/mamba-*, Δ rank
+ * d_model / 16), Mamba-2 (state-spaces/mamba2-*: head_dim 64, one group, 50277 ids padded to a
+ * multiple of 16; Codestral-Mamba-7B: 8 groups, untied) and Falcon-Mamba-7B (untied). */
+#define MAMBA1_SHAPE(NAME, DM, NL, V)                                                                           \
+    {NAME, {.arch = ARCH_MAMBA1, .n_layer = NL, .d_model = DM, .d_inner = 2 * DM, .d_state = 16, .d_conv = 4, \
+            .dt_rank = (DM + 15) / 16, .vocab_size = V, .padded_vocab = V, .norm_eps = 1e-5f, .tied_head = 1}}
+#define FALCON_SHAPE(NAME, DM, NL, V)                                                                           \
+    {NAME, {.arch = ARCH_FALCON_MAMBA, .n_layer = NL, .d_model = DM, .d_inner = 2 * DM, .d_state = 16,         \
+            .d_conv = 4, .dt_rank = (DM + 15) / 16, .vocab_size = V, .padded_vocab = V, .norm_eps = 1e-5f,      \
+            .tied_head = 0, .mixer_eps = 1e-6f}}
+#define MAMBA2_SHAPE(NAME, DM, NL, V, PADDED, NS, HD, GROUPS, TIED)                                             \
+    {NAME, {.arch = ARCH_MAMBA2, .n_layer = NL, .d_model = DM, .d_inner = 2 * DM, .d_state = NS, .d_conv = 4,  \
+            .vocab_size = V, .padded_vocab = PADDED, .norm_eps = 1e-5f, .tied_head = TIED,                      \
+            .n_heads = 2 * DM / HD, .head_dim = HD, .n_groups = GROUPS, .dt_limit_lo = 0.0f,                   \
+            .dt_limit_hi = INFINITY}}
 
-/* The config of a shape: expand 2, conv 4; Mamba-1's Δ rank d_model / 16. */
-static Config shape_config(const Shape *sh, DType dtype) {
-    Config c = {.arch = sh->arch, .n_layer = sh->n_layer, .d_model = sh->d_model, .d_inner = 2 * sh->d_model,
-                .d_state = sh->d_state, .d_conv = 4, .vocab_size = sh->vocab, .padded_vocab = sh->padded_vocab,
-                .norm_eps = 1e-5f, .dtype = dtype, .tied_head = sh->tied_head};
-    if (sh->arch == ARCH_MAMBA2) {
-        c.head_dim = sh->head_dim, c.n_heads = c.d_inner / sh->head_dim, c.n_groups = sh->n_groups;
-        c.dt_min = 0.0f, c.dt_max = INFINITY;
-    } else {
-        c.dt_rank = (sh->d_model + 15) / 16;
-        if (sh->arch == ARCH_FALCON_MAMBA) c.mixer_eps = 1e-6f;
-    }
-    return c;
-}
+static const Shape SHAPES[] = {
+    MAMBA1_SHAPE("tiny", 64, 2, 512),
+    MAMBA1_SHAPE("130m", 768, 24, 50280),
+    MAMBA1_SHAPE("370m", 1024, 48, 50280),
+    MAMBA1_SHAPE("790m", 1536, 48, 50280),
+    MAMBA1_SHAPE("1.4b", 2048, 48, 50280),
+    MAMBA1_SHAPE("2.8b", 2560, 64, 50280),
+    MAMBA2_SHAPE("mamba2-tiny", 64, 2, 512, 512, 16, 16, 2, 1),
+    MAMBA2_SHAPE("mamba2-130m", 768, 24, 50277, 50288, 128, 64, 1, 1),
+    MAMBA2_SHAPE("mamba2-370m", 1024, 48, 50277, 50288, 128, 64, 1, 1),
+    MAMBA2_SHAPE("mamba2-780m", 1536, 48, 50277, 50288, 128, 64, 1, 1),
+    MAMBA2_SHAPE("mamba2-1.3b", 2048, 48, 50277, 50288, 128, 64, 1, 1),
+    MAMBA2_SHAPE("mamba2-2.7b", 2560, 64, 50277, 50288, 128, 64, 1, 1),
+    MAMBA2_SHAPE("codestral-7b", 4096, 64, 32768, 32768, 128, 64, 8, 0),
+    FALCON_SHAPE("falcon-mamba-tiny", 64, 2, 512),
+    FALCON_SHAPE("falcon-mamba-7b", 4096, 64, 65024),
+};
 
 typedef struct {
     const Config *config;
@@ -1002,7 +1032,8 @@ void cmd_init(int argc, char **argv) {
             snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "", SHAPES[i].name);
         die("--shape must be one of %s; got '%s'", known, shape);
     }
-    Config c = shape_config(sh, dtype);
+    Config c = sh->config;
+    c.dtype = dtype;
     InitSource src = {&c, seed};
     TokenizerInfo tok = {.bos_id = -1, .eos_id = -1, .pad_id = -1};
     write_checkpoint(out, &c, init_tensor, &src, &tok, "init");

@@ -376,7 +376,7 @@ static void mamba2_heads(void *ctx, int begin, int end) {
         const float *B = e->u + (size_t)b * nc + di + g * ns, *C = B + c->n_groups * ns;
         /* Δ = softplus(dt + dt_bias), clamped to the time-step limits; the decay exp(Δ·A) */
         float dt = softplus(row[di + nc + h] + w->dt_bias[h]);
-        dt = fminf(fmaxf(dt, c->dt_min), c->dt_max);
+        dt = fminf(fmaxf(dt, c->dt_limit_lo), c->dt_limit_hi);
         float decay = expf(dt * e->A[(size_t)p->l * nh + h]);
         float *S = e->slots[p->slots[b]].ssm + ((size_t)p->l * di + (size_t)h * hd) * ns;
         for (int q = 0; q < hd; q++, S += ns) {

@@ -602,7 +602,7 @@ static void cmd_info(int argc, char **argv) {
     if (c->dt_rank) printf("dt_rank: %d\n", c->dt_rank);
     if (c->n_heads)
         printf("n_heads: %d\nhead_dim: %d\nn_groups: %d\ndt_limit: [%g, %g]\n", c->n_heads, c->head_dim, c->n_groups,
-               c->dt_min, c->dt_max);
+               c->dt_limit_lo, c->dt_limit_hi);
     if (c->mixer_eps) printf("mixer_eps: %g\n", c->mixer_eps);
     printf("vocab_size: %d\npadded_vocab: %d\nnorm_eps: %g\ndtype: %s\ntied_head: %s\n", c->vocab_size,
            c->padded_vocab, c->norm_eps, dtype_name(c->dtype), c->tied_head ? "yes" : "no");

@@ -13,7 +13,6 @@
 
 /* ---- Mamba-1 ---- */
 
-
 const char *const MAMBA1_LAYER_TENSOR_NAMES[MAMBA1_LAYER_TENSORS] = {
     "norm", "in_proj", "conv_w", "conv_b", "x_proj", "dt_proj", "dt_bias", "A_log", "D", "out_proj",
 };
@@ -59,7 +58,7 @@ static void mamba1_bind_weights(Weights *w, const Config *c, const void *const *
 /* Mamba-1's hyperparameters: no Mamba-2 or Falcon-Mamba fields. */
 static const char *mamba1_problem(const Config *c) {
     if (c->dt_rank < 1 || c->dt_rank > c->d_inner) return "dt_rank must be in [1, d_inner]";
-    if (c->n_heads || c->head_dim || c->n_groups || c->dt_min != 0 || c->dt_max != 0)
+    if (c->n_heads || c->head_dim || c->n_groups || c->dt_limit_lo != 0 || c->dt_limit_hi != 0)
         return "Mamba-1 has no heads, groups or Δ limits";
     if (c->mixer_eps != 0) return "Mamba-1 has no mixer_eps";
     return NULL;
@@ -132,7 +131,8 @@ static const char *mamba2_problem(const Config *c) {
     if (c->head_dim < 1 || c->head_dim > c->d_inner) return "head_dim must be in [1, d_inner]";
     if (c->n_heads < 1 || (int64_t)c->n_heads * c->head_dim != c->d_inner) return "n_heads * head_dim must be d_inner";
     if (c->n_groups < 1 || c->n_heads % c->n_groups) return "n_groups must divide n_heads";
-    if (!(c->dt_min >= 0 && c->dt_max > c->dt_min)) return "the Δ limits must satisfy 0 ≤ dt_min < dt_max";
+    if (c->n_groups > (1 << 17) / c->d_state) return "n_groups * d_state must be at most 131072";
+    if (!(c->dt_limit_lo >= 0 && c->dt_limit_hi > c->dt_limit_lo)) return "the Δ limits must satisfy 0 ≤ lo < hi";
     return NULL;
 }
 
@@ -273,7 +273,8 @@ static void read_config(Model *m, const FileHeader *h, const char *path) {
                   .dt_rank = (int)h->dt_rank, .vocab_size = (int)h->vocab_size,
                   .padded_vocab = (int)h->padded_vocab, .norm_eps = h->norm_eps, .dtype = (DType)h->dtype,
                   .tied_head = (int)h->tied_head, .n_heads = (int)h->n_heads, .head_dim = (int)h->head_dim,
-                  .n_groups = (int)h->n_groups, .dt_min = h->dt_min, .dt_max = h->dt_max, .mixer_eps = h->mixer_eps};
+                  .n_groups = (int)h->n_groups, .dt_limit_lo = h->dt_limit_lo, .dt_limit_hi = h->dt_limit_hi,
+                  .mixer_eps = h->mixer_eps};
     if (h->n_layer > 1024 || h->d_model > 65536 || h->d_inner > 262144 || h->d_state > 1024 || h->d_conv > 64 ||
         h->dt_rank > 262144 || h->vocab_size > (1u << 24) || h->padded_vocab > (1u << 24) || h->dtype > 2 ||
         h->tied_head > 1 || h->n_heads > 262144 || h->head_dim > 262144 || h->n_groups > 262144)

@@ -53,7 +53,7 @@ typedef struct {
     int n_heads;       /* Mamba-2: SSM heads, n_heads * head_dim == d_inner */
     int head_dim;      /* Mamba-2 */
     int n_groups;      /* Mamba-2: groups of heads that share B and C (and a gated-norm group) */
-    float dt_min, dt_max;  /* Mamba-2: Δ is clamped to [dt_min, dt_max] (dt_max may be +inf) */
+    float dt_limit_lo, dt_limit_hi;  /* Mamba-2: Δ is clamped to [lo, hi] (time_step_limit; hi may be +inf) */
     float mixer_eps;   /* Falcon-Mamba: eps of the normalisation of Δ, B and C */
 } Config;
 
@@ -75,7 +75,7 @@ typedef struct {
     uint64_t file_bytes;                /* total length; a shorter file is truncated */
     uint32_t arch;                      /* version 2 on: an Arch (version 1: zero, read as Mamba-1) */
     uint32_t n_heads, head_dim, n_groups;   /* Mamba-2; zero otherwise */
-    float dt_min, dt_max;               /* Mamba-2; zero otherwise */
+    float dt_limit_lo, dt_limit_hi;     /* Mamba-2; zero otherwise */
     float mixer_eps;                    /* Falcon-Mamba; zero otherwise */
     uint8_t reserved[MAMBA_HEADER_BYTES - 140];
 } FileHeader;

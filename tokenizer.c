@@ -996,7 +996,7 @@ static int parse_behavior(const cJSON *o, Behavior dflt, Behavior *how) {
 static int parse_metaspace(const cJSON *j, int32_t *rep, Prepend *prepend) {
     const cJSON *scheme = get(j, "prepend_scheme");
     const char *r = get_text(j, "replacement");
-    *rep = r ? one_char(r) : 0x2581;                   /* ▁ */
+    *rep = r ? one_char(r) : get(j, "replacement") ? -1 : 0x2581;   /* absent: ▁; not text: refused */
     *prepend = get_bool(j, "add_prefix_space", 1) ? PREPEND_ALWAYS : PREPEND_NEVER;
     if (cJSON_IsString(scheme)) {
         const char *v = scheme->valuestring;
@@ -1099,8 +1099,15 @@ static int parse_pretok(Bpe *b, const cJSON *j, int nested, char *err, size_t er
     return rc;
 }
 
+static int has_decoder(const Bpe *b, int kind) {
+    for (int i = 0; i < b->n_dec; i++)
+        if ((int)b->dec[i].kind == kind) return 1;
+    return 0;
+}
+
 /* One decoder of a chain, or each of a Sequence's. A Replace after a Fuse sees the text in
- * pieces, so it may only replace one character; ByteFallback must come before any Fuse. */
+ * pieces, so it may only replace one character; ByteFallback must come before any Fuse, and
+ * once (its run of bytes is the decoder's one). */
 static int parse_decoder(Bpe *b, const cJSON *j, int *fused, char *err, size_t err_len) {
     const char *type = type_of(j);
     const cJSON *x;
@@ -1123,7 +1130,7 @@ static int parse_decoder(Bpe *b, const cJSON *j, int *fused, char *err, size_t e
     if (type && !strcmp(type, "Fuse")) {
         d->kind = DEC_FUSE;
         *fused = 1;
-    } else if (type && !strcmp(type, "ByteFallback") && !*fused) {
+    } else if (type && !strcmp(type, "ByteFallback") && !*fused && !has_decoder(b, DEC_BYTE_FALLBACK)) {
         d->kind = DEC_BYTE_FALLBACK;
     } else if (type && !strcmp(type, "Strip")) {
         const cJSON *start = get(j, "start"), *stop = get(j, "stop");
@@ -1167,7 +1174,7 @@ static int parse_decoder(Bpe *b, const cJSON *j, int *fused, char *err, size_t e
     } else {
         set_err(err, err_len, "tokenizer.json: decoder '%s'%s is not supported (ByteLevel, or Replace, "
                 "ByteFallback, Fuse, Strip, Metaspace, alone or in a Sequence)", type ? SHOWN(type) : "?",
-                type && !strcmp(type, "ByteFallback") ? " after Fuse" : "");
+                type && !strcmp(type, "ByteFallback") ? " after Fuse or twice" : "");
         return -1;
     }
     b->n_dec++;

@@ -9,7 +9,7 @@ export MAMBA_MODEL=/nonexistent.bin    # every case names its model
 for fx in mamba2_tiny mamba2_awkward mamba2_odd mamba2_statespaces falcon_tiny falcon_awkward statespaces_bin; do
     check "convert $fx (f32)" $MAMBA convert "$F/$fx/hf" "$TMP/$fx.bin" --dtype f32
     check "$fx: logits = transformers float64 (≤ 1e-4)" logits_match $fx $TMP/$fx.bin $F/$fx/ref_logits.bin
-    check "$fx: greedy tokens = transformers generate (40)" greedy_matches $fx $TMP/$fx.bin
+    check "$fx: greedy tokens = transformers' greedy decoding (40)" greedy_matches $fx $TMP/$fx.bin
 done
 for dt in bf16 f16; do
     for fx in mamba2_tiny mamba2_awkward falcon_tiny; do
@@ -18,7 +18,8 @@ for dt in bf16 f16; do
     done
 done
 
-has_lines() { local out; out=$($MAMBA info "$1") || return 1; shift; for l in "$@"; do grep -qxF -- "$l" <<<"$out" || { echo "no line '$l' in:"; echo "$out"; return 1; }; done; }
+has_lines() {   # MODEL LINE...: `mamba info MODEL` has each LINE
+    local out; out=$($MAMBA info "$1") || return 1; shift; for l in "$@"; do grep -qxF -- "$l" <<<"$out" || { echo "no line '$l' in:"; echo "$out"; return 1; }; done; }
 check "info: Mamba-2's heads, groups and Δ limit" has_lines $TMP/mamba2_awkward.bin 'arch: mamba2' 'd_inner: 96' \
     'n_heads: 12' 'head_dim: 8' 'n_groups: 3' 'd_conv: 3' 'tied_head: no' 'dt_limit: [0, 0.05]'
 check "info: the state-spaces Mamba-2 (padded vocab, mamba_ssm defaults)" has_lines $TMP/mamba2_statespaces.bin \
@@ -43,17 +44,22 @@ for m in m2text fmtext; do
     check "$m: bench (CPU) reports decode tokens/s and the roofline" bash -c "$MAMBA bench -m $TMP/$m.bin --device cpu --prompt-len 8 -n 16 | grep -q 'roofline'"
     check "$m: perplexity of a text" bash -c "head -c 3000 tests/tokenizer/neox_cases.tsv | $MAMBA perplexity -m $TMP/$m.bin --device cpu --ctx 64 - | grep -q 'bits per byte'"
 done
-check "bench --json (Mamba-2): bytes a step reads count the state" python3 - "$MAMBA" "$TMP/mamba2_awkward.bin" <<'PY'
+check "bench --json (Mamba-2): a step reads the weights once and the state" python3 - "$MAMBA" "$TMP/mamba2_awkward.bin" <<'PY'
 import json, subprocess, sys
-r = json.loads(subprocess.run([sys.argv[1], 'bench', '-m', sys.argv[2], '--device', 'cpu', '--prompt-len', '4', '-n', '8', '--json'],
+mamba, model = sys.argv[1:3]
+info = dict(l.split(': ', 1) for l in subprocess.run([mamba, 'info', model], capture_output=True, text=True, check=True).stdout.splitlines())
+r = json.loads(subprocess.run([mamba, 'bench', '-m', model, '--device', 'cpu', '--prompt-len', '4', '-n', '8', '--json'],
                               capture_output=True, check=True).stdout)
-# 3 layers × (conv_dim 96 + 2·3·12 = 168 channels × d_conv 3 + d_inner 96 × d_state 12) floats
-state = 3 * (168 * 3 + 96 * 12) * 4
-assert r['bytes_per_token'] > state, r
-print(r['bytes_per_token'], state)
+# untied f32: all weights but the embedding, one embedding row, and the state of 3 layers of
+# (conv_dim 96 + 2·3·12 = 168 channels × d_conv 3 + d_inner 96 × d_state 12) floats
+want = int(info['weight_bytes']) - 1003 * 48 * 4 + 48 * 4 + 3 * (168 * 3 + 96 * 12) * 4
+assert r['bytes_per_token'] == want, (r['bytes_per_token'], want)
 PY
 
 # ---- init: the published shapes
+$MAMBA init --shape mamba2-tiny $TMP/i2.bin 2>/dev/null
+check "init mamba2-tiny: the shape's heads and groups" has_lines $TMP/i2.bin 'arch: mamba2' 'n_heads: 8' 'n_groups: 2' \
+    'dt_limit: [0, inf]' 'parameters: 93552'
 check "init mamba2-tiny and falcon-mamba-tiny run" bash -c "
     $MAMBA init --shape mamba2-tiny $TMP/i2.bin && $MAMBA init --shape falcon-mamba-tiny $TMP/if.bin &&
     [ \$($MAMBA -m $TMP/i2.bin --prompt-ids 1 -n 5 --ignore-eos --print-ids | wc -w) -eq 5 ] &&
@@ -66,7 +72,7 @@ refuse() {   # refuse NAME PATTERN FIXTURE PYTHON-EDIT-OF-c: convert of FIXTURE 
     rm -rf "$TMP/r_$name"; cp -r "$F/$fx/hf" "$TMP/r_$name"
     python3 -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); $edit; json.dump(c, open(p,'w'))" "$TMP/r_$name/config.json"
     expect_error "convert refuses: $name" "$pattern" $MAMBA convert "$TMP/r_$name" "$TMP/r_$name.bin"
-    [ -e "$TMP/r_$name.bin" ] && fail "$name: an output was left behind"
+    if [ -e "$TMP/r_$name.bin" ]; then fail "$name: an output was left behind"; fi
 }
 expect_error "convert refuses a hybrid with attention layers" "attn_layer_idx.*hybrid models are not supported" \
     $MAMBA convert $F/refuse/mamba2_attn $TMP/x.bin
@@ -78,7 +84,10 @@ refuse "groups not dividing the heads" "n_groups must divide n_heads" mamba2_tin
 refuse "a Δ limit upside down" "time_step_limit.*0 ≤ lo < hi" mamba2_tiny "c['time_step_limit']=[0.1, 0.01]"
 refuse "a Δ limit that is not a pair" "time_step_limit.*not a pair of numbers" mamba2_tiny "c['time_step_limit']='wide'"
 refuse "NaN in a config" "NaN" mamba2_tiny "c['layer_norm_epsilon']=float('nan')"
-refuse "an eos id beyond the vocabulary" "eos token id 99999 is outside the vocabulary" mamba2_tiny "c['eos_token_id']=99999"
+refuse "an eos id beyond the vocabulary (config.json)" "eos token id 99999 is outside the vocabulary" mamba2_tiny \
+    "c['eos_token_id']=99999; import os; os.remove(os.path.dirname(p) + '/generation_config.json')"
+refuse "a pad id beyond the vocabulary (generation_config.json)" "pad token id 4096 is outside the vocabulary" mamba2_tiny \
+    "import os; open(os.path.dirname(p) + '/generation_config.json', 'w').write('{\"pad_token_id\": 4096}')"
 refuse "Falcon-Mamba's mixer eps out of range" "mixer_eps must be in" falcon_tiny "c['mixer_rms_eps']=2.0"
 refuse "state-spaces Mamba2 with an MLP beside the SSM" "d_ssm" mamba2_statespaces "c['ssm_cfg']['d_ssm']=32"
 refuse "state-spaces headdim not dividing d_inner" "head_dim 48 does not divide d_inner 128" mamba2_statespaces "c['ssm_cfg']['headdim']=48"
@@ -139,3 +148,14 @@ check "Mistral's tokenizer.json through the checkpoint = tokenizers" tokenizes_a
 check "Mistral's SentencePiece model through the checkpoint = sentencepiece" tokenizes_as_cases $TMP/z_sp.bin tests/tokenizer/sp_mistral_cases.tsv
 expect_error "convert refuses a tokenizer with more ids than the model's rows" "has 1042 ids but the model only 1039" \
     $MAMBA convert $TMP/z_codestral $TMP/x.bin --tokenizer tests/tokenizer/falcon.json
+
+# ---- special ids: generation_config.json, then the tokenizer, then config.json (Codestral-Mamba's
+# config.json says 0, its <unk>, for bos, eos and pad)
+python3 tests/make_zero_hf.py $TMP/z_ids mamba2 16 1 1039 && cp tests/tokenizer/mistral_a.json $TMP/z_ids/tokenizer.json
+python3 -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c.update(bos_token_id=0, eos_token_id=0, pad_token_id=0, norm_before_gate=True); json.dump(c, open(p,'w'))" $TMP/z_ids/config.json
+$MAMBA convert $TMP/z_ids $TMP/z_ids.bin 2>/dev/null
+check "the tokenizer's special ids win over config.json's" has_lines $TMP/z_ids.bin 'bos_id: 1' 'eos_id: 2'
+echo '{"bos_token_id": 1, "eos_token_id": [7, 2], "pad_token_id": null}' >$TMP/z_ids/generation_config.json
+$MAMBA convert $TMP/z_ids $TMP/z_ids2.bin 2>/dev/null
+check "generation_config.json's ids win over the tokenizer's" has_lines $TMP/z_ids2.bin 'bos_id: 1' 'eos_id: 7'
+refuse "an activation other than SiLU" 'hidden_act "gelu" is not supported' mamba2_tiny "c['hidden_act']='gelu'"

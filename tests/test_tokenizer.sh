@@ -92,6 +92,8 @@ sed 's/"type": "ByteFallback"/"type": "CTC"/' $D/mistral_a.json >$TMP/ctc.json
 sed '/"decoder"/,$s/"type": "Replace"/"type": "Fuse"/; s/"type": "ByteFallback"/"type": "Replace", "pattern": {"String": "ab"}, "content": "x"/' \
     $D/mistral_a.json >$TMP/fusedreplace.json
 sed '/"decoder"/,$s/"type": "Replace",/"type": "Fuse",/' $D/mistral_a.json >$TMP/fusedfallback.json
+sed '/"decoder"/,$s/"type": "Replace",/"type": "ByteFallback",/' $D/mistral_a.json >$TMP/twofallbacks.json
+sed 's/"replacement": "▁",/"replacement": 9,/' $D/mistral_b.json >$TMP/numberreplacement.json
 sed '0,/"merges": \[/s//"merges": [ "zzq zzr",/' $D/neox.json >$TMP/badmerge.json
 sed 's/<|padding|>/<|pad'$'\xff''ding|>/' $D/neox.json >$TMP/badadded.json
 head -c 3000 $D/sp_bytes.model >$TMP/truncated.model
@@ -109,7 +111,9 @@ expect_error "malformed: Split pattern that does not compile" "pre_tokenizer Spl
 expect_error "malformed: unknown split behavior" "Punctuation needs a behavior" $TOK info $TMP/badbehavior.json
 expect_error "malformed: Metaspace replacement of two characters" "Metaspace needs a one-character 'replacement'" $TOK info $TMP/badmetaspace.json
 expect_error "malformed: unknown decoder" "decoder 'CTC' is not supported" $TOK info $TMP/ctc.json
-expect_error "malformed: ByteFallback after Fuse" "decoder 'ByteFallback' after Fuse is not supported" $TOK info $TMP/fusedfallback.json
+expect_error "malformed: ByteFallback after Fuse" "decoder 'ByteFallback' after Fuse or twice is not supported" $TOK info $TMP/fusedfallback.json
+expect_error "malformed: ByteFallback twice (one run of bytes)" "decoder 'ByteFallback' after Fuse or twice is not supported" $TOK info $TMP/twofallbacks.json
+expect_error "malformed: a Metaspace replacement that is not text" "Metaspace needs a one-character 'replacement'" $TOK info $TMP/numberreplacement.json
 expect_error "malformed: Replace of two characters after Fuse" "decoder Replace after Fuse is supported for a one-character" $TOK info $TMP/fusedreplace.json
 expect_error "malformed: merge of unknown pieces" 'merge 0 .* not in the vocabulary' $TOK info $TMP/badmerge.json
 expect_error "malformed: added token that is not valid UTF-8" 'added token 1 is not valid UTF-8' $TOK info $TMP/badadded.json

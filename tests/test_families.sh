@@ -11,6 +11,8 @@ for fx in mamba2_tiny mamba2_awkward mamba2_odd mamba2_statespaces falcon_tiny f
     check "$fx: logits = transformers float64 (≤ 1e-4)" logits_match $fx $TMP/$fx.bin $F/$fx/ref_logits.bin
     check "$fx: greedy tokens = transformers' greedy decoding (40)" greedy_matches $fx $TMP/$fx.bin
 done
+check "convert statespaces_bin from 2 pytorch_model shards and their index" $MAMBA convert "$F/statespaces_bin/sharded" "$TMP/sharded.bin" --dtype f32
+check "statespaces_bin from shards: logits = transformers (≤ 1e-4)" logits_match statespaces_bin $TMP/sharded.bin $F/statespaces_bin/ref_logits.bin
 for dt in bf16 f16; do
     for fx in mamba2_tiny mamba2_awkward falcon_tiny; do
         check "convert $fx ($dt)" $MAMBA convert "$F/$fx/hf" "$TMP/$fx-$dt.bin" --dtype $dt

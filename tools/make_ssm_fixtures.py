@@ -682,7 +682,25 @@ def make_statespaces_bin():
         assert torch.equal(v, tensors[k]) and np.array_equal(v.numpy(), st[k].astype(np.float32))
     assert back["lm_head.weight"].untyped_storage().data_ptr() == \
         back["backbone.embedding.weight"].untyped_storage().data_ptr()
-    line = f"  {name}: {len(back)} tensors, references copied from statespaces"
+    # the same weights in two shards named by pytorch_model.bin.index.json (the embedding, its
+    # tied head and layer 0 in the first), as transformers' save_pretrained writes them for .bin
+    sharded = os.path.join(d, "sharded")
+    os.makedirs(sharded)
+    shutil.copyfile(os.path.join(src, "hf", "config.json"), os.path.join(sharded, "config.json"))
+    first = [k for k in order if k == "backbone.embedding.weight" or k.startswith("backbone.layers.0.")]
+    files = ("pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin")
+    parts = (OrderedDict((k, tensors[k]) for k in first), OrderedDict((k, tensors[k]) for k in order if k not in first))
+    weight_map = {}
+    for i, (part, fname) in enumerate(zip(parts, files)):
+        tie = ("lm_head.weight", "backbone.embedding.weight") if i == 0 else None
+        shard_back = torch_save_state_dict(module_tree(part, tie=tie), os.path.join(sharded, fname))
+        weight_map.update({k: fname for k in shard_back})
+    assert sorted(weight_map) == sorted(tensors)
+    with open(os.path.join(sharded, "pytorch_model.bin.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": sum(v.numel() * 4 for v in back.values())},
+                   "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
+        f.write("\n")
+    line = f"  {name}: {len(back)} tensors (also in 2 shards), references copied from statespaces"
     print(line)
 
 

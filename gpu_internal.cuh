@@ -100,6 +100,7 @@ struct StepArgs {
     const void *head;         /* [vocab, dmp]; the embedding when tied */
     int n_layer, dm, dmp, di, ns, nsp, d_conv, kcp, dt_rank, rkp, Rp, vocab;
     float eps;
+    float mixer_eps;          /* Falcon-Mamba: the eps of the normalisation of dt, B and C */
     int channels_per_block, head_rows_per_block;
     int argmax_vocab;         /* the argmax looks at ids below this only */
     /* the ring: n_slots slots of slot_bytes; a tile of a matrix holds rows_per_tile_* rows */
@@ -176,10 +177,13 @@ struct GpuEngine;
  * launch of its decode step (captured in the step's graphs) and its pass over many rows.
  * gpu_engine_create picks one from the table in kernels.cu; another architecture is another
  * row of new functions. */
+typedef void (*StepKernel)(StepArgs);
+
 struct GpuArch {
     Arch arch;
     bool (*supports)(const Config *c, char *err, size_t err_len);
     bool (*setup)(GpuEngine *g, const Weights *w, const cudaDeviceProp &prop, char *err, size_t err_len);
+    StepKernel (*step_kernel)(DType dtype);   /* the decode step's kernel for the weights' dtype */
     void (*launch_step)(GpuEngine *g, int token_slot);
     void (*run_pass)(GpuEngine *g, int S, int L, bool want_logits);
 };
@@ -199,7 +203,7 @@ struct GpuEngine {
     cudaGraphExec_t batch_graph[BATCH_CLASSES];      /* batched step of 2^k rows */
     const char *in_flight;                           /* the work a failed synchronization reports */
     size_t step_smem, sample_smem;
-    void (*step_kernel)(StepArgs);
+    StepKernel step_kernel;
     unsigned long long trap_at_run;                  /* fault injection: the step of token number trap_at_run traps (0: never) */
     cudaStream_t stream;
     char *weights, *work;
@@ -235,8 +239,10 @@ PassLayout plan_pass_buffers(const GpuEngine *g);
 void open_passes(GpuEngine *g, const PassLayout &pl);
 void close_passes(GpuEngine *g);
 
-/* Mamba-1's pass over S sequences × L tokens (GpuArch.run_pass). */
+/* Mamba-1's pass over S sequences × L tokens (GpuArch.run_pass), and Falcon-Mamba's (the same
+ * with dt, B and C normalised after x_proj). */
 void mamba1_run_pass(GpuEngine *g, int S, int L, bool want_logits);
+void falcon_run_pass(GpuEngine *g, int S, int L, bool want_logits);
 
 /* The C = op(A) · op(B) (+ C) of the passes, in the weights' dtype with fp32 accumulation. */
 void gemm(GpuEngine *g, bool transpose_a, bool transpose_b, int m, int n, int k, const void *A, int lda, const void *B,

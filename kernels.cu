@@ -1,4 +1,5 @@
-/* kernels.cu: the CUDA engine for Mamba-1 decoding (the C API is gpu.h): the decode step, the
+/* kernels.cu: the CUDA engine for Mamba-1 and Falcon-Mamba decoding (the C API is gpu.h; Falcon-Mamba
+ * is Mamba-1 with dt, B and C normalised after x_proj, NORM_DBC below): the decode step, the
  * sampler and the engine's life cycle. The passes over many rows are in prefill.cu, the
  * benchmarks in gpu_bench.cu; what they share is in gpu_internal.cuh and gpu_device.cuh.
  *
@@ -430,16 +431,38 @@ __device__ __forceinline__ void add_block_share(float *dst, const float *acc, in
             atomicAdd(reinterpret_cast<float4 *>(dst) + i, reinterpret_cast<const float4 *>(acc)[i]);
 }
 
+/* Falcon-Mamba: dt (the low-rank part), B and C each divided by its RMS (no weight), in place.
+ * Every block has the whole (dt, B, C) after the barrier, so each normalises its own copy: no
+ * barrier more. */
+__device__ __forceinline__ void normalize_dbc(const StepArgs &a, float *dbc, float *red) {
+    const int begin[3] = {0, a.dt_rank, a.dt_rank + a.ns}, len[3] = {a.dt_rank, a.ns, a.ns};
+    for (int s = 0; s < 3; s++) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < len[s]; i += CONSUMERS) ss += dbc[begin[s] + i] * dbc[begin[s] + i];
+        const float scale = 1.0f / sqrtf(block_sum<CONSUMERS>(ss, red) / len[s] + a.mixer_eps);
+        for (int i = threadIdx.x; i < len[s]; i += CONSUMERS) dbc[begin[s] + i] *= scale;
+    }
+    team_sync<CONSUMERS>();
+}
+
 /* SSM phase: (dt, B, C), complete since the barrier, into shared memory (dt zero-padded to rkp
- * for dt_proj), and the accumulator cleared for out_proj. */
-__device__ __forceinline__ void take_dbc(const StepArgs &a, const float *dbc_l, float *dbc, float *dtv, float *acc) {
+ * for dt_proj; NORM_DBC: normalised first, Falcon-Mamba), and the accumulator cleared for
+ * out_proj. */
+template <bool NORM_DBC>
+__device__ __forceinline__ void take_dbc(const StepArgs &a, const float *dbc_l, float *dbc, float *dtv, float *acc,
+                                         float *red) {
     for (int i = threadIdx.x; i < a.Rp; i += CONSUMERS) {
         const float v = __ldcg(dbc_l + i);
         dbc[i] = v;
-        if (i < a.rkp) dtv[i] = i < a.dt_rank ? v : 0.0f;
+        if (!NORM_DBC && i < a.rkp) dtv[i] = i < a.dt_rank ? v : 0.0f;
     }
     for (int i = threadIdx.x; i < a.dmp; i += CONSUMERS) acc[i] = 0.0f;
     team_sync<CONSUMERS>();
+    if constexpr (NORM_DBC) {
+        normalize_dbc(a, dbc, red);
+        for (int i = threadIdx.x; i < a.rkp; i += CONSUMERS) dtv[i] = i < a.dt_rank ? dbc[i] : 0.0f;
+        team_sync<CONSUMERS>();
+    }
 }
 
 /* SSM phase: the selective scan, one step, for my nc channels (from c0): a group of lanes per
@@ -518,7 +541,7 @@ __device__ __forceinline__ void finish_step(const StepArgs &a, float best, int b
 
 /* The step. Its shared memory after the ring holds the arrays below (their pointers are passed
  * to the phases one by one: a struct of them, tried, made the f32 kernel spill more). */
-template <typename T>
+template <typename T, bool NORM_DBC>
 __global__ void __launch_bounds__(THREADS, 1) forward_token(const StepArgs a) {
     extern __shared__ __align__(128) char smem[];
     __shared__ uint64_t full[RING_SLOTS], empty[RING_SLOTS];
@@ -582,7 +605,7 @@ __global__ void __launch_bounds__(THREADS, 1) forward_token(const StepArgs a) {
         grid_barrier(a.arrivals, ++barriers);
 
         /* ---- SSM phase ---- */
-        take_dbc(a, dbc_l, dbc, dtv, acc);
+        take_dbc<NORM_DBC>(a, dbc_l, dbc, dtv, acc, red);
         /* dt_proj: Δ before softplus = W_dt · dt for my channels */
         consume_rows<T>(ring, nc, a.rows_per_tile_dt, a.rkp, dtv, dtr);
         team_sync<CONSUMERS>();
@@ -928,11 +951,11 @@ static void plan_shapes(GpuEngine *g, int multiprocessors) {
     g->dmp = round_up(c->d_model, PAD), g->rkp = round_up(c->dt_rank, PAD);
     g->R = c->dt_rank + 2 * c->d_state, g->Rp = round_up(g->R, PAD);
     g->kcp = round_up(c->d_conv, 4), g->nsp = round_up(c->d_state, 4);
-    g->step_kernel = c->dtype == DTYPE_F32 ? forward_token<float>
-                     : c->dtype == DTYPE_F16 ? forward_token<__half> : forward_token<__nv_bfloat16>;
+    g->step_kernel = g->arch->step_kernel(c->dtype);
     a.pl.conv_b = g->kcp, a.pl.dt_bias = g->kcp + 1, a.pl.D = g->kcp + 2, a.pl.A = g->kcp + 4;
     a.pl.stride = a.pl.A + g->nsp;
     a.n_layer = c->n_layer, a.dm = c->d_model, a.dmp = g->dmp, a.di = c->d_inner, a.ns = c->d_state, a.nsp = g->nsp;
+    a.mixer_eps = c->mixer_eps;
     a.d_conv = c->d_conv, a.kcp = g->kcp, a.dt_rank = c->dt_rank, a.rkp = g->rkp, a.Rp = g->Rp, a.vocab = c->vocab_size;
     a.eps = c->norm_eps;
     a.channels_per_block = (c->d_inner + g->grid - 1) / g->grid;
@@ -1152,8 +1175,17 @@ static bool mamba1_setup(GpuEngine *g, const Weights *w, const cudaDeviceProp &p
 /* ----------------------------------------------------------------------------------------
  * The architectures: the one place that dispatches on Config.arch. */
 
+/* The decode step of Mamba-1 (NORM_DBC false) or Falcon-Mamba (true) for a dtype. */
+template <bool NORM_DBC>
+static StepKernel step_kernel_of(DType dtype) {
+    return dtype == DTYPE_F32   ? forward_token<float, NORM_DBC>
+           : dtype == DTYPE_F16 ? forward_token<__half, NORM_DBC>
+                                : forward_token<__nv_bfloat16, NORM_DBC>;
+}
+
 static const GpuArch arches[] = {
-    {ARCH_MAMBA1, mamba1_supports, mamba1_setup, mamba1_launch_step, mamba1_run_pass},
+    {ARCH_MAMBA1, mamba1_supports, mamba1_setup, step_kernel_of<false>, mamba1_launch_step, mamba1_run_pass},
+    {ARCH_FALCON_MAMBA, mamba1_supports, mamba1_setup, step_kernel_of<true>, mamba1_launch_step, falcon_run_pass},
 };
 
 static const GpuArch *arch_of(Arch arch) {

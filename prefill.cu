@@ -149,6 +149,17 @@ __global__ void dt_rows(const PassArgs p, const float *DBC, T *DT) {
     if (r < p.rows) DT[at(p, k, r, p.rkp)] = T(k < p.dt_rank ? DBC[at(p, k, r, p.Rp)] : 0.0f);
 }
 
+/* Falcon-Mamba: dt (its first dt_rank outputs), B and C of each row of DBC divided by their
+ * RMS (no weight), in place. Grid: (rows, 3 parts); a warp each. */
+__global__ void normalize_dbc_rows(const PassArgs p, float *DBC, float eps) {
+    const int r = blockIdx.x, part = blockIdx.y, lane = threadIdx.x;
+    const int begin = part == 0 ? 0 : p.dt_rank + (part - 1) * p.ns, len = part == 0 ? p.dt_rank : p.ns;
+    float ss = 0.0f;
+    for (int k = lane; k < len; k += 32) ss += DBC[at(p, begin + k, r, p.Rp)] * DBC[at(p, begin + k, r, p.Rp)];
+    const float scale = 1.0f / sqrtf(warp_sum(ss) / len + eps);
+    for (int k = lane; k < len; k += 32) DBC[at(p, begin + k, r, p.Rp)] *= scale;
+}
+
 constexpr int SCAN_WARPS = 8;                  /* channels a block, a warp each; they share the staged B and C */
 constexpr int SCAN_ITEMS = 8;                  /* consecutive tokens a lane holds */
 constexpr int SCAN_CHUNK = 32 * SCAN_ITEMS;    /* tokens a warp scans at once */
@@ -472,7 +483,7 @@ void gemm(GpuEngine *g, bool transpose_a, bool transpose_b, int m, int n, int k,
                                CUBLAS_GEMM_DEFAULT));
 }
 
-template <typename T>
+template <typename T, bool NORM_DBC>
 static void enqueue_pass(GpuEngine *g, int S, int L, bool want_logits) {
     PassBuffers &b = g->pass;
     const StepArgs &a = g->step;
@@ -508,6 +519,10 @@ static void enqueue_pass(GpuEngine *g, int S, int L, bool want_logits) {
         /* DBC = x_proj · u: dt, B, C */
         if (by_channel) gemm(g, false, true, rows, Rp, di, U16, ld, x_proj_t, Rp, b.DBC, ld, false);
         else gemm(g, false, false, Rp, rows, di, x_proj_t, Rp, U16, di, b.DBC, Rp, false);
+        if constexpr (NORM_DBC) {
+            normalize_dbc_rows<<<dim3(rows, 3), 32, 0, st>>>(p, b.DBC, a.mixer_eps);
+            LAUNCH_CHECK("normalize_dbc_rows");
+        }
         dt_rows<T><<<dim3(row_blocks, rkp), 256, 0, st>>>(p, b.DBC, DT);
         LAUNCH_CHECK("dt_rows");
         /* DELTA = dt_proj · dt (softplus and bias come in the scan) */
@@ -533,11 +548,16 @@ static void enqueue_pass(GpuEngine *g, int S, int L, bool want_logits) {
     }
 }
 
-void mamba1_run_pass(GpuEngine *g, int S, int L, bool want_logits) {
-    if (g->c.dtype == DTYPE_F32) enqueue_pass<float>(g, S, L, want_logits);
-    else if (g->c.dtype == DTYPE_F16) enqueue_pass<__half>(g, S, L, want_logits);
-    else enqueue_pass<__nv_bfloat16>(g, S, L, want_logits);
+template <bool NORM_DBC>
+static void run_pass_of(GpuEngine *g, int S, int L, bool want_logits) {
+    if (g->c.dtype == DTYPE_F32) enqueue_pass<float, NORM_DBC>(g, S, L, want_logits);
+    else if (g->c.dtype == DTYPE_F16) enqueue_pass<__half, NORM_DBC>(g, S, L, want_logits);
+    else enqueue_pass<__nv_bfloat16, NORM_DBC>(g, S, L, want_logits);
 }
+
+void mamba1_run_pass(GpuEngine *g, int S, int L, bool want_logits) { run_pass_of<false>(g, S, L, want_logits); }
+
+void falcon_run_pass(GpuEngine *g, int S, int L, bool want_logits) { run_pass_of<true>(g, S, L, want_logits); }
 
 static void check_slot(const GpuEngine *g, int slot) {
     if (slot < 0 || slot >= g->max_batch) {

@@ -27,7 +27,7 @@ fi
 
 # ---- the families the GPU engine does not run yet: --device cuda refuses them in one line, auto
 # runs them on the CPU with a note
-for shape in mamba2-tiny falcon-mamba-tiny; do
+for shape in mamba2-tiny; do
     $MAMBA init --shape $shape --dtype f32 "$TMP/$shape.bin" 2>/dev/null
     arch=$($MAMBA info "$TMP/$shape.bin" | sed -n 's/^arch: //p')
     expect_error "$shape: --device cuda refuses it in one line" "the GPU engine does not run $arch models yet" \
@@ -46,7 +46,7 @@ parallel_logits() { $MAMBA run --device cuda -m "$1" --prompt-ids "$2" -n 0 --pr
 greedy() { $MAMBA run --device "$1" -m "$2" --prompt-ids "$3" -n "$4" -t 0 --ignore-eos --print-ids; }
 
 # ---- fixtures: GPU = transformers, GPU = CPU, greedy = transformers' generate
-for fx in tiny awkward statespaces bf16src f16src; do
+for fx in tiny awkward statespaces bf16src f16src falcon_tiny falcon_awkward; do
     $MAMBA convert "$F/$fx/hf" "$TMP/$fx.bin" --dtype f32 2>/dev/null
     ids=$(cat "$F/$fx/prompt_ids.txt")
     check "$fx f32: GPU logits = transformers (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $TMP/$fx.bin $ids $TMP/$fx.gpu && $CMP $TMP/$fx.gpu $F/$fx/ref_logits.bin $(vocab_of $TMP/$fx.bin) 1e-4"
@@ -54,7 +54,7 @@ for fx in tiny awkward statespaces bf16src f16src; do
     check "$fx f32: GPU greedy = transformers generate" bash -c "[ \"\$($(declare -f greedy); MAMBA=$MAMBA greedy cuda $TMP/$fx.bin $(cat $F/$fx/greedy_prompt.txt) 40 | tr ' ' ',')\" = \"$(cat $F/$fx/greedy_ids.txt)\" ]"
 done
 for dt in bf16 f16; do
-    for fx in tiny awkward; do
+    for fx in tiny awkward falcon_tiny; do
         $MAMBA convert "$F/$fx/hf" "$TMP/$fx-$dt.bin" --dtype $dt 2>/dev/null
         check "$fx $dt: GPU logits = transformers on $dt-rounded weights (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $TMP/$fx-$dt.bin $(cat $F/$fx/prompt_ids.txt) $TMP/$fx-$dt.gpu && $CMP $TMP/$fx-$dt.gpu $F/$fx/ref_logits_$dt.bin $(vocab_of $TMP/$fx.bin) 1e-4"
     done
@@ -94,10 +94,24 @@ check "awkward f32 (d_conv 3, d_state 12): prompt in chunks of 2 = transformers 
     $CMP $TMP/awk.chunks $F/awkward/ref_logits.bin $(vocab_of $TMP/awkward.bin) 1e-4"
 check "130m f32: 128 greedy tokens after a parallel 64-token prompt, GPU = CPU" same "greedy cuda $TMP/130m-f32.bin $ids 128" "greedy cpu $TMP/130m-f32.bin $ids 128"
 
+# ---- Falcon-Mamba (its normalisation of dt, B and C inside the Mamba-1 kernels): the prompt
+# pass = the steps, a random model's bf16 GPU = CPU, batched = alone, GPU = CPU
+check "falcon_awkward: the parallel prompt pass = token by token (≤ 1e-4)" bash -c "
+    $(declare -f parallel_logits); MAMBA=$MAMBA parallel_logits $TMP/falcon_awkward.bin $(cat $F/falcon_awkward/prompt_ids.txt) $TMP/fa.par &&
+    $CMP $TMP/fa.par $TMP/falcon_awkward.gpu 1003 1e-4"
+$MAMBA init --shape falcon-mamba-tiny --dtype bf16 --seed 3 "$TMP/fm-bf16.bin" 2>/dev/null
+fm_ids=$(seq -s, 7 5 300)
+check "falcon-mamba-tiny bf16: GPU logits = CPU logits (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA
+    logits cuda $TMP/fm-bf16.bin $fm_ids $TMP/fm.gpu && logits cpu $TMP/fm-bf16.bin $fm_ids $TMP/fm.cpu && $CMP $TMP/fm.gpu $TMP/fm.cpu 512 1e-4"
+# f32 weights: the batched path rounds activations to the weights' dtype, and this random model has near ties
+$MAMBA convert $F/falcon_awkward/hf $TMP/fmtext.bin --dtype f32 --tokenizer tests/tokenizer/neox.json 2>/dev/null
+
 # ---- batched generation: each sequence as if alone (seed + index), GPU = CPU
 printf '%s\n' "Once upon a time" "The" "It was a dark and stormy night, and" "She said" "In the beginning" "A" "Call me" >"$TMP/prompts.txt"
 batch() { $MAMBA run --device "$1" -m "$2" --batch-file $TMP/prompts.txt -n 24 --json --ignore-eos "${@:3}" | python3 -c 'import json, sys; [print(r["index"], r["completion"]) for r in sorted(map(json.loads, sys.stdin), key=lambda r: r["index"])]'; }
 check "default model: batched greedy, GPU = CPU" same "batch cuda weights/model.bin -t 0" "batch cpu weights/model.bin -t 0"
+check "Falcon-Mamba: batched greedy, GPU = CPU" same "batch cuda $TMP/fmtext.bin -t 0" "batch cpu $TMP/fmtext.bin -t 0"
+check "Falcon-Mamba: batched greedy = each prompt alone on the GPU" python3 tests/same_as_single.py $MAMBA text $TMP/prompts.txt 1 --device cuda -m $TMP/fmtext.bin -n 16 -t 0 --ignore-eos
 check "default model: batched greedy with batch size 3 (slots reused) = batch size 7" same "batch cuda weights/model.bin -t 0 --batch-size 3" "batch cuda weights/model.bin -t 0"
 check "default model: batched sampling on the GPU is reproducible" same "batch cuda weights/model.bin -t 0.8 -s 5" "batch cuda weights/model.bin -t 0.8 -s 5"
 check "default model: batched sampling on the GPU, another seed differs" differ "batch cuda weights/model.bin -t 0.8 -s 5" "batch cuda weights/model.bin -t 0.8 -s 6"
@@ -150,7 +164,9 @@ if [ -x "$SAN" ]; then
         $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/awkward-bf16.bin --prompt-ids 1,2,3 -n 6 -t 0.8 -k 5 -p 0.9 --repeat-penalty 1.2 -s 1 --print-ids"
     check "compute-sanitizer memcheck: clean (prompt pass in chunks, a batch)" bash -c "
         $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/awkward-bf16.bin --prompt-ids 1,2,3,4,5,6,7 --prompt-batch 3 -n 3 -t 0 --print-ids &&
-        $SAN --tool memcheck --error-exitcode 99 $GPU -m weights/model.bin --batch-file $TMP/prompts.txt --batch-size 4 -n 3 --json >/dev/null"
+        $SAN --tool memcheck --error-exitcode 99 $GPU -m weights/model.bin --batch-file $TMP/prompts.txt --batch-size 4 -n 3 --json >/dev/null &&
+        $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/fmtext.bin --batch-file $TMP/prompts.txt --batch-size 2 -n 3 --json >/dev/null &&
+        $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/falcon_tiny-bf16.bin --prompt-ids 1,2,3,4,5,6,7 --prompt-batch 3 -n 3 -t 0 --print-ids"
     # racecheck does not model the mbarriers that order forward_token's bulk copies into shared
     # memory against its reads (it flags the copy instructions themselves), so that kernel is
     # left out; initcheck does not see what cuBLAS writes with the tensor-memory engine, so it

@@ -9,7 +9,8 @@
  *   engine.c    one interface over the CPU engine and (engine_gpu.c) the GPU one
  *   mamba.c     main, `run` and its generation loop, tokenize, info
  *   batch.c     several prompts decoded together
- *   convert.c   Hugging Face import, the checkpoint writer, init
+ *   convert.c   Hugging Face and state-spaces import, the checkpoint writer, init
+ *               (torch_archive.c, torch_archive.h: reading pytorch_model.bin)
  *   bench.c     bench and perplexity (bench_gpu.c: the GPU's benchmarks) */
 #ifndef MAMBA_H
 #define MAMBA_H

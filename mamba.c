@@ -10,8 +10,8 @@
  *   mamba bench [-m MODEL] [...]                   throughput (bench.c)
  *
  * A token's path: main → cmd_run → generate → prompt_to_ids → tokenizer_encode (tokenizer.c);
- * engine_feed (engine.c) → the CPU forward (cpu.c: forward and the model's block) or the GPU's (engine_gpu.c →
- * kernels.cu); engine_sample → sample (sampler.c) or the GPU's sampler; decoder_push
+ * engine_feed (engine.c) → the CPU forward (cpu.c: forward, the model's block) or the GPU's
+ * (engine_gpu.c → kernels.cu); engine_sample → sample (sampler.c) or the GPU's sampler; decoder_push
  * (tokenizer.c) → emit (util.c: stdout). */
 #include "mamba.h"
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # bench/run.sh [OUT_DIR]: the README's benchmark tables in one run on the GPU machine. Random
-# models of the published Mamba-1 shapes (mamba init, bf16).
+# models of the published Mamba-1 shapes and of Falcon-Mamba-7B (mamba init, bf16).
 #   1. batch-1 decode: greedy, 256 tokens after a 16-token prompt; each line of
 #      OUT_DIR/bench.jsonl is one `mamba bench --json`;
 #   2. the sweep (`mamba bench --sweep --json`): the parallel prompt pass at several lengths and
 #      batched decoding at several batch sizes, into OUT_DIR/sweep.jsonl;
 #   3. a 1,000,000-token prompt on the first sweep shape, into OUT_DIR/million.jsonl.
-#   MAMBA=path/to/mamba  SHAPES="tiny 130m 1.4b 2.8b"  SWEEP_SHAPES="130m 1.4b"
+#   MAMBA=path/to/mamba  SHAPES="tiny 130m 1.4b 2.8b falcon-mamba-7b"  SWEEP_SHAPES="130m 1.4b"
 #   BENCH_DIR=/tmp/mamba-bench (models)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -15,13 +15,13 @@ MAMBA=${MAMBA:-./mamba}
 OUT=${1:-.}
 DIR=${BENCH_DIR:-/tmp/mamba-bench}
 mkdir -p "$DIR" "$OUT"
-for shape in ${SHAPES:-tiny 130m 1.4b 2.8b} ${SWEEP_SHAPES:-130m 1.4b}; do
+for shape in ${SHAPES:-tiny 130m 1.4b 2.8b falcon-mamba-7b} ${SWEEP_SHAPES:-130m 1.4b}; do
     [ -e "$DIR/$shape.bin" ] || $MAMBA init --shape "$shape" --dtype bf16 "$DIR/$shape.bin" 2>/dev/null || exit 1
 done
 : >"$OUT/bench.jsonl"
 : >"$OUT/sweep.jsonl"
 : >"$OUT/million.jsonl"
-for shape in ${SHAPES:-tiny 130m 1.4b 2.8b}; do
+for shape in ${SHAPES:-tiny 130m 1.4b 2.8b falcon-mamba-7b}; do
     $MAMBA bench -m "$DIR/$shape.bin" --device cuda -n 256 --prompt-len 16 --json | sed "s/^{/{\"shape\":\"$shape\",/" >>"$OUT/bench.jsonl" || exit 1
 done
 for shape in ${SWEEP_SHAPES:-130m 1.4b}; do
@@ -33,9 +33,9 @@ python3 - "$OUT/bench.jsonl" "$OUT/sweep.jsonl" "$OUT/million.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 print("batch-1 decode")
-print(f"{'shape':6} {'tokens/s':>9} {'ms/token':>9} {'TTFT ms':>8} {'GB/s':>7} {'roofline':>8} {'GPU MiB':>8} {'read GB/s':>9}")
+print(f"{'shape':15} {'tokens/s':>9} {'ms/token':>9} {'TTFT ms':>8} {'GB/s':>7} {'roofline':>8} {'GPU MiB':>8} {'read GB/s':>9}")
 for r in rows:
-    print(f"{r['shape']:6} {r['decode_tokens_per_s']:9.1f} {r['ms_per_token']:9.4f} "
+    print(f"{r['shape']:15} {r['decode_tokens_per_s']:9.1f} {r['ms_per_token']:9.4f} "
           f"{r['time_to_first_token_ms']:8.2f} {r['achieved_GBps']:7.1f} {100 * r['fraction_of_roofline']:7.1f}% "
           f"{r['gpu_memory_bytes'] / 2**20:8.0f} {r['read_bandwidth_GBps']:9.1f}")
 sweep = [json.loads(line) for line in open(sys.argv[2])]

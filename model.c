@@ -17,42 +17,22 @@ const char *const MAMBA1_LAYER_TENSOR_NAMES[MAMBA1_LAYER_TENSORS] = {
     "norm", "in_proj", "conv_w", "conv_b", "x_proj", "dt_proj", "dt_bias", "A_log", "D", "out_proj",
 };
 
-static int mamba1_n_tensors(const Config *c) {
-    return 1 + MAMBA1_LAYER_TENSORS * c->n_layer + 1 + !c->tied_head;
+/* Rows, cols and ndim of each layer tensor, and whether it is a large matrix (config.dtype). */
+static void mamba1_layer_shapes(const Config *c, uint32_t shapes[][3], int *big) {
+    const uint32_t di = c->d_inner, dm = c->d_model, ns = c->d_state, rank = c->dt_rank;
+    const uint32_t rows_cols_ndim[MAMBA1_LAYER_TENSORS][3] = {
+        {dm, 1, 1}, {2 * di, dm, 2}, {di, c->d_conv, 2}, {di, 1, 1}, {rank + 2 * ns, di, 2}, {di, rank, 2},
+        {di, 1, 1}, {di, ns, 2}, {di, 1, 1}, {dm, di, 2},
+    };
+    const int large[MAMBA1_LAYER_TENSORS] = {0, 1, 0, 0, 1, 1, 0, 0, 0, 1};
+    memcpy(shapes, rows_cols_ndim, sizeof rows_cols_ndim);
+    memcpy(big, large, sizeof large);
 }
 
-static void mamba1_tensor_specs(const Config *c, TensorSpec *specs) {
-    int k = 0, di = c->d_inner, dm = c->d_model, ns = c->d_state;
-    set_spec(&specs[k++], "embedding", c->padded_vocab, dm, 2, 1);
-    for (int l = 0; l < c->n_layer; l++) {
-        const uint32_t shapes[MAMBA1_LAYER_TENSORS][3] = {     /* rows, cols, ndim */
-            {dm, 1, 1}, {2 * di, dm, 2}, {di, c->d_conv, 2}, {di, 1, 1},
-            {c->dt_rank + 2 * ns, di, 2}, {di, c->dt_rank, 2}, {di, 1, 1}, {di, ns, 2}, {di, 1, 1}, {dm, di, 2},
-        };
-        const int big[MAMBA1_LAYER_TENSORS] = {0, 1, 0, 0, 1, 1, 0, 0, 0, 1};
-        for (int t = 0; t < MAMBA1_LAYER_TENSORS; t++) {
-            char name[MAMBA_NAME_BYTES];
-            snprintf(name, sizeof name, "layers.%d.%s", l, MAMBA1_LAYER_TENSOR_NAMES[t]);
-            set_spec(&specs[k++], name, shapes[t][0], shapes[t][1], shapes[t][2], big[t]);
-        }
-    }
-    set_spec(&specs[k++], "norm_f", dm, 1, 1, 0);
-    if (!c->tied_head) set_spec(&specs[k++], "lm_head", c->padded_vocab, dm, 2, 1);
-}
-
-/* ptr[] holds the tensors in the order of mamba1_tensor_specs. */
-static void mamba1_bind_weights(Weights *w, const Config *c, const void *const *ptr) {
-    int k = 0;
-    w->embedding = ptr[k++];
-    w->layers = xcalloc(c->n_layer, sizeof *w->layers);
-    for (int l = 0; l < c->n_layer; l++) {
-        LayerWeights *L = &w->layers[l];
-        L->norm = ptr[k++], L->in_proj = ptr[k++], L->conv_w = ptr[k++], L->conv_b = ptr[k++];
-        L->x_proj = ptr[k++], L->dt_proj = ptr[k++], L->dt_bias = ptr[k++], L->A_log = ptr[k++];
-        L->D = ptr[k++], L->out_proj = ptr[k++];
-    }
-    w->norm_f = ptr[k++];
-    w->lm_head = c->tied_head ? w->embedding : ptr[k++];
+/* ptr[] holds a layer's tensors in the order of MAMBA1_LAYER_TENSOR_NAMES. */
+static void mamba1_bind_layer(LayerWeights *L, const void *const *ptr) {
+    L->norm = ptr[0], L->in_proj = ptr[1], L->conv_w = ptr[2], L->conv_b = ptr[3], L->x_proj = ptr[4];
+    L->dt_proj = ptr[5], L->dt_bias = ptr[6], L->A_log = ptr[7], L->D = ptr[8], L->out_proj = ptr[9];
 }
 
 /* Mamba-1's hyperparameters: no Mamba-2 or Falcon-Mamba fields. */
@@ -85,45 +65,25 @@ const char *const MAMBA2_LAYER_TENSOR_NAMES[MAMBA2_LAYER_TENSORS] = {
     "norm", "in_proj", "conv_w", "conv_b", "dt_bias", "A_log", "D", "gate_norm", "out_proj",
 };
 
-static int mamba2_n_tensors(const Config *c) {
-    return 1 + MAMBA2_LAYER_TENSORS * c->n_layer + 1 + !c->tied_head;
-}
-
 static int mamba2_conv_dim(const Config *c) { return c->d_inner + 2 * c->n_groups * c->d_state; }
 
 static int mamba2_in_proj_rows(const Config *c) { return c->d_inner + mamba2_conv_dim(c) + c->n_heads; }
 
-static void mamba2_tensor_specs(const Config *c, TensorSpec *specs) {
-    int k = 0, di = c->d_inner, dm = c->d_model, nh = c->n_heads, conv = mamba2_conv_dim(c);
-    set_spec(&specs[k++], "embedding", c->padded_vocab, dm, 2, 1);
-    for (int l = 0; l < c->n_layer; l++) {
-        const uint32_t shapes[MAMBA2_LAYER_TENSORS][3] = {     /* rows, cols, ndim */
-            {dm, 1, 1}, {mamba2_in_proj_rows(c), dm, 2}, {conv, c->d_conv, 2}, {conv, 1, 1},
-            {nh, 1, 1}, {nh, 1, 1}, {nh, 1, 1}, {di, 1, 1}, {dm, di, 2},
-        };
-        const int big[MAMBA2_LAYER_TENSORS] = {0, 1, 0, 0, 0, 0, 0, 0, 1};
-        for (int t = 0; t < MAMBA2_LAYER_TENSORS; t++) {
-            char name[MAMBA_NAME_BYTES];
-            snprintf(name, sizeof name, "layers.%d.%s", l, MAMBA2_LAYER_TENSOR_NAMES[t]);
-            set_spec(&specs[k++], name, shapes[t][0], shapes[t][1], shapes[t][2], big[t]);
-        }
-    }
-    set_spec(&specs[k++], "norm_f", dm, 1, 1, 0);
-    if (!c->tied_head) set_spec(&specs[k++], "lm_head", c->padded_vocab, dm, 2, 1);
+static void mamba2_layer_shapes(const Config *c, uint32_t shapes[][3], int *big) {
+    const uint32_t di = c->d_inner, dm = c->d_model, nh = c->n_heads, conv = mamba2_conv_dim(c);
+    const uint32_t rows_cols_ndim[MAMBA2_LAYER_TENSORS][3] = {
+        {dm, 1, 1}, {mamba2_in_proj_rows(c), dm, 2}, {conv, c->d_conv, 2}, {conv, 1, 1},
+        {nh, 1, 1}, {nh, 1, 1}, {nh, 1, 1}, {di, 1, 1}, {dm, di, 2},
+    };
+    const int large[MAMBA2_LAYER_TENSORS] = {0, 1, 0, 0, 0, 0, 0, 0, 1};
+    memcpy(shapes, rows_cols_ndim, sizeof rows_cols_ndim);
+    memcpy(big, large, sizeof large);
 }
 
-static void mamba2_bind_weights(Weights *w, const Config *c, const void *const *ptr) {
-    int k = 0;
-    w->embedding = ptr[k++];
-    w->layers = xcalloc(c->n_layer, sizeof *w->layers);
-    for (int l = 0; l < c->n_layer; l++) {
-        LayerWeights *L = &w->layers[l];
-        L->norm = ptr[k++], L->in_proj = ptr[k++], L->conv_w = ptr[k++], L->conv_b = ptr[k++];
-        L->dt_bias = ptr[k++], L->A_log = ptr[k++], L->D = ptr[k++], L->gate_norm = ptr[k++];
-        L->out_proj = ptr[k++];
-    }
-    w->norm_f = ptr[k++];
-    w->lm_head = c->tied_head ? w->embedding : ptr[k++];
+/* ptr[] holds a layer's tensors in the order of MAMBA2_LAYER_TENSOR_NAMES. */
+static void mamba2_bind_layer(LayerWeights *L, const void *const *ptr) {
+    L->norm = ptr[0], L->in_proj = ptr[1], L->conv_w = ptr[2], L->conv_b = ptr[3], L->dt_bias = ptr[4];
+    L->A_log = ptr[5], L->D = ptr[6], L->gate_norm = ptr[7], L->out_proj = ptr[8];
 }
 
 static const char *mamba2_problem(const Config *c) {
@@ -138,24 +98,30 @@ static const char *mamba2_problem(const Config *c) {
 
 /* ---- the architectures: what each one's checkpoint holds ---- */
 
+enum { MAX_LAYER_TENSORS = MAMBA1_LAYER_TENSORS };
+_Static_assert((int)MAMBA2_LAYER_TENSORS <= (int)MAX_LAYER_TENSORS, "a layout has at most MAX_LAYER_TENSORS a layer");
+
+/* Every architecture's file: the embedding, each layer's tensors, the final norm, the LM head
+ * when untied. A layout names and shapes one layer's tensors and binds them to LayerWeights. */
 typedef struct {
     Arch arch;
     const char *name;
     const char *(*problem)(const Config *c);   /* the architecture's own hyperparameters out of range */
-    int (*n_tensors)(const Config *c);
-    void (*tensor_specs)(const Config *c, TensorSpec *specs);
-    void (*bind_weights)(Weights *w, const Config *c, const void *const *ptr);
+    int layer_tensors;
+    const char *const *layer_names;
+    void (*layer_shapes)(const Config *c, uint32_t shapes[][3], int *big);
+    void (*bind_layer)(LayerWeights *L, const void *const *ptr);
     int (*conv_dim)(const Config *c);          /* channels of the causal conv (and its state) */
     int (*in_proj_rows)(const Config *c);
 } ArchLayout;
 
 static const ArchLayout LAYOUTS[] = {
-    {ARCH_MAMBA1, "mamba1", mamba1_problem, mamba1_n_tensors, mamba1_tensor_specs, mamba1_bind_weights,
-     mamba1_conv_dim, mamba1_in_proj_rows},
-    {ARCH_MAMBA2, "mamba2", mamba2_problem, mamba2_n_tensors, mamba2_tensor_specs, mamba2_bind_weights,
-     mamba2_conv_dim, mamba2_in_proj_rows},
-    {ARCH_FALCON_MAMBA, "falcon-mamba", falcon_problem, mamba1_n_tensors, mamba1_tensor_specs, mamba1_bind_weights,
-     mamba1_conv_dim, mamba1_in_proj_rows},
+    {ARCH_MAMBA1, "mamba1", mamba1_problem, MAMBA1_LAYER_TENSORS, MAMBA1_LAYER_TENSOR_NAMES, mamba1_layer_shapes,
+     mamba1_bind_layer, mamba1_conv_dim, mamba1_in_proj_rows},
+    {ARCH_MAMBA2, "mamba2", mamba2_problem, MAMBA2_LAYER_TENSORS, MAMBA2_LAYER_TENSOR_NAMES, mamba2_layer_shapes,
+     mamba2_bind_layer, mamba2_conv_dim, mamba2_in_proj_rows},
+    {ARCH_FALCON_MAMBA, "falcon-mamba", falcon_problem, MAMBA1_LAYER_TENSORS, MAMBA1_LAYER_TENSOR_NAMES,
+     mamba1_layer_shapes, mamba1_bind_layer, mamba1_conv_dim, mamba1_in_proj_rows},
 };
 
 static const ArchLayout *layout_of(Arch a) {
@@ -179,9 +145,36 @@ uint64_t state_floats(const Config *c) {
 
 uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
-int n_model_tensors(const Config *c) { return layout_of(c->arch)->n_tensors(c); }
+int n_model_tensors(const Config *c) {
+    return 1 + layout_of(c->arch)->layer_tensors * c->n_layer + 1 + !c->tied_head;
+}
 
-void model_tensor_specs(const Config *c, TensorSpec *specs) { layout_of(c->arch)->tensor_specs(c, specs); }
+void model_tensor_specs(const Config *c, TensorSpec *specs) {
+    const ArchLayout *a = layout_of(c->arch);
+    uint32_t shapes[MAX_LAYER_TENSORS][3];     /* rows, cols, ndim */
+    int big[MAX_LAYER_TENSORS], k = 0;
+    a->layer_shapes(c, shapes, big);
+    set_spec(&specs[k++], "embedding", c->padded_vocab, c->d_model, 2, 1);
+    for (int l = 0; l < c->n_layer; l++)
+        for (int t = 0; t < a->layer_tensors; t++) {
+            char name[MAMBA_NAME_BYTES];
+            snprintf(name, sizeof name, "layers.%d.%s", l, a->layer_names[t]);
+            set_spec(&specs[k++], name, shapes[t][0], shapes[t][1], shapes[t][2], big[t]);
+        }
+    set_spec(&specs[k++], "norm_f", c->d_model, 1, 1, 0);
+    if (!c->tied_head) set_spec(&specs[k++], "lm_head", c->padded_vocab, c->d_model, 2, 1);
+}
+
+/* ptr[] holds the tensors in the order of model_tensor_specs. */
+static void bind_weights(Weights *w, const Config *c, const void *const *ptr) {
+    const ArchLayout *a = layout_of(c->arch);
+    int k = 0;
+    w->embedding = ptr[k++];
+    w->layers = xcalloc(c->n_layer, sizeof *w->layers);
+    for (int l = 0; l < c->n_layer; l++, k += a->layer_tensors) a->bind_layer(&w->layers[l], ptr + k);
+    w->norm_f = ptr[k++];
+    w->lm_head = c->tied_head ? w->embedding : ptr[k++];
+}
 
 void set_spec(TensorSpec *s, const char *name, uint32_t rows, uint32_t cols, int ndim, int big) {
     memset(s->name, 0, sizeof s->name);     /* the whole field is written to files: no stray bytes */
@@ -300,7 +293,7 @@ static void read_tensors(Model *m, const FileHeader *h, const char *path) {
         ptr[i] = checked_tensor(m, &table[i], &specs[i], path);
         m->weight_bytes += table[i].bytes;
     }
-    layout_of(c->arch)->bind_weights(&m->weights, c, ptr);
+    bind_weights(&m->weights, c, ptr);
     free(specs);
     free(ptr);
 }

@@ -269,17 +269,9 @@ def hf_logits(model64, ids):
 
 @torch.no_grad()
 def hf_generate(model64, prompt):
-    """transformers' cached greedy generation (EOS disabled)."""
-    gc = copy.deepcopy(model64.generation_config)
-    gc.eos_token_id = None
-    gc.pad_token_id = 0
-    gc.do_sample = False
-    gc.max_new_tokens = N_NEW
+    """transformers' cached greedy generation (EOS disabled), in float64."""
     with float64_math():
-        out = model64.generate(torch.tensor([prompt], dtype=torch.long), generation_config=gc)
-    new = out[0, len(prompt):].tolist()
-    assert len(new) == N_NEW
-    return new
+        return mf.greedy_generate(model64, prompt)
 
 
 def hf_greedy_full_forward(model64, prompt, n_vocab):

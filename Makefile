@@ -43,10 +43,10 @@ SANITIZE = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sani
 # lists the same files for the fuzz targets
 HOST_SRC = mamba.c util.c options.c model.c cpu.c pool.c sampler.c engine.c batch.c convert.c torch_archive.c bench.c tokenizer.c
 HEADERS = mamba.h model.h gpu.h tokenizer.h tokenizer_unicode.h sp_wrapper.h torch_archive.h
-GPU_HEADERS = gpu.h gpu_internal.cuh gpu_device.cuh model.h
+GPU_HEADERS = gpu.h gpu_internal.cuh gpu_device.cuh gpu_step.cuh model.h
 
 ifneq ($(CUDA_HOME),)
-  GPU_OBJ = build/kernels.o build/prefill.o build/gpu_bench.o
+  GPU_OBJ = build/kernels.o build/prefill.o build/mamba2.o build/mamba2_pass.o build/gpu_bench.o
   GPU_HOST_SRC = engine_gpu.c bench_gpu.c
   GPU_FLAGS = -DMAMBA_CUDA
   # the CUDA runtime linked statically; at run time the GPU engine needs the driver and cuBLAS
@@ -71,8 +71,9 @@ build/sp_wrapper.o: sp_wrapper.cc sp_wrapper.h | build
 build/%.o: %.cu $(GPU_HEADERS) | build
 	$(NVCC) $(CUDA_ARCH) -O3 -std=c++17 -Xcompiler -Wall -c -o $@ $<
 
-# each CUDA kernel against a CPU reference, and its micro-benchmark (run by tests/gpu.sh)
-build/test_kernels: tests/kernels/test_kernels.cu kernels.cu prefill.cu gpu_bench.cu $(GPU_HEADERS) | build
+# each CUDA kernel against a CPU reference, and its micro-benchmark (run by tests/gpu.sh); Mamba-2's
+# passes against a recurrence written in the test
+build/test_kernels build/test_mamba2_pass: build/%: tests/kernels/%.cu kernels.cu prefill.cu mamba2.cu mamba2_pass.cu gpu_bench.cu $(GPU_HEADERS) | build
 	$(NVCC) $(CUDA_ARCH) -O3 -std=c++17 -I. -o $@ $< -ldl
 
 # The sanitized build is CPU-only: ASan and the CUDA runtime do not mix.

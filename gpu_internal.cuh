@@ -85,9 +85,11 @@ struct LayerOffsets {
     size_t out_proj_t;  /* T [di, dmp] out_proj transposed: row c = channel c's column */
 };
 
-/* Offsets of the per-channel parameter record, in floats. */
+/* Offsets of the per-channel parameter record, in floats. Mamba-1: A is the channel's [nsp]
+ * decay rates. Mamba-2: every channel of the conv (x, B, C) has one; an x channel's also holds
+ * its head's dt_bias, D and A (one rate) and its gate_norm weight at gate. */
 struct ParamLayout {
-    int conv_b, dt_bias, D, A, stride;
+    int conv_b, dt_bias, D, A, stride, gate;
 };
 
 struct StepArgs {
@@ -101,15 +103,25 @@ struct StepArgs {
     int n_layer, dm, dmp, di, ns, nsp, d_conv, kcp, dt_rank, rkp, Rp, vocab;
     float eps;
     float mixer_eps;          /* Falcon-Mamba: the eps of the normalisation of dt, B and C */
+    /* Mamba-2: heads, groups, the conv's channels (x, B, C), in_proj's rows (z, x, B, C, dt),
+     * the rows of B, C and dt ("shared": every head of a group reads them) a block computes,
+     * the blocks a group's channels are split over, the time-step limits */
+    int nh, hd, ng, group_size, conv_dim, in_rows, n_shared, shared_per_block, blocks_per_group, max_heads;
+    float dt_lo, dt_hi;
     int channels_per_block, head_rows_per_block;
     int argmax_vocab;         /* the argmax looks at ids below this only */
     /* the ring: n_slots slots of slot_bytes; a tile of a matrix holds rows_per_tile_* rows */
     int n_slots, slot_bytes, rows_per_tile_in, rows_per_tile_x, rows_per_tile_dt, rows_per_tile_out, rows_per_tile_head;
     int small_conv, small_ssm, small_params;   /* byte offsets in a layer's first tile (the norm is at 0) */
+    int small_conv_shared, small_params_shared, rows_per_tile_state;   /* Mamba-2: the shared rows' slices; state tiles */
     int off_xn, off_rows, off_dt, off_u, off_z, off_y, off_dbc, off_dtv, off_acc, off_red, off_part, off_params,
         off_conv, off_ssm;    /* shared-memory layout after the ring, in floats */
-    float *resid;             /* [dmp] the residual stream */
-    float *dbc;               /* [n_layer, Rp] x_proj outputs, accumulated by all blocks */
+    int off_shared, off_heads, off_scale, off_params_shared, off_conv_shared;   /* Mamba-2's more */
+    float *resid;             /* [dmp] the residual stream; Mamba-2 [2 parities][dmp] (layer l writes parity l % 2) */
+    float *dbc;               /* [n_layer, Rp] x_proj outputs, accumulated by all blocks; Mamba-2:
+                                 [n_shared] B, C (after the conv) and dt, one block writing each */
+    float *out_acc;           /* Mamba-2 [2 parities][ng][dmp] out_proj's sums per group, not yet scaled */
+    float *out_ss;            /* Mamba-2 [2 parities][ng] Σ y² per group, for the gated norm's scale */
     float *conv_state;        /* [n_layer, di, kcp] */
     float *ssm_state;         /* [n_layer, di, nsp] */
     float *logits;            /* [vocab] */
@@ -150,14 +162,25 @@ struct Blas {
     cublasStatus_t (*gemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *, const void *,
                            cudaDataType, int, const void *, cudaDataType, int, const void *, void *, cudaDataType, int,
                            cublasComputeType_t, cublasGemmAlgo_t);
+    cublasStatus_t (*gemm_strided_batched)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                           const void *, const void *, cudaDataType, int, long long, const void *,
+                                           cudaDataType, int, long long, const void *, void *, cudaDataType, int,
+                                           long long, int, cublasComputeType_t, cublasGemmAlgo_t);
+    cublasStatus_t (*gemm_batched)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
+                                   const void *const *, cudaDataType, int, const void *const *, cudaDataType, int,
+                                   const void *, void *const *, cudaDataType, int, int, cublasComputeType_t,
+                                   cublasGemmAlgo_t);
     decltype(&cublasGetStatusName) status_name;
 };
 
-/* What the engine needs for passes over many rows. */
+/* What the engine needs for passes over many rows: what every architecture's pass uses, and
+ * scratch for the activations inside a block (each architecture carves its own). */
 struct PassBuffers {
+    int cap;                 /* rows a pass takes at most */
     int logit_rows;          /* rows of logits a pass can make */
-    float *X, *XZ, *U, *DBC, *DELTA, *logits;
-    void *XN, *U16, *DT, *Y; /* in the weights' dtype */
+    float *X, *logits;       /* [cap, dmp] the residual stream; [logit_rows, vocab] */
+    void *XN;                /* [cap, dmp] the normalized residual, in the weights' dtype */
+    char *scratch;           /* GpuArch.pass_scratch(cap) bytes */
     int *tokens, *slots;     /* [cap] each: the pass's token ids (the batched benchmark's argmax writes them) and slots */
     int *host_tokens, *host_slots;   /* pinned */
     float *host_logits;              /* pinned [max class, vocab] */
@@ -167,7 +190,7 @@ struct PassBuffers {
  * that they fit before allocating anything). */
 struct PassLayout {
     int cap, logit_rows, max_rows;
-    size_t X, XZ, U, DBC, DELTA, logits, XN, U16, DT, Y, ints, workspace, bytes;
+    size_t X, logits, XN, scratch, ints, workspace, bytes;
 };
 
 struct GpuEngine;
@@ -186,6 +209,7 @@ struct GpuArch {
     StepKernel (*step_kernel)(DType dtype);   /* the decode step's kernel for the weights' dtype */
     void (*launch_step)(GpuEngine *g, int token_slot);
     void (*run_pass)(GpuEngine *g, int S, int L, bool want_logits);
+    size_t (*pass_scratch)(const GpuEngine *g, size_t cap);   /* bytes of activations run_pass needs for cap rows */
 };
 
 struct GpuEngine {
@@ -223,9 +247,37 @@ struct GpuEngine {
 
 /* ---- kernels.cu ---- */
 
+/* Steps of an architecture's setup: copies to the device in the engine's stream (a matrix into
+ * padded rows; transposed through tmp); the check that everything planned fits the free memory
+ * (the reason names the whole need); the stream and the weights' and work's allocations, zeroed;
+ * the check that the step kernel's blocks can all be resident; the sampler's shared memory. */
+void upload(void *dst, const void *src, size_t bytes, cudaStream_t stream);
+void upload_rows(void *dst, const void *src, size_t rows, int K, int Kp, size_t es, cudaStream_t stream);
+void upload_transposed(void *dst, const void *src, int rows, int cols, int out_stride, size_t es, void *tmp,
+                       cudaStream_t stream);
+bool fits_free_memory(const GpuEngine *g, size_t tmp_bytes, const PassLayout &passes, const char *device, char *err,
+                      size_t err_len);
+void allocate_device_memory(GpuEngine *g);
+bool step_fits_resident(GpuEngine *g, const char *device, char *err, size_t err_len);
+void plan_sampler_smem(GpuEngine *g, const cudaDeviceProp &prop);
+
+/* The work every step has after its state (offsets in the work allocation): carved last by an
+ * architecture's plan (which it ends: work_bytes, zeroed_bytes), bound once the work exists. */
+struct StepWork {
+    size_t logits, history, best, best_id, counters, rng, scratch;
+};
+StepWork carve_step_work(GpuEngine *g, size_t *top);
+void bind_step_work(GpuEngine *g, const StepWork &w);
+
 /* A fault in a kernel surfaces at the next synchronization, which names the work in flight. */
 void die_in_flight(const GpuEngine *g, cudaError_t err);
 void sync_or_die(GpuEngine *g);
+
+/* ---- mamba2.cu: Mamba-2's decode step and setup (GpuArch's supports, setup, step_kernel) ---- */
+
+bool mamba2_supports(const Config *c, char *err, size_t err_len);
+bool mamba2_setup(GpuEngine *g, const Weights *w, const cudaDeviceProp &prop, char *err, size_t err_len);
+StepKernel mamba2_step_kernel(DType dtype);
 
 /* ---- prefill.cu ---- */
 
@@ -240,9 +292,24 @@ void open_passes(GpuEngine *g, const PassLayout &pl);
 void close_passes(GpuEngine *g);
 
 /* Mamba-1's pass over S sequences × L tokens (GpuArch.run_pass), and Falcon-Mamba's (the same
- * with dt, B and C normalised after x_proj). */
+ * with dt, B and C normalised after x_proj); their scratch; the attributes their kernels need. */
 void mamba1_run_pass(GpuEngine *g, int S, int L, bool want_logits);
 void falcon_run_pass(GpuEngine *g, int S, int L, bool want_logits);
+size_t mamba1_pass_scratch(const GpuEngine *g, size_t cap);
+void prepare_mamba1_pass(GpuEngine *g);
+
+/* ---- mamba2_pass.cu ---- */
+
+/* Mamba-2's pass (GpuArch.run_pass): the prompt (S = 1) by the chunked state-space dual
+ * algorithm, the batched step (L = 1) one recurrent step a row; its scratch. */
+void mamba2_run_pass(GpuEngine *g, int S, int L, bool want_logits);
+size_t mamba2_pass_scratch(const GpuEngine *g, size_t cap);
+
+/* The steps every architecture's pass shares, on its first `rows` rows: X = the embeddings of
+ * pass.tokens; XN = RMSNorm(X)·w in the weights' dtype; pass.logits from X (final norm, LM head). */
+void embed_pass_rows(GpuEngine *g, int rows);
+void norm_pass_rows(GpuEngine *g, int rows, const float *w);
+void pass_logits(GpuEngine *g, int rows);
 
 /* The C = op(A) · op(B) (+ C) of the passes, in the weights' dtype with fp32 accumulation. */
 void gemm(GpuEngine *g, bool transpose_a, bool transpose_b, int m, int n, int k, const void *A, int lda, const void *B,

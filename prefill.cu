@@ -389,8 +389,11 @@ bool blas_load(Blas *b, char *err, size_t err_len) {
     b->set_workspace = (decltype(b->set_workspace))dlsym(b->lib, "cublasSetWorkspace_v2");
     b->set_math_mode = (decltype(b->set_math_mode))dlsym(b->lib, "cublasSetMathMode");
     b->gemm = (decltype(b->gemm))dlsym(b->lib, "cublasGemmEx");
+    b->gemm_strided_batched = (decltype(b->gemm_strided_batched))dlsym(b->lib, "cublasGemmStridedBatchedEx");
+    b->gemm_batched = (decltype(b->gemm_batched))dlsym(b->lib, "cublasGemmBatchedEx");
     b->status_name = (decltype(b->status_name))dlsym(b->lib, "cublasGetStatusName");
-    if (!b->create || !b->destroy || !b->set_stream || !b->set_workspace || !b->set_math_mode || !b->gemm || !b->status_name) {
+    if (!b->create || !b->destroy || !b->set_stream || !b->set_workspace || !b->set_math_mode || !b->gemm ||
+        !b->gemm_strided_batched || !b->gemm_batched || !b->status_name) {
         snprintf(err, err_len, "the cuBLAS library found lacks a function the engine needs");
         dlclose(b->lib);
         b->lib = NULL;
@@ -422,11 +425,8 @@ PassLayout plan_pass_buffers(const GpuEngine *g) {
     pl.logit_rows = pl.max_rows > PREFILL_LOGIT_ROWS ? pl.max_rows : PREFILL_LOGIT_ROWS;
     const size_t cap = pl.cap;
     size_t top = 0;
-    pl.X = carve(&top, cap * a.dmp * 4), pl.XZ = carve(&top, cap * 2 * a.di * 4);
-    pl.U = carve(&top, cap * a.di * 4), pl.DBC = carve(&top, cap * a.Rp * 4);
-    pl.DELTA = carve(&top, cap * a.di * 4), pl.logits = carve(&top, (size_t)pl.logit_rows * vocab_bytes);
-    pl.XN = carve(&top, cap * a.dmp * es), pl.U16 = carve(&top, cap * a.di * es);
-    pl.DT = carve(&top, cap * a.rkp * es), pl.Y = carve(&top, cap * a.di * es);
+    pl.X = carve(&top, cap * a.dmp * 4), pl.logits = carve(&top, (size_t)pl.logit_rows * vocab_bytes);
+    pl.XN = carve(&top, cap * a.dmp * es), pl.scratch = carve(&top, g->arch->pass_scratch(g, cap));
     pl.ints = carve(&top, 2 * cap * sizeof(int)), pl.workspace = carve(&top, BLAS_WORKSPACE);
     pl.bytes = top;
     return pl;
@@ -437,10 +437,8 @@ PassLayout plan_pass_buffers(const GpuEngine *g) {
 void open_passes(GpuEngine *g, const PassLayout &pl) {
     char *P = (char *)gpu_alloc(pl.bytes);
     PassBuffers &pb = g->pass;
-    pb.logit_rows = pl.logit_rows;
-    pb.X = (float *)(P + pl.X), pb.XZ = (float *)(P + pl.XZ), pb.U = (float *)(P + pl.U), pb.DBC = (float *)(P + pl.DBC);
-    pb.DELTA = (float *)(P + pl.DELTA), pb.logits = (float *)(P + pl.logits);
-    pb.XN = P + pl.XN, pb.U16 = P + pl.U16, pb.DT = P + pl.DT, pb.Y = P + pl.Y;
+    pb.cap = pl.cap, pb.logit_rows = pl.logit_rows;
+    pb.X = (float *)(P + pl.X), pb.logits = (float *)(P + pl.logits), pb.XN = P + pl.XN, pb.scratch = P + pl.scratch;
     pb.tokens = (int *)(P + pl.ints), pb.slots = pb.tokens + pl.cap;
     g->blas_workspace = P + pl.workspace;
     g->pass_mem = P;
@@ -451,6 +449,30 @@ void open_passes(GpuEngine *g, const PassLayout &pl) {
     BLAS_CHECK(g, g->blas.set_stream(g->blas_handle, g->stream));
     BLAS_CHECK(g, g->blas.set_workspace(g->blas_handle, g->blas_workspace, BLAS_WORKSPACE));
     BLAS_CHECK(g, g->blas.set_math_mode(g->blas_handle, CUBLAS_DEFAULT_MATH));   /* fp32 stays fp32: no TF32 */
+}
+
+/* Mamba-1's activations inside a block, carved from the pass scratch (base NULL: only sized). */
+struct Mamba1Activations {
+    float *XZ, *U, *DBC, *DELTA;   /* fp32 */
+    void *U16, *DT, *Y;            /* in the weights' dtype */
+};
+
+static size_t mamba1_activations(const GpuEngine *g, size_t cap, char *base, Mamba1Activations *m) {
+    const StepArgs &a = g->step;
+    const size_t es = dtype_size(g->c.dtype);
+    size_t top = 0, xz = carve(&top, cap * 2 * a.di * 4), u = carve(&top, cap * a.di * 4), dbc = carve(&top, cap * a.Rp * 4);
+    size_t delta = carve(&top, cap * a.di * 4), u16 = carve(&top, cap * a.di * es), dt = carve(&top, cap * a.rkp * es);
+    size_t y = carve(&top, cap * a.di * es);
+    if (base)
+        *m = Mamba1Activations{(float *)(base + xz), (float *)(base + u), (float *)(base + dbc), (float *)(base + delta),
+                               base + u16, base + dt, base + y};
+    return top;
+}
+
+size_t mamba1_pass_scratch(const GpuEngine *g, size_t cap) { return mamba1_activations(g, cap, NULL, NULL); }
+
+/* The prompt pass's scan takes more shared memory than the default allows. */
+void prepare_mamba1_pass(GpuEngine *g) {
     const void *scan = g->c.dtype == DTYPE_F32 ? (const void *)selective_scan<float>
                        : g->c.dtype == DTYPE_F16 ? (const void *)selective_scan<__half> : (const void *)selective_scan<__nv_bfloat16>;
     CUDA_CHECK(cudaFuncSetAttribute(scan, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)scan_smem_bytes(g->c.d_state)));
@@ -483,26 +505,59 @@ void gemm(GpuEngine *g, bool transpose_a, bool transpose_b, int m, int n, int k,
                                CUBLAS_GEMM_DEFAULT));
 }
 
+/* The steps every architecture's pass shares, on the pass's rows: X = the tokens' embeddings;
+ * XN = RMSNorm(X)·w in the weights' dtype; the logits (the final norm, then the LM head). */
+template <typename T>
+static void launch_embed_rows(GpuEngine *g, int rows) {
+    embed_rows<T><<<rows, 256, 0, g->stream>>>((const T *)g->step.embedding, g->pass.tokens, g->step.dmp, g->pass.X);
+    LAUNCH_CHECK("embed_rows");
+}
+
+template <typename T>
+static void launch_rmsnorm_rows(GpuEngine *g, int rows, const float *w) {
+    const StepArgs &a = g->step;
+    rmsnorm_rows<T><<<rows, 256, 0, g->stream>>>(g->pass.X, w, a.dm, a.dmp, a.eps, (T *)g->pass.XN);
+    LAUNCH_CHECK("rmsnorm_rows");
+}
+
+void embed_pass_rows(GpuEngine *g, int rows) {
+    if (g->c.dtype == DTYPE_F32) launch_embed_rows<float>(g, rows);
+    else if (g->c.dtype == DTYPE_F16) launch_embed_rows<__half>(g, rows);
+    else launch_embed_rows<__nv_bfloat16>(g, rows);
+}
+
+void norm_pass_rows(GpuEngine *g, int rows, const float *w) {
+    if (g->c.dtype == DTYPE_F32) launch_rmsnorm_rows<float>(g, rows, w);
+    else if (g->c.dtype == DTYPE_F16) launch_rmsnorm_rows<__half>(g, rows, w);
+    else launch_rmsnorm_rows<__nv_bfloat16>(g, rows, w);
+}
+
+void pass_logits(GpuEngine *g, int rows) {
+    const StepArgs &a = g->step;
+    norm_pass_rows(g, rows, a.norm_f);
+    gemm(g, true, false, a.vocab, rows, a.dmp, a.head, a.dmp, g->pass.XN, a.dmp, g->pass.logits, a.vocab, false);
+}
+
 template <typename T, bool NORM_DBC>
 static void enqueue_pass(GpuEngine *g, int S, int L, bool want_logits) {
-    PassBuffers &b = g->pass;
+    const PassBuffers &pb = g->pass;
+    Mamba1Activations b;
+    mamba1_activations(g, pb.cap, pb.scratch, &b);
     const StepArgs &a = g->step;
     const int rows = S * L, di = a.di, dmp = a.dmp, Rp = a.Rp, rkp = a.rkp;
     const bool by_channel = L > 1;
     const int ld = round_up(rows, 8);
     cudaStream_t st = g->stream;
-    PassArgs p{S, L, rows, by_channel, ld, b.slots, 0, di, a.dm, dmp, a.d_conv, a.kcp, a.ns, a.nsp, a.dt_rank, rkp, Rp, a.pl,
+    PassArgs p{S, L, rows, by_channel, ld, pb.slots, 0, di, a.dm, dmp, a.d_conv, a.kcp, a.ns, a.nsp, a.dt_rank, rkp, Rp, a.pl,
                NULL, a.conv_state, a.ssm_state, g->conv_slot, g->ssm_slot};
-    T *XN = (T *)b.XN, *U16 = (T *)b.U16, *DT = (T *)b.DT, *Y = (T *)b.Y;
-    embed_rows<T><<<rows, 256, 0, st>>>((const T *)a.embedding, b.tokens, dmp, b.X);
-    LAUNCH_CHECK("embed_rows");
+    T *XN = (T *)pb.XN, *U16 = (T *)b.U16, *DT = (T *)b.DT, *Y = (T *)b.Y;
+    embed_pass_rows(g, rows);
     const int row_blocks = (rows + 255) / 256;
     for (int l = 0; l < a.n_layer; l++) {
         const char *base = a.layer0 + (size_t)l * a.layer_stride;
         const void *in_proj = base + a.lo.in_proj, *x_proj_t = base + a.lo.x_proj_t, *dt_proj = base + a.lo.dt_proj;
         p.layer = l, p.params = (const float *)(base + a.lo.params);
-        rmsnorm_rows<T><<<rows, 256, 0, st>>>(b.X, (const float *)(base + a.lo.norm), a.dm, dmp, a.eps, XN);
-        LAUNCH_CHECK("rmsnorm_rows");
+        norm_pass_rows(g, rows, (const float *)(base + a.lo.norm));
         /* XZ = in_proj · XN: x then z */
         if (by_channel) gemm(g, true, false, rows, 2 * di, dmp, XN, dmp, in_proj, dmp, b.XZ, ld, false);
         else gemm(g, true, false, 2 * di, rows, dmp, in_proj, dmp, XN, dmp, b.XZ, 2 * di, false);
@@ -539,13 +594,9 @@ static void enqueue_pass(GpuEngine *g, int S, int L, bool want_logits) {
             LAUNCH_CHECK("scan_step");
         }
         /* X += out_proj · y */
-        gemm(g, false, by_channel, dmp, rows, di, base + a.lo.out_proj_t, dmp, Y, by_channel ? ld : di, b.X, dmp, true);
+        gemm(g, false, by_channel, dmp, rows, di, base + a.lo.out_proj_t, dmp, Y, by_channel ? ld : di, pb.X, dmp, true);
     }
-    if (want_logits) {
-        rmsnorm_rows<T><<<rows, 256, 0, st>>>(b.X, a.norm_f, a.dm, dmp, a.eps, XN);
-        LAUNCH_CHECK("rmsnorm_rows");
-        gemm(g, true, false, a.vocab, rows, dmp, a.head, dmp, XN, dmp, b.logits, a.vocab, false);
-    }
+    if (want_logits) pass_logits(g, rows);
 }
 
 template <bool NORM_DBC>

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/gpu.sh (make test-gpu): run on the GPU machine. The kernels against their CPU
-# references with their micro-benchmarks (tests/kernels/test_kernels.cu, built here with nvcc),
+# references with their micro-benchmarks (tests/kernels/test_kernels.cu and, for Mamba-2's
+# passes, test_mamba2_pass.cu, built here with nvcc),
 # a smoke test, the GPU tests (tests/test_gpu.sh), then the benchmark (bench/run.sh; GPU_BENCH=0
 # skips it and the micro-benchmarks). Logs go to $OUT (default: a new temporary folder); a
 # summary ends it, and the exit status counts every part.
@@ -22,8 +23,12 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,clocks.mem,driv
 NVCC=${NVCC:-$(for n in "${CUDA_HOME:-/nonexistent}/bin/nvcc" "$(command -v nvcc)" /usr/local/cuda/bin/nvcc; do [ -x "$n" ] && echo "$n" && break; done)}
 mkdir -p build
 (
-    "${NVCC:-nvcc}" ${CUDA_ARCH:--arch=sm_90} -O3 -std=c++17 -I. -o build/test_kernels tests/kernels/test_kernels.cu -ldl &&
-        timeout 300 build/test_kernels $([ "${GPU_BENCH:-1}" = 1 ] || echo --no-bench)
+    status=0
+    for t in test_kernels test_mamba2_pass; do
+        "${NVCC:-nvcc}" ${CUDA_ARCH:--arch=sm_90} -O3 -std=c++17 -I. -o build/$t tests/kernels/$t.cu -ldl &&
+            timeout 300 build/$t $([ "${GPU_BENCH:-1}" = 1 ] || echo --no-bench) || status=1
+    done
+    exit $status
 ) 2>&1 | tee "$OUT/test-kernels.log"
 kernels=${PIPESTATUS[0]}
 # a smoke test before the end-to-end tests: a broken engine fails here in seconds, not in every test

@@ -28,9 +28,9 @@ check "info: the state-spaces Mamba-2 (padded vocab, mamba_ssm defaults)" has_li
     'arch: mamba2' 'vocab_size: 509' 'padded_vocab: 512' 'n_groups: 2' 'dt_limit: [0, inf]' 'tied_head: yes'
 check "info: Falcon-Mamba's mixer eps" has_lines $TMP/falcon_tiny.bin 'arch: falcon-mamba' 'mixer_eps: 1e-06' 'tied_head: no'
 
-# ---- the GPU engine does not run them yet: --device cuda refuses in one line, auto = the CPU
-if $MAMBA --version | grep -q 'CUDA build'; then gpu_refusal="does not run mamba2 models yet"; else gpu_refusal="built without CUDA"; fi
-expect_error "--device cuda refuses Mamba-2 in one line" "$gpu_refusal" $MAMBA -m $TMP/mamba2_tiny.bin --device cuda --prompt-ids 1,2 -n 2 --print-ids
+# ---- without a GPU (here; tests/test_gpu.sh runs Mamba-2 on one): --device cuda fails in one
+# line, auto = the CPU
+expect_error "--device cuda without a GPU: Mamba-2 refused in one line" "no usable CUDA device|built without CUDA" $MAMBA -m $TMP/mamba2_tiny.bin --device cuda --prompt-ids 1,2 -n 2 --print-ids
 check "--device auto runs Mamba-2 (on the CPU): = --device cpu" same \
     "$MAMBA -m $TMP/mamba2_tiny.bin --device auto --prompt-ids 1,2,3 -n 20 -t 0 --ignore-eos --print-ids 2>/dev/null" \
     "$MAMBA -m $TMP/mamba2_tiny.bin --device cpu --prompt-ids 1,2,3 -n 20 -t 0 --ignore-eos --print-ids"

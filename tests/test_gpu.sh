@@ -25,19 +25,6 @@ if ! $GPU -m "$TMP/tiny32.bin" --prompt-ids 1 -n 1 --print-ids >/dev/null 2>"$TM
     exit 0
 fi
 
-# ---- the families the GPU engine does not run yet: --device cuda refuses them in one line, auto
-# runs them on the CPU with a note
-for shape in mamba2-tiny; do
-    $MAMBA init --shape $shape --dtype f32 "$TMP/$shape.bin" 2>/dev/null
-    arch=$($MAMBA info "$TMP/$shape.bin" | sed -n 's/^arch: //p')
-    expect_error "$shape: --device cuda refuses it in one line" "the GPU engine does not run $arch models yet" \
-        $GPU -m "$TMP/$shape.bin" --prompt-ids 1,2 -n 2 --print-ids
-    check "$shape: --device auto runs it on the CPU, with a note, as --device cpu does" bash -c "
-        a=\$($MAMBA run -m $TMP/$shape.bin --prompt-ids 1,2,3 -n 12 -t 0 --print-ids 2>$TMP/note) &&
-        b=\$($CPU -m $TMP/$shape.bin --prompt-ids 1,2,3 -n 12 -t 0 --print-ids) && [ \"\$a\" = \"\$b\" ] &&
-        grep -q 'does not run $arch models yet; running on the CPU' $TMP/note"
-done
-
 vocab_of() { $MAMBA info "$1" | sed -n 's/^vocab_size: //p'; }
 # logits of the ids $3 through checkpoint $2 on device $1 → file $4 (teacher-forced: -n 0), one
 # step at a time (the GPU's decode step); parallel_logits: the GPU's parallel prompt pass
@@ -46,7 +33,7 @@ parallel_logits() { $MAMBA run --device cuda -m "$1" --prompt-ids "$2" -n 0 --pr
 greedy() { $MAMBA run --device "$1" -m "$2" --prompt-ids "$3" -n "$4" -t 0 --ignore-eos --print-ids; }
 
 # ---- fixtures: GPU = transformers, GPU = CPU, greedy = transformers' generate
-for fx in tiny awkward statespaces bf16src f16src falcon_tiny falcon_awkward; do
+for fx in tiny awkward statespaces bf16src f16src falcon_tiny falcon_awkward mamba2_tiny mamba2_awkward mamba2_odd mamba2_statespaces; do
     $MAMBA convert "$F/$fx/hf" "$TMP/$fx.bin" --dtype f32 2>/dev/null
     ids=$(cat "$F/$fx/prompt_ids.txt")
     check "$fx f32: GPU logits = transformers (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $TMP/$fx.bin $ids $TMP/$fx.gpu && $CMP $TMP/$fx.gpu $F/$fx/ref_logits.bin $(vocab_of $TMP/$fx.bin) 1e-4"
@@ -54,7 +41,7 @@ for fx in tiny awkward statespaces bf16src f16src falcon_tiny falcon_awkward; do
     check "$fx f32: GPU greedy = transformers generate" bash -c "[ \"\$($(declare -f greedy); MAMBA=$MAMBA greedy cuda $TMP/$fx.bin $(cat $F/$fx/greedy_prompt.txt) 40 | tr ' ' ',')\" = \"$(cat $F/$fx/greedy_ids.txt)\" ]"
 done
 for dt in bf16 f16; do
-    for fx in tiny awkward falcon_tiny; do
+    for fx in tiny awkward falcon_tiny mamba2_tiny mamba2_awkward; do
         $MAMBA convert "$F/$fx/hf" "$TMP/$fx-$dt.bin" --dtype $dt 2>/dev/null
         check "$fx $dt: GPU logits = transformers on $dt-rounded weights (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $TMP/$fx-$dt.bin $(cat $F/$fx/prompt_ids.txt) $TMP/$fx-$dt.gpu && $CMP $TMP/$fx-$dt.gpu $F/$fx/ref_logits_$dt.bin $(vocab_of $TMP/$fx.bin) 1e-4"
     done
@@ -106,12 +93,47 @@ check "falcon-mamba-tiny bf16: GPU logits = CPU logits (≤ 1e-4)" bash -c "$(de
 # f32 weights: the batched path rounds activations to the weights' dtype, and this random model has near ties
 $MAMBA convert $F/falcon_awkward/hf $TMP/fmtext.bin --dtype f32 --tokenizer tests/tokenizer/neox.json 2>/dev/null
 
+# ---- Mamba-2 (its own decode step, the chunked SSD prompt pass, the batched step): the prompt
+# pass = the steps = transformers, random models of a published shape GPU = CPU in f32 and bf16,
+# batched = alone, GPU = CPU
+for fx in mamba2_awkward mamba2_odd mamba2_statespaces; do
+    check "$fx: the parallel prompt pass = token by token (≤ 1e-4)" bash -c "
+        $(declare -f parallel_logits); MAMBA=$MAMBA parallel_logits $TMP/$fx.bin $(cat $F/$fx/prompt_ids.txt) $TMP/$fx.par &&
+        $CMP $TMP/$fx.par $TMP/$fx.gpu $(vocab_of $TMP/$fx.bin) 1e-4"
+done
+check "mamba2_awkward (3 groups, d_state 12): prompt in chunks of 3 = transformers (≤ 1e-4)" bash -c "
+    $GPU -m $TMP/mamba2_awkward.bin --prompt-ids $(cat $F/mamba2_awkward/prompt_ids.txt) -n 0 --print-ids --prompt-batch 3 --logits-out $TMP/m2.chunks >/dev/null &&
+    $CMP $TMP/m2.chunks $F/mamba2_awkward/ref_logits.bin $(vocab_of $TMP/mamba2_awkward.bin) 1e-4"
+for dt in f32 bf16; do $MAMBA init --shape mamba2-130m --dtype $dt --seed 11 "$TMP/m2-130m-$dt.bin" 2>/dev/null; done
+V2=$(vocab_of "$TMP/m2-130m-f32.bin")
+ids2=$(awk -v v=$V2 'BEGIN { srand(6); for (i = 0; i < 64; i++) printf "%s%d", i ? "," : "", int(rand() * v) }')
+for dt in f32 bf16; do
+    logits cuda "$TMP/m2-130m-$dt.bin" "$ids2" "$TMP/m2-130m-$dt.gpu"
+    logits cpu "$TMP/m2-130m-$dt.bin" "$ids2" "$TMP/m2-130m-$dt.cpu"
+    check "mamba2-130m $dt: GPU logits = CPU logits on the same weights (≤ 1e-4)" $CMP "$TMP/m2-130m-$dt.gpu" "$TMP/m2-130m-$dt.cpu" $V2 1e-4
+    check "mamba2-130m $dt: a second GPU run = CPU too (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $TMP/m2-130m-$dt.bin $ids2 $TMP/m2-130m-$dt.gpu2 && $CMP $TMP/m2-130m-$dt.gpu2 $TMP/m2-130m-$dt.cpu $V2 1e-4"
+    check "mamba2-130m $dt: 128 greedy tokens, GPU = CPU" same "greedy cuda $TMP/m2-130m-$dt.bin 1,2,3,4 128" "greedy cpu $TMP/m2-130m-$dt.bin 1,2,3,4 128"
+    tol=1e-4; top=""; [ $dt = bf16 ] && tol=2e-2 && top=0.99
+    check "mamba2-130m $dt: parallel prompt pass logits = token by token (≤ $tol${top:+, top-1 ≥ 99%})" bash -c "$(declare -f parallel_logits); MAMBA=$MAMBA parallel_logits $TMP/m2-130m-$dt.bin $ids2 $TMP/m2-130m-$dt.par && $CMP $TMP/m2-130m-$dt.par $TMP/m2-130m-$dt.gpu $V2 $tol $top"
+done
+check "mamba2-130m: bf16 GPU logits vs f32 CPU: ≤ 2e-2, top-1 on ≥ 99% of positions" $CMP "$TMP/m2-130m-bf16.gpu" "$TMP/m2-130m-f32.cpu" $V2 2e-2 0.99
+check "mamba2-130m f32: prompt in chunks of 7 carries the state (logits = token by token, ≤ 1e-4)" bash -c "
+    $GPU -m $TMP/m2-130m-f32.bin --prompt-ids $ids2 -n 0 --print-ids --prompt-batch 7 --logits-out $TMP/m2chunks.gpu >/dev/null &&
+    $CMP $TMP/m2chunks.gpu $TMP/m2-130m-f32.gpu $V2 1e-4"
+check "mamba2-130m f32: 128 greedy tokens after a parallel 64-token prompt, GPU = CPU" same "greedy cuda $TMP/m2-130m-f32.bin $ids2 128" "greedy cpu $TMP/m2-130m-f32.bin $ids2 128"
+# a small random Mamba-2 (2 groups of 4 heads) for the long runs; mamba2_awkward with a real tokenizer for text
+$MAMBA init --shape mamba2-tiny --dtype f32 --seed 4 "$TMP/m2tiny.bin" 2>/dev/null
+$MAMBA convert $F/mamba2_awkward/hf $TMP/m2text.bin --dtype f32 --tokenizer tests/tokenizer/neox.json 2>/dev/null
+
 # ---- batched generation: each sequence as if alone (seed + index), GPU = CPU
 printf '%s\n' "Once upon a time" "The" "It was a dark and stormy night, and" "She said" "In the beginning" "A" "Call me" >"$TMP/prompts.txt"
 batch() { $MAMBA run --device "$1" -m "$2" --batch-file $TMP/prompts.txt -n 24 --json --ignore-eos "${@:3}" | python3 -c 'import json, sys; [print(r["index"], r["completion"]) for r in sorted(map(json.loads, sys.stdin), key=lambda r: r["index"])]'; }
 check "default model: batched greedy, GPU = CPU" same "batch cuda weights/model.bin -t 0" "batch cpu weights/model.bin -t 0"
 check "Falcon-Mamba: batched greedy, GPU = CPU" same "batch cuda $TMP/fmtext.bin -t 0" "batch cpu $TMP/fmtext.bin -t 0"
 check "Falcon-Mamba: batched greedy = each prompt alone on the GPU" python3 tests/same_as_single.py $MAMBA text $TMP/prompts.txt 1 --device cuda -m $TMP/fmtext.bin -n 16 -t 0 --ignore-eos
+check "Mamba-2: batched greedy, GPU = CPU" same "batch cuda $TMP/m2text.bin -t 0" "batch cpu $TMP/m2text.bin -t 0"
+check "Mamba-2: batched greedy = each prompt alone on the GPU" python3 tests/same_as_single.py $MAMBA text $TMP/prompts.txt 1 --device cuda -m $TMP/m2text.bin -n 16 -t 0 --ignore-eos
+check "Mamba-2: batched greedy with batch size 3 (slots reused) = batch size 7" same "batch cuda $TMP/m2text.bin -t 0 --batch-size 3" "batch cuda $TMP/m2text.bin -t 0"
 check "default model: batched greedy with batch size 3 (slots reused) = batch size 7" same "batch cuda weights/model.bin -t 0 --batch-size 3" "batch cuda weights/model.bin -t 0"
 check "default model: batched sampling on the GPU is reproducible" same "batch cuda weights/model.bin -t 0.8 -s 5" "batch cuda weights/model.bin -t 0.8 -s 5"
 check "default model: batched sampling on the GPU, another seed differs" differ "batch cuda weights/model.bin -t 0.8 -s 5" "batch cuda weights/model.bin -t 0.8 -s 6"
@@ -121,6 +143,11 @@ check "130m: a 1,000,000-token prompt runs, with the memory of a 10,000-token on
     $MAMBA bench --device cuda -m $TMP/130m-bf16.bin --prompt-len 10000 -n 4 --json >$TMP/p10k.json &&
     $MAMBA bench --device cuda -m $TMP/130m-bf16.bin --prompt-len 1000000 -n 4 --json >$TMP/p1m.json &&
     python3 -c \"import json, sys; a, b = (json.load(open(f)) for f in sys.argv[1:]); print(a['gpu_memory_bytes'], b['gpu_memory_bytes'], b['prompt_tokens_per_s']); sys.exit(a['gpu_memory_bytes'] != b['gpu_memory_bytes'])\" $TMP/p10k.json $TMP/p1m.json"
+
+check "mamba2-130m: a 1,000,000-token prompt runs, with the memory of a 10,000-token one" bash -c "
+    $MAMBA bench --device cuda -m $TMP/m2-130m-bf16.bin --prompt-len 10000 -n 4 --json >$TMP/m2p10k.json &&
+    $MAMBA bench --device cuda -m $TMP/m2-130m-bf16.bin --prompt-len 1000000 -n 4 --json >$TMP/m2p1m.json &&
+    python3 -c \"import json, sys; a, b = (json.load(open(f)) for f in sys.argv[1:]); print(a['gpu_memory_bytes'], b['gpu_memory_bytes'], b['prompt_tokens_per_s']); sys.exit(a['gpu_memory_bytes'] != b['gpu_memory_bytes'])\" $TMP/m2p10k.json $TMP/m2p1m.json"
 
 # ---- sampling on the GPU
 M="-m $TMP/tiny.bin --prompt-ids 5,6 -n 60 --ignore-eos --print-ids"
@@ -148,6 +175,10 @@ check "GPU memory for 100000 tokens = for 100" bash -c "
     a=\$($GPU -m $TMP/tiny.bin --prompt-ids 1 -n 100 --ignore-eos --print-ids --stats 2>&1 >/dev/null | grep '^gpu memory')
     b=\$($GPU -m $TMP/tiny.bin --prompt-ids 1 -n 100000 --ignore-eos --print-ids --stats 2>&1 >/dev/null | grep '^gpu memory')
     echo \"100: \$a / 100000: \$b\"; [ -n \"\$a\" ] && [ \"\$a\" = \"\$b\" ]"
+check "Mamba-2: GPU memory for 100000 tokens = for 100, sampling" bash -c "
+    a=\$($GPU -m $TMP/m2tiny.bin --prompt-ids 1 -n 100 -t 0.8 -s 1 --ignore-eos --print-ids --stats 2>&1 >/dev/null | grep '^gpu memory')
+    b=\$($GPU -m $TMP/m2tiny.bin --prompt-ids 1 -n 100000 -t 0.8 -s 1 --ignore-eos --print-ids --stats 2>&1 >/dev/null | grep '^gpu memory')
+    echo \"100: \$a / 100000: \$b\"; [ -n \"\$a\" ] && [ \"\$a\" = \"\$b\" ]"
 
 # ---- perplexity on the GPU = on the CPU (the default model, English text at hand)
 head -c 6000 README.md >"$TMP/text.txt"
@@ -167,6 +198,14 @@ if [ -x "$SAN" ]; then
         $SAN --tool memcheck --error-exitcode 99 $GPU -m weights/model.bin --batch-file $TMP/prompts.txt --batch-size 4 -n 3 --json >/dev/null &&
         $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/fmtext.bin --batch-file $TMP/prompts.txt --batch-size 2 -n 3 --json >/dev/null &&
         $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/falcon_tiny-bf16.bin --prompt-ids 1,2,3,4,5,6,7 --prompt-batch 3 -n 3 -t 0 --print-ids"
+    check "compute-sanitizer memcheck: clean (Mamba-2: steps, sampling, a chunked prompt, a batch)" bash -c "
+        $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/mamba2_awkward-bf16.bin --prompt-ids 1,2,3 --prompt-batch 1 -n 6 -t 0.8 -k 5 -s 1 --print-ids &&
+        $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/mamba2_awkward-bf16.bin --prompt-ids $(seq -s, 1 40) --prompt-batch 19 -n 3 -t 0 --print-ids &&
+        $SAN --tool memcheck --error-exitcode 99 $GPU -m $TMP/m2text.bin --batch-file $TMP/prompts.txt --batch-size 4 -n 3 --json >/dev/null"
+    check "compute-sanitizer racecheck and initcheck: clean (Mamba-2: a chunked prompt, a batch; steps)" bash -c "
+        $SAN --tool racecheck --error-exitcode 99 --kernel-name-exclude kns=forward_token $GPU -m $TMP/mamba2_awkward-bf16.bin --prompt-ids $(seq -s, 1 40) --prompt-batch 19 -n 3 -t 0 --print-ids &&
+        $SAN --tool racecheck --error-exitcode 99 --kernel-name-exclude kns=forward_token $GPU -m $TMP/m2text.bin --batch-file $TMP/prompts.txt --batch-size 4 -n 2 --json >/dev/null &&
+        $SAN --tool initcheck --error-exitcode 99 $GPU -m $TMP/mamba2_awkward-bf16.bin --prompt-ids 1,2,3,4,5 --prompt-batch 1 -n 4 -t 0.8 -k 5 -s 1 --print-ids"
     # racecheck does not model the mbarriers that order forward_token's bulk copies into shared
     # memory against its reads (it flags the copy instructions themselves), so that kernel is
     # left out; initcheck does not see what cuBLAS writes with the tensor-memory engine, so it
@@ -205,6 +244,7 @@ time.sleep(120)" &
     expect_error "too little GPU memory: needed and free bytes in one line" 'out of GPU memory.* [0-9]+ bytes.* [0-9]+ .*free' $GPU -m "$big" --prompt-ids 1 -n 1 --print-ids
     for i in $(seq 1024); do echo "prompt $i"; done >"$TMP/many.txt"
     expect_error "too little GPU memory for 1024 sequences: needed and free bytes in one line" 'out of GPU memory.* [0-9]+ bytes.* [0-9]+ .*free' $GPU -m "$TMP/130m-bf16.bin" --tokenizer weights/tokenizer.model --batch-file "$TMP/many.txt" --batch-size 1024 -n 2
+    expect_error "Mamba-2: too little GPU memory for 1024 sequences: needed and free bytes in one line" 'out of GPU memory.* [0-9]+ bytes.* [0-9]+ .*free' $GPU -m "$TMP/m2-130m-bf16.bin" --tokenizer weights/tokenizer.model --batch-file "$TMP/many.txt" --batch-size 1024 -n 2
     kill $hog 2>/dev/null
     wait $hog 2>/dev/null || true
 else

@@ -8,6 +8,8 @@
  * benchmarks. Needs cuBLAS at run time (the engine opens it; tests/cuda_env.sh finds it). */
 #include "kernels.cu"
 #include "prefill.cu"
+#include "mamba2.cu"
+#include "mamba2_pass.cu"
 #include "gpu_bench.cu"
 
 #include <string.h>
@@ -150,7 +152,7 @@ static double softplus_ref(double x) { return x > 20.0 ? x : log1p(exp(x)); }
 /* The per-channel record of a model with d_conv and d_state (as plan_shapes lays it out). */
 static ParamLayout param_layout(int d_conv, int ns) {
     const int kcp = round_up(d_conv, 4), nsp = round_up(ns, 4);
-    return ParamLayout{kcp, kcp + 1, kcp + 2, kcp + 4, kcp + 4 + nsp};
+    return ParamLayout{kcp, kcp + 1, kcp + 2, kcp + 4, kcp + 4 + nsp, 0};
 }
 
 /* Random per-channel records: conv weights and bias, dt bias, D, A < 0. */
@@ -956,8 +958,11 @@ static void run_tests() {
     test_rmsnorm_into();
     test_tile_rows_dot<float>(3, 2048), test_tile_rows_dot<float>(64, 776);
     test_tile_rows_dot<__nv_bfloat16>(3, 2048), test_tile_rows_dot<__nv_bfloat16>(64, 776);
+    /* four rows a warp (12 of 2560), two (9 of 1024), and a tail of rows that is not a multiple */
+    test_tile_rows_dot<__nv_bfloat16>(12, 2560), test_tile_rows_dot<__nv_bfloat16>(9, 1024), test_tile_rows_dot<float>(13, 4096);
     test_column_sums<float>(50, 37, 48), test_column_sums<float>(30, 11, 776);
     test_column_sums<__nv_bfloat16>(50, 37, 48), test_column_sums<__nv_bfloat16>(20, 21, 2048);
+    test_column_sums<__nv_bfloat16>(12, 27, 2560), test_column_sums<__nv_bfloat16>(7, 40, 4096);   /* several groups a chunk */
     test_conv_step(4), test_conv_step(3);
     test_ssm_step(16), test_ssm_step(12), test_ssm_step(64);
     const SampleCase cases[] = {

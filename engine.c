@@ -78,6 +78,10 @@ void engine_reset_slot(Engine *e, int slot) { e->ops->reset_slot(e, slot); }
 
 const float *engine_feed(Engine *e, int token, int want_logits) { return e->ops->feed(e, token, want_logits); }
 
+void engine_use_sampler(Engine *e, const Sampler *s) {
+    if (e->ops->use_sampler) e->ops->use_sampler(e, s);
+}
+
 int engine_sample(Engine *e, Sampler *s, const float *logits, const int *history, int n_history, int want_logits) {
     return e->ops->sample(e, s, logits, history, n_history, want_logits);
 }

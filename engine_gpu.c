@@ -7,7 +7,7 @@
 
 typedef struct {
     GpuEngine *gpu;
-    int sampling_set;           /* the GPU sampler has the generation's settings */
+    int sampling_set;           /* the GPU sampler has the generation's settings (gpu_use_sampler) */
     int ran_ahead;              /* the sampled id the GPU already ran (gpu_sample), or -1 */
     const float *ahead_logits;  /* its logits on the host, when they were asked for */
 } GpuSide;
@@ -37,16 +37,21 @@ static const float *gpu_feed(Engine *e, int token, int want_logits) {
     return g->ahead_logits;
 }
 
+/* The settings go to the GPU before the prompt runs: a greedy step takes the argmax of its own
+ * logits, over the sampler's vocabulary, so the prompt's last step already picks the first token. */
+static void gpu_use_sampler(Engine *e, const Sampler *s) {
+    GpuSide *g = side_of(e);
+    const GpuSampling settings = {s->cfg.temperature, s->cfg.top_k, s->cfg.top_p, s->cfg.repeat_penalty,
+                                  s->cfg.repeat_last_n, s->cfg.rng, s->vocab};
+    gpu_engine_set_sampling(g->gpu, &settings);
+    g->sampling_set = 1;
+}
+
 /* The sampler reads the logits and the history on the GPU (the host's copies are not used). */
 static int gpu_sample(Engine *e, Sampler *s, const float *logits, const int *history, int n_history, int want_logits) {
     GpuSide *g = side_of(e);
-    (void)logits, (void)history, (void)n_history;
-    if (!g->sampling_set) {
-        GpuSampling settings = {s->cfg.temperature, s->cfg.top_k, s->cfg.top_p, s->cfg.repeat_penalty,
-                                s->cfg.repeat_last_n, s->cfg.rng, s->vocab};
-        gpu_engine_set_sampling(g->gpu, &settings);
-        g->sampling_set = 1;
-    }
+    (void)s, (void)logits, (void)history, (void)n_history;
+    if (!g->sampling_set) die("internal error: a GPU sample before engine_use_sampler");
     g->ran_ahead = gpu_engine_sample_feed(g->gpu, want_logits, &g->ahead_logits);
     return g->ran_ahead;
 }
@@ -86,7 +91,7 @@ static void gpu_report(const Engine *e, FILE *f) {
 
 static const EngineOps GPU_OPS = {
     .name = "cuda", .close = gpu_close, .reset = gpu_reset, .reset_slot = gpu_reset_slot, .feed = gpu_feed,
-    .sample = gpu_sample, .prefill = gpu_prefill, .forward_batch = gpu_forward_batch, .sync = gpu_sync,
+    .use_sampler = gpu_use_sampler, .sample = gpu_sample, .prefill = gpu_prefill, .forward_batch = gpu_forward_batch, .sync = gpu_sync,
     .report = gpu_report, .bench = bench_gpu, .sweep = bench_sweep_gpu,
 };
 

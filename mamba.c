@@ -182,6 +182,7 @@ static void generate(const RunOptions *o) {
     engine_open(&engine, &m, o->device, 1);
     Sampler sampler;
     sampler_init(&sampler, &o->sampler, sampling_vocab(&m, tok));
+    engine_use_sampler(&engine, &sampler);
     int *history = xmalloc((n_prompt + o->steps) * sizeof *history);
     memcpy(history, prompt, n_prompt * sizeof *history);
     int n_history = (int)n_prompt;

@@ -231,6 +231,7 @@ typedef struct {
     void (*reset)(Engine *e);
     void (*reset_slot)(Engine *e, int slot);
     const float *(*feed)(Engine *e, int token, int want_logits);
+    void (*use_sampler)(Engine *e, const Sampler *s);   /* NULL: the engine samples on the host */
     int (*sample)(Engine *e, Sampler *s, const float *logits, const int *history, int n_history, int want_logits);
     size_t (*prefill)(Engine *e, int slot, const int *ids, size_t n, int chunk, FILE *logits_file, const char *path);
     const float *(*forward_batch)(Engine *e, int n, const int *slots, const int *tokens);
@@ -260,6 +261,9 @@ void engine_reset_slot(Engine *e, int slot);
 /* Runs one token of the single sequence; its logits come back when want_logits (the GPU keeps
  * them for its sampler otherwise). */
 const float *engine_feed(Engine *e, int token, int want_logits);
+/* The settings of the single sequence's coming samples, given before its prompt: the GPU's step
+ * picks a greedy token itself, so the prompt's last step already picks the first one with them. */
+void engine_use_sampler(Engine *e, const Sampler *s);
 /* The next token of the single sequence (on the GPU it is sampled there, and run at once). */
 int engine_sample(Engine *e, Sampler *s, const float *logits, const int *history, int n_history, int want_logits);
 /* Runs the first n prompt tokens of the sequence in a slot as parallel passes of up to chunk

@@ -44,21 +44,41 @@ for dt in bf16 f16; do
     for fx in tiny awkward falcon_tiny mamba2_tiny mamba2_awkward; do
         $MAMBA convert "$F/$fx/hf" "$TMP/$fx-$dt.bin" --dtype $dt 2>/dev/null
         check "$fx $dt: GPU logits = transformers on $dt-rounded weights (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $TMP/$fx-$dt.bin $(cat $F/$fx/prompt_ids.txt) $TMP/$fx-$dt.gpu && $CMP $TMP/$fx-$dt.gpu $F/$fx/ref_logits_$dt.bin $(vocab_of $TMP/$fx.bin) 1e-4"
+        # the parallel pass rounds its activations to $dt for the tensor cores (measured on the H200:
+        # bf16 ≤ 1.3e-2, f16 ≤ 1.7e-3)
+        tol=2e-2; [ $dt = f16 ] && tol=5e-3
+        check "$fx $dt: parallel prompt pass = transformers on $dt-rounded weights (≤ $tol, top-1 ≥ 99%)" bash -c "$(declare -f parallel_logits); MAMBA=$MAMBA parallel_logits $TMP/$fx-$dt.bin $(cat $F/$fx/prompt_ids.txt) $TMP/$fx-$dt.par && $CMP $TMP/$fx-$dt.par $F/$fx/ref_logits_$dt.bin $(vocab_of $TMP/$fx.bin) $tol 0.99 1e-2"
     done
 done
 
-# ---- random models of a published shape: f32 and bf16 weights from the same seed
+# ---- random models of a published shape: f32 and bf16 weights from one seed, 64 random ids.
+# GPU = CPU on the same weights (twice: races would differ run to run), greedy GPU = CPU, the
+# parallel prompt pass (the default) = token by token (--prompt-batch 1), the prompt in chunks
+# of 7, and bf16 weights or activations within TOL16 of f32; top-1 is counted away from near
+# ties (rows whose f32 winner leads by under 1% of the largest logit, which any rounding may swap).
+published_shape() {
+    local shape=$1 seed=$2 tol16=$3 m=$TMP/$1 V ids dt tol top
+    for dt in f32 bf16; do $MAMBA init --shape $shape --dtype $dt --seed 11 "$m-$dt.bin" 2>/dev/null; done
+    V=$(vocab_of "$m-f32.bin")
+    ids=$(awk -v v=$V -v s=$seed 'BEGIN { srand(s); for (i = 0; i < 64; i++) printf "%s%d", i ? "," : "", int(rand() * v) }')
+    for dt in f32 bf16; do
+        logits cuda "$m-$dt.bin" "$ids" "$m-$dt.gpu"
+        logits cpu "$m-$dt.bin" "$ids" "$m-$dt.cpu"
+        check "$shape $dt: GPU logits = CPU logits on the same weights (≤ 1e-4)" $CMP "$m-$dt.gpu" "$m-$dt.cpu" $V 1e-4
+        check "$shape $dt: a second GPU run = CPU too (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $m-$dt.bin $ids $m-$dt.gpu2 && $CMP $m-$dt.gpu2 $m-$dt.cpu $V 1e-4"
+        check "$shape $dt: 128 greedy tokens, GPU = CPU" same "greedy cuda $m-$dt.bin 1,2,3,4 128" "greedy cpu $m-$dt.bin 1,2,3,4 128"
+        tol=1e-4; top=""; [ $dt = bf16 ] && tol=$tol16 && top="0.99 1e-2"
+        check "$shape $dt: parallel prompt pass logits = token by token (≤ $tol${top:+, top-1 ≥ 99%})" bash -c "$(declare -f parallel_logits); MAMBA=$MAMBA parallel_logits $m-$dt.bin $ids $m-$dt.par && $CMP $m-$dt.par $m-$dt.gpu $V $tol $top"
+    done
+    check "$shape: bf16 GPU logits vs f32 CPU: ≤ $tol16, top-1 on ≥ 99% of positions" $CMP "$m-bf16.gpu" "$m-f32.cpu" $V $tol16 0.99 1e-2
+    check "$shape f32: prompt in chunks of 7 carries the state (logits = token by token, ≤ 1e-4)" bash -c "
+        $GPU -m $m-f32.bin --prompt-ids $ids -n 0 --print-ids --prompt-batch 7 --logits-out $m.chunks >/dev/null &&
+        $CMP $m.chunks $m-f32.gpu $V 1e-4"
+    check "$shape f32: 128 greedy tokens after a parallel 64-token prompt, GPU = CPU" same "greedy cuda $m-f32.bin $ids 128" "greedy cpu $m-f32.bin $ids 128"
+}
+published_shape 130m 5 2e-2
 ids=$(awk 'BEGIN { srand(5); for (i = 0; i < 64; i++) printf "%s%d", i ? "," : "", int(rand() * 50280) }')
-for dt in f32 bf16; do $MAMBA init --shape 130m --dtype $dt --seed 11 "$TMP/130m-$dt.bin" 2>/dev/null; done
 V=$(vocab_of "$TMP/130m-f32.bin")
-for dt in f32 bf16; do
-    logits cuda "$TMP/130m-$dt.bin" "$ids" "$TMP/130m-$dt.gpu"
-    logits cpu "$TMP/130m-$dt.bin" "$ids" "$TMP/130m-$dt.cpu"
-    check "130m $dt: GPU logits = CPU logits on the same weights (≤ 1e-4)" $CMP "$TMP/130m-$dt.gpu" "$TMP/130m-$dt.cpu" $V 1e-4
-    check "130m $dt: a second GPU run = CPU too (≤ 1e-4; races would differ run to run)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $TMP/130m-$dt.bin $ids $TMP/130m-$dt.gpu2 && $CMP $TMP/130m-$dt.gpu2 $TMP/130m-$dt.cpu $V 1e-4"
-    check "130m $dt: 128 greedy tokens, GPU = CPU" same "greedy cuda $TMP/130m-$dt.bin 1,2,3,4 128" "greedy cpu $TMP/130m-$dt.bin 1,2,3,4 128"
-done
-check "130m: bf16 GPU logits vs f32 CPU: ≤ 2e-2, top-1 on ≥ 99% of positions" $CMP "$TMP/130m-bf16.gpu" "$TMP/130m-f32.cpu" $V 2e-2 0.99
 # a wide model: rows long enough to be split between warps (d_model 2048)
 big=${BENCH_DIR:-/tmp/mamba-bench}/1.4b.bin     # bench/run.sh uses the same model
 mkdir -p "$(dirname "$big")"
@@ -67,19 +87,11 @@ ids16=$(echo "$ids" | cut -d, -f1-16)
 check "1.4b bf16: GPU logits = CPU logits (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $big $ids16 $TMP/big.gpu && logits cpu $big $ids16 $TMP/big.cpu && $CMP $TMP/big.gpu $TMP/big.cpu $V 1e-4"
 check "tiny f32: 128 greedy tokens, GPU = CPU" same "greedy cuda $TMP/tiny32.bin 7 128" "greedy cpu $TMP/tiny32.bin 7 128"
 
-# ---- the parallel prompt pass (the default) against the token-by-token one (--prompt-batch 1)
-for dt in f32 bf16; do
-    tol=1e-4; top=""; [ $dt = bf16 ] && tol=2e-2 && top=0.99
-    check "130m $dt: parallel prompt pass logits = token by token (≤ $tol${top:+, top-1 ≥ 99%})" bash -c "$(declare -f parallel_logits); MAMBA=$MAMBA parallel_logits $TMP/130m-$dt.bin $ids $TMP/130m-$dt.par && $CMP $TMP/130m-$dt.par $TMP/130m-$dt.gpu $V $tol $top"
-done
+# ---- the parallel prompt pass on a wide model and in chunks of an odd shape
 check "1.4b bf16: parallel prompt pass logits = CPU (≤ 2e-2, top-1 ≥ 99%)" bash -c "$(declare -f parallel_logits); MAMBA=$MAMBA parallel_logits $big $ids16 $TMP/big.par && $CMP $TMP/big.par $TMP/big.cpu $V 2e-2 0.99"
-check "130m f32: prompt in chunks of 7 carries the state (logits = token by token, ≤ 1e-4)" bash -c "
-    $GPU -m $TMP/130m-f32.bin --prompt-ids $ids -n 0 --print-ids --prompt-batch 7 --logits-out $TMP/chunks.gpu >/dev/null &&
-    $CMP $TMP/chunks.gpu $TMP/130m-f32.gpu $V 1e-4"
 check "awkward f32 (d_conv 3, d_state 12): prompt in chunks of 2 = transformers (≤ 1e-4)" bash -c "
     $GPU -m $TMP/awkward.bin --prompt-ids $(cat $F/awkward/prompt_ids.txt) -n 0 --print-ids --prompt-batch 2 --logits-out $TMP/awk.chunks >/dev/null &&
     $CMP $TMP/awk.chunks $F/awkward/ref_logits.bin $(vocab_of $TMP/awkward.bin) 1e-4"
-check "130m f32: 128 greedy tokens after a parallel 64-token prompt, GPU = CPU" same "greedy cuda $TMP/130m-f32.bin $ids 128" "greedy cpu $TMP/130m-f32.bin $ids 128"
 
 # ---- Falcon-Mamba (its normalisation of dt, B and C inside the Mamba-1 kernels): the prompt
 # pass = the steps, a random model's bf16 GPU = CPU, batched = alone, GPU = CPU
@@ -104,23 +116,10 @@ done
 check "mamba2_awkward (3 groups, d_state 12): prompt in chunks of 3 = transformers (≤ 1e-4)" bash -c "
     $GPU -m $TMP/mamba2_awkward.bin --prompt-ids $(cat $F/mamba2_awkward/prompt_ids.txt) -n 0 --print-ids --prompt-batch 3 --logits-out $TMP/m2.chunks >/dev/null &&
     $CMP $TMP/m2.chunks $F/mamba2_awkward/ref_logits.bin $(vocab_of $TMP/mamba2_awkward.bin) 1e-4"
-for dt in f32 bf16; do $MAMBA init --shape mamba2-130m --dtype $dt --seed 11 "$TMP/m2-130m-$dt.bin" 2>/dev/null; done
-V2=$(vocab_of "$TMP/m2-130m-f32.bin")
-ids2=$(awk -v v=$V2 'BEGIN { srand(6); for (i = 0; i < 64; i++) printf "%s%d", i ? "," : "", int(rand() * v) }')
-for dt in f32 bf16; do
-    logits cuda "$TMP/m2-130m-$dt.bin" "$ids2" "$TMP/m2-130m-$dt.gpu"
-    logits cpu "$TMP/m2-130m-$dt.bin" "$ids2" "$TMP/m2-130m-$dt.cpu"
-    check "mamba2-130m $dt: GPU logits = CPU logits on the same weights (≤ 1e-4)" $CMP "$TMP/m2-130m-$dt.gpu" "$TMP/m2-130m-$dt.cpu" $V2 1e-4
-    check "mamba2-130m $dt: a second GPU run = CPU too (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $TMP/m2-130m-$dt.bin $ids2 $TMP/m2-130m-$dt.gpu2 && $CMP $TMP/m2-130m-$dt.gpu2 $TMP/m2-130m-$dt.cpu $V2 1e-4"
-    check "mamba2-130m $dt: 128 greedy tokens, GPU = CPU" same "greedy cuda $TMP/m2-130m-$dt.bin 1,2,3,4 128" "greedy cpu $TMP/m2-130m-$dt.bin 1,2,3,4 128"
-    tol=1e-4; top=""; [ $dt = bf16 ] && tol=2e-2 && top=0.99
-    check "mamba2-130m $dt: parallel prompt pass logits = token by token (≤ $tol${top:+, top-1 ≥ 99%})" bash -c "$(declare -f parallel_logits); MAMBA=$MAMBA parallel_logits $TMP/m2-130m-$dt.bin $ids2 $TMP/m2-130m-$dt.par && $CMP $TMP/m2-130m-$dt.par $TMP/m2-130m-$dt.gpu $V2 $tol $top"
-done
-check "mamba2-130m: bf16 GPU logits vs f32 CPU: ≤ 2e-2, top-1 on ≥ 99% of positions" $CMP "$TMP/m2-130m-bf16.gpu" "$TMP/m2-130m-f32.cpu" $V2 2e-2 0.99
-check "mamba2-130m f32: prompt in chunks of 7 carries the state (logits = token by token, ≤ 1e-4)" bash -c "
-    $GPU -m $TMP/m2-130m-f32.bin --prompt-ids $ids2 -n 0 --print-ids --prompt-batch 7 --logits-out $TMP/m2chunks.gpu >/dev/null &&
-    $CMP $TMP/m2chunks.gpu $TMP/m2-130m-f32.gpu $V2 1e-4"
-check "mamba2-130m f32: 128 greedy tokens after a parallel 64-token prompt, GPU = CPU" same "greedy cuda $TMP/m2-130m-f32.bin $ids2 128" "greedy cpu $TMP/m2-130m-f32.bin $ids2 128"
+# this random Mamba-2's logits are flat (largest ~10 against Mamba-1's ~32, the winner's median
+# lead 3.5% of it), so the same absolute error is ~3x larger relative to the largest logit: bf16
+# weights alone move them 2.2% (the CPU too), the bf16 prompt pass 2.8%
+published_shape mamba2-130m 6 3e-2
 # a small random Mamba-2 (2 groups of 4 heads) for the long runs; mamba2_awkward with a real tokenizer for text
 $MAMBA init --shape mamba2-tiny --dtype f32 --seed 4 "$TMP/m2tiny.bin" 2>/dev/null
 $MAMBA convert $F/mamba2_awkward/hf $TMP/m2text.bin --dtype f32 --tokenizer tests/tokenizer/neox.json 2>/dev/null
@@ -128,6 +127,14 @@ $MAMBA convert $F/mamba2_awkward/hf $TMP/m2text.bin --dtype f32 --tokenizer test
 # ---- batched generation: each sequence as if alone (seed + index), GPU = CPU
 printf '%s\n' "Once upon a time" "The" "It was a dark and stormy night, and" "She said" "In the beginning" "A" "Call me" >"$TMP/prompts.txt"
 batch() { $MAMBA run --device "$1" -m "$2" --batch-file $TMP/prompts.txt -n 24 --json --ignore-eos "${@:3}" | python3 -c 'import json, sys; [print(r["index"], r["completion"]) for r in sorted(map(json.loads, sys.stdin), key=lambda r: r["index"])]'; }
+# these models' vocabulary (1003) is larger than their tokenizer's (935 ids), and the sampler's
+# is the tokenizer's: the GPU's greedy step, which takes the argmax itself, must use it from the
+# prompt's last step on (in "In the beginning" the model's own argmax lies beyond it)
+$MAMBA convert $F/awkward/hf $TMP/awktext.bin --dtype f32 --tokenizer tests/tokenizer/neox.json 2>/dev/null
+text_greedy() { while read -r p; do $MAMBA run --device "$1" -m "$2" -i "$p" -n 16 -t 0 --ignore-eos --print-ids || return 1; done <"$TMP/prompts.txt"; }
+for m in awktext fmtext m2text; do
+    check "$m: greedy from text, GPU = CPU (the tokenizer's ids only, from the first token on)" same "text_greedy cuda $TMP/$m.bin" "text_greedy cpu $TMP/$m.bin"
+done
 check "default model: batched greedy, GPU = CPU" same "batch cuda weights/model.bin -t 0" "batch cpu weights/model.bin -t 0"
 check "Falcon-Mamba: batched greedy, GPU = CPU" same "batch cuda $TMP/fmtext.bin -t 0" "batch cpu $TMP/fmtext.bin -t 0"
 check "Falcon-Mamba: batched greedy = each prompt alone on the GPU" python3 tests/same_as_single.py $MAMBA text $TMP/prompts.txt 1 --device cuda -m $TMP/fmtext.bin -n 16 -t 0 --ignore-eos
@@ -145,8 +152,8 @@ check "130m: a 1,000,000-token prompt runs, with the memory of a 10,000-token on
     python3 -c \"import json, sys; a, b = (json.load(open(f)) for f in sys.argv[1:]); print(a['gpu_memory_bytes'], b['gpu_memory_bytes'], b['prompt_tokens_per_s']); sys.exit(a['gpu_memory_bytes'] != b['gpu_memory_bytes'])\" $TMP/p10k.json $TMP/p1m.json"
 
 check "mamba2-130m: a 1,000,000-token prompt runs, with the memory of a 10,000-token one" bash -c "
-    $MAMBA bench --device cuda -m $TMP/m2-130m-bf16.bin --prompt-len 10000 -n 4 --json >$TMP/m2p10k.json &&
-    $MAMBA bench --device cuda -m $TMP/m2-130m-bf16.bin --prompt-len 1000000 -n 4 --json >$TMP/m2p1m.json &&
+    $MAMBA bench --device cuda -m $TMP/mamba2-130m-bf16.bin --prompt-len 10000 -n 4 --json >$TMP/m2p10k.json &&
+    $MAMBA bench --device cuda -m $TMP/mamba2-130m-bf16.bin --prompt-len 1000000 -n 4 --json >$TMP/m2p1m.json &&
     python3 -c \"import json, sys; a, b = (json.load(open(f)) for f in sys.argv[1:]); print(a['gpu_memory_bytes'], b['gpu_memory_bytes'], b['prompt_tokens_per_s']); sys.exit(a['gpu_memory_bytes'] != b['gpu_memory_bytes'])\" $TMP/m2p10k.json $TMP/m2p1m.json"
 
 # ---- sampling on the GPU
@@ -244,7 +251,7 @@ time.sleep(120)" &
     expect_error "too little GPU memory: needed and free bytes in one line" 'out of GPU memory.* [0-9]+ bytes.* [0-9]+ .*free' $GPU -m "$big" --prompt-ids 1 -n 1 --print-ids
     for i in $(seq 1024); do echo "prompt $i"; done >"$TMP/many.txt"
     expect_error "too little GPU memory for 1024 sequences: needed and free bytes in one line" 'out of GPU memory.* [0-9]+ bytes.* [0-9]+ .*free' $GPU -m "$TMP/130m-bf16.bin" --tokenizer weights/tokenizer.model --batch-file "$TMP/many.txt" --batch-size 1024 -n 2
-    expect_error "Mamba-2: too little GPU memory for 1024 sequences: needed and free bytes in one line" 'out of GPU memory.* [0-9]+ bytes.* [0-9]+ .*free' $GPU -m "$TMP/m2-130m-bf16.bin" --tokenizer weights/tokenizer.model --batch-file "$TMP/many.txt" --batch-size 1024 -n 2
+    expect_error "Mamba-2: too little GPU memory for 1024 sequences: needed and free bytes in one line" 'out of GPU memory.* [0-9]+ bytes.* [0-9]+ .*free' $GPU -m "$TMP/mamba2-130m-bf16.bin" --tokenizer weights/tokenizer.model --batch-file "$TMP/many.txt" --batch-size 1024 -n 2
     kill $hog 2>/dev/null
     wait $hog 2>/dev/null || true
 else

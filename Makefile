@@ -73,7 +73,7 @@ build/%.o: %.cu $(GPU_HEADERS) | build
 
 # each CUDA kernel against a CPU reference, and its micro-benchmark (run by tests/gpu.sh); Mamba-2's
 # passes against a recurrence written in the test
-build/test_kernels build/test_mamba2_pass: build/%: tests/kernels/%.cu kernels.cu prefill.cu mamba2.cu mamba2_pass.cu gpu_bench.cu $(GPU_HEADERS) | build
+build/test_kernels build/test_mamba2_pass: build/%: tests/kernels/%.cu tests/kernels/kernel_test.cuh kernels.cu prefill.cu mamba2.cu mamba2_pass.cu gpu_bench.cu $(GPU_HEADERS) | build
 	$(NVCC) $(CUDA_ARCH) -O3 -std=c++17 -I. -o $@ $< -ldl
 
 # The sanitized build is CPU-only: ASan and the CUDA runtime do not mix.

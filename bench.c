@@ -16,7 +16,7 @@
 
 /* Bytes one decode step of batch sequences reads: every weight once (the LM head whole, one
  * embedding row a sequence) and their recurrent states. */
-static uint64_t step_bytes(const Model *m, int batch) {
+uint64_t bench_step_bytes(const Model *m, int batch) {
     const Config *c = &m->config;
     uint64_t row = (uint64_t)c->d_model * dtype_size(c->dtype), emb = (uint64_t)c->padded_vocab * row;
     uint64_t state = state_floats(c) * sizeof(float);
@@ -97,7 +97,7 @@ void bench_cpu(Engine *e, int n_prompt, int n_decode, int batch, BenchResult *r)
 static void print_bench(const char *model_path, const Model *m, const Engine *e, int n_prompt, int n_decode, int batch,
                         const BenchResult *r, int json) {
     const Config *c = &m->config;
-    const uint64_t bytes = step_bytes(m, batch);
+    const uint64_t bytes = bench_step_bytes(m, batch);
     const double steps_per_s = n_decode / r->decode_s, decode_tps = batch * steps_per_s, achieved = bytes * steps_per_s;
     const double prompt_tps = (double)batch * n_prompt / r->ttft;
     if (json) {

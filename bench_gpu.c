@@ -30,7 +30,8 @@ void bench_gpu(Engine *e, int n_prompt, int n_decode, int batch, BenchResult *r)
 /* bench --sweep: the GPU's parallel paths. The prompt pass at several lengths, its FLOP/s (2 ×
  * parameters a token, a floor on the work) against a large matrix product's measured now on
  * random operands (the one on zeros, faster, is shown beside it); then batched decoding at
- * several batch sizes against the batch-1 step. One table, or a JSON line a measurement. */
+ * several batch sizes against the batch-1 step and against their roofline (a step's bytes over
+ * the read bandwidth measured with the batch-1 step). One table, or a JSON line a measurement. */
 void bench_sweep_gpu(Engine *e, const char *model_path, int json) {
     static const int lengths[] = {512, 2048, 8192, 65536}, batches[] = {1, 4, 16, SWEEP_MAX_BATCH};
     const Model *m = e->model;
@@ -67,10 +68,11 @@ void bench_sweep_gpu(Engine *e, const char *model_path, int json) {
             printf("%9d %9.3f %11.0f %8.1f %9.1f%% %9.0f\n", lengths[k], s, lengths[k] / s, flops / 1e12, 100 * flops / matmul, mib);
         }
     }
-    if (!json) printf("\n%9s %11s %10s %9s\n", "batch", "tokens/s", "ms/step", "× batch 1");
+    if (!json) printf("\n%9s %11s %10s %9s %9s\n", "batch", "tokens/s", "ms/step", "× batch 1", "roofline");
     for (size_t k = 0; k < sizeof batches / sizeof *batches; k++) {
         const int steps = 64;
         const double s = gpu_engine_bench_batch(g, batches[k], steps), tps = batches[k] * steps / s;
+        const double roofline = (double)bench_step_bytes(m, batches[k]) * steps / s / one.read_bandwidth;
         if (json) {
             cJSON *o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "kind", "batch");
@@ -79,9 +81,11 @@ void bench_sweep_gpu(Engine *e, const char *model_path, int json) {
             cJSON_AddNumberToObject(o, "ms_per_step", 1e3 * s / steps);
             cJSON_AddNumberToObject(o, "batch1_tokens_per_s", batch1);
             cJSON_AddNumberToObject(o, "speedup_over_batch1", tps / batch1);
+            cJSON_AddNumberToObject(o, "bytes_per_step", (double)bench_step_bytes(m, batches[k]));
+            cJSON_AddNumberToObject(o, "fraction_of_roofline", roofline);
             emit_json_line(o);
         } else {
-            printf("%9d %11.0f %10.3f %9.1f\n", batches[k], tps, 1e3 * s / steps, tps / batch1);
+            printf("%9d %11.0f %10.3f %9.1f %8.1f%%\n", batches[k], tps, 1e3 * s / steps, tps / batch1, 100 * roofline);
         }
     }
 }

@@ -261,6 +261,15 @@ void allocate_device_memory(GpuEngine *g);
 bool step_fits_resident(GpuEngine *g, const char *device, char *err, size_t err_len);
 void plan_sampler_smem(GpuEngine *g, const cudaDeviceProp &prop);
 
+/* The model's two ends in the weights allocation (offsets): the embedding, the LM head (the
+ * embedding itself when tied) and the final norm, carved first by an architecture's plan. */
+struct ModelEnds {
+    size_t emb, head, norm_f;
+};
+ModelEnds carve_model_ends(const GpuEngine *g, size_t *top);
+void upload_model_ends(GpuEngine *g, const Weights *w, const ModelEnds &m);
+void bind_model_ends(GpuEngine *g, const ModelEnds &m);
+
 /* The work every step has after its state (offsets in the work allocation): carved last by an
  * architecture's plan (which it ends: work_bytes, zeroed_bytes), bound once the work exists. */
 struct StepWork {

@@ -679,6 +679,30 @@ void plan_sampler_smem(GpuEngine *g, const cudaDeviceProp &prop) {
         CUDA_CHECK(cudaFuncSetAttribute((const void *)sample_token, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)vocab_bytes));
 }
 
+ModelEnds carve_model_ends(const GpuEngine *g, size_t *top) {
+    const Config *c = &g->c;
+    const size_t rows = (size_t)c->padded_vocab * g->dmp * dtype_size(c->dtype);
+    ModelEnds m;
+    m.emb = carve(top, rows);
+    m.head = c->tied_head ? m.emb : carve(top, rows);
+    m.norm_f = carve(top, g->dmp * sizeof(float));
+    return m;
+}
+
+void upload_model_ends(GpuEngine *g, const Weights *w, const ModelEnds &m) {
+    const Config *c = &g->c;
+    const size_t es = dtype_size(c->dtype);
+    char *W = g->weights;
+    upload_rows(W + m.emb, w->embedding, c->padded_vocab, c->d_model, g->dmp, es, g->stream);
+    if (!c->tied_head) upload_rows(W + m.head, w->lm_head, c->padded_vocab, c->d_model, g->dmp, es, g->stream);
+    upload(W + m.norm_f, w->norm_f, c->d_model * sizeof(float), g->stream);
+}
+
+void bind_model_ends(GpuEngine *g, const ModelEnds &m) {
+    StepArgs &a = g->step;
+    a.embedding = g->weights + m.emb, a.norm_f = (const float *)(g->weights + m.norm_f), a.head = g->weights + m.head;
+}
+
 /* The work every architecture's step has after its state: the logits, the penalty's history,
  * the blocks' maxima, the counters, then (not zeroed by reset) the RNG and the sampler's
  * scratch. carve_step_work ends the work's plan (work_bytes, zeroed_bytes); bind_step_work sets
@@ -713,7 +737,7 @@ void bind_step_work(GpuEngine *g, const StepWork &w) {
  * padded to dmp / Rp / rkp elements) and the work (state and buffers; reset zeroes everything
  * before rng). */
 struct DeviceLayout {
-    size_t emb, head, norm_f;
+    ModelEnds ends;
     LayerOffsets layer0;          /* the first layer's tensors; layer l's lie l · layer_bytes further */
     size_t layer_bytes;
     size_t resid, dbc, conv, ssm;
@@ -727,9 +751,7 @@ static DeviceLayout plan_device_memory(GpuEngine *g) {
     const size_t es = dtype_size(c->dtype);
     DeviceLayout m;
     size_t top = 0;
-    m.emb = carve(&top, (size_t)c->padded_vocab * g->dmp * es);
-    m.head = c->tied_head ? m.emb : carve(&top, (size_t)c->padded_vocab * g->dmp * es);
-    m.norm_f = carve(&top, g->dmp * sizeof(float));
+    m.ends = carve_model_ends(g, &top);
     LayerOffsets &lo = m.layer0;
     lo.norm = carve(&top, g->dmp * sizeof(float));
     lo.in_proj = carve(&top, (size_t)2 * di * g->dmp * es);
@@ -806,12 +828,9 @@ static void upload_layer(GpuEngine *g, const LayerWeights *src, char *base, cons
 
 static void upload_weights(GpuEngine *g, const Weights *w, const DeviceLayout &m) {
     const Config *c = &g->c;
-    const size_t es = dtype_size(c->dtype);
     char *W = g->weights;
     void *tmp = gpu_alloc(m.tmp_bytes);
-    upload_rows(W + m.emb, w->embedding, c->padded_vocab, c->d_model, g->dmp, es, g->stream);
-    if (!c->tied_head) upload_rows(W + m.head, w->lm_head, c->padded_vocab, c->d_model, g->dmp, es, g->stream);
-    upload(W + m.norm_f, w->norm_f, c->d_model * sizeof(float), g->stream);
+    upload_model_ends(g, w, m.ends);
     std::vector<float> params((size_t)c->d_inner * g->step.pl.stride);
     for (int l = 0; l < c->n_layer; l++)
         upload_layer(g, &w->layers[l], W + l * m.layer_bytes, m.layer0, params.data(), tmp);
@@ -827,7 +846,7 @@ static void set_kernel_pointers(GpuEngine *g, const DeviceLayout &m) {
     a.layer0 = W + lo.norm, a.layer_stride = m.layer_bytes;
     a.lo = LayerOffsets{0, lo.in_proj - lo.norm, lo.params - lo.norm, lo.x_proj_t - lo.norm, lo.dt_proj - lo.norm,
                         lo.out_proj_t - lo.norm};
-    a.embedding = W + m.emb, a.norm_f = (const float *)(W + m.norm_f), a.head = W + m.head;
+    bind_model_ends(g, m.ends);
     a.resid = (float *)(K + m.resid), a.dbc = (float *)(K + m.dbc);
     a.conv_state = (float *)(K + m.conv), a.ssm_state = (float *)(K + m.ssm);
     bind_step_work(g, m.tail);

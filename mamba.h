@@ -337,6 +337,8 @@ void cmd_bench(int argc, char **argv);     /* bench.c */
 void cmd_perplexity(int argc, char **argv);
 /* bench.c: the prompts of a batch taken in as a batched run does (for the engines' benches). */
 int bench_token(long i, int vocab);
+/* Bytes one decode step of batch sequences reads: the weights once and each sequence's state. */
+uint64_t bench_step_bytes(const Model *m, int batch);
 double bench_prompts(Engine *e, int vocab, int n_prompt, int batch, const int *slots, int *tokens);
 void bench_cpu(Engine *e, int n_prompt, int n_decode, int batch, BenchResult *r);
 

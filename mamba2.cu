@@ -383,7 +383,7 @@ static bool mamba2_plan_smem(GpuEngine *g, const cudaDeviceProp &prop, char *err
 /* Where everything lies in the engine's two allocations, in bytes: the weights (rows padded to
  * dmp) and the work. */
 struct Mamba2Layout {
-    size_t emb, head, norm_f;
+    ModelEnds ends;
     LayerOffsets layer0;          /* layer l's tensors lie l · layer_bytes further */
     size_t layer_bytes;
     size_t resid, shared, sums, conv, ssm;
@@ -397,9 +397,7 @@ static Mamba2Layout mamba2_plan_memory(GpuEngine *g) {
     const size_t es = dtype_size(c->dtype);
     Mamba2Layout m;
     size_t top = 0;
-    m.emb = carve(&top, (size_t)c->padded_vocab * g->dmp * es);
-    m.head = c->tied_head ? m.emb : carve(&top, (size_t)c->padded_vocab * g->dmp * es);
-    m.norm_f = carve(&top, g->dmp * sizeof(float));
+    m.ends = carve_model_ends(g, &top);
     LayerOffsets &lo = m.layer0;
     lo = LayerOffsets{};
     lo.norm = carve(&top, g->dmp * sizeof(float));
@@ -445,9 +443,7 @@ static void mamba2_upload_weights(GpuEngine *g, const Weights *w, const Mamba2La
     char *W = g->weights;
     cudaStream_t st = g->stream;
     void *tmp = gpu_alloc(m.tmp_bytes);
-    upload_rows(W + m.emb, w->embedding, c->padded_vocab, c->d_model, g->dmp, es, st);
-    if (!c->tied_head) upload_rows(W + m.head, w->lm_head, c->padded_vocab, c->d_model, g->dmp, es, st);
-    upload(W + m.norm_f, w->norm_f, c->d_model * sizeof(float), st);
+    upload_model_ends(g, w, m.ends);
     std::vector<float> params((size_t)a.conv_dim * a.pl.stride);
     for (int l = 0; l < c->n_layer; l++) {
         const LayerWeights *src = &w->layers[l];
@@ -469,7 +465,7 @@ static void mamba2_set_pointers(GpuEngine *g, const Mamba2Layout &m) {
     const LayerOffsets &lo = m.layer0;
     a.layer0 = W + lo.norm, a.layer_stride = m.layer_bytes;
     a.lo = LayerOffsets{0, lo.in_proj - lo.norm, lo.params - lo.norm, 0, 0, lo.out_proj_t - lo.norm};
-    a.embedding = W + m.emb, a.norm_f = (const float *)(W + m.norm_f), a.head = W + m.head;
+    bind_model_ends(g, m.ends);
     a.resid = (float *)(K + m.resid), a.dbc = (float *)(K + m.shared);
     a.out_acc = (float *)(K + m.sums), a.out_ss = a.out_acc + 2 * (size_t)a.ng * g->dmp;
     a.conv_state = (float *)(K + m.conv), a.ssm_state = (float *)(K + m.ssm);

@@ -56,9 +56,10 @@ print("matmul: an 8192³ product on random operands, " +
       ", ".join(f"{r['shape']} {r['matmul_tflops']:.0f} TFLOP/s ({r['matmul_zeros_tflops']:.0f} on zeros)"
                 for r in sweep if r['kind'] == 'prefill' and r['prompt_tokens'] == 2048))
 print("\nbatched decode")
-print(f"{'shape':15} {'batch':>5} {'tokens/s':>10} {'× batch 1':>9} {'ms/step':>8}")
+print(f"{'shape':15} {'batch':>5} {'tokens/s':>10} {'× batch 1':>9} {'ms/step':>8} {'roofline':>8}")
 for r in sweep:
     if r['kind'] == 'batch':
-        print(f"{r['shape']:15} {r['batch']:5d} {r['tokens_per_s']:10.0f} {r['speedup_over_batch1']:9.1f} {r['ms_per_step']:8.3f}")
+        print(f"{r['shape']:15} {r['batch']:5d} {r['tokens_per_s']:10.0f} {r['speedup_over_batch1']:9.1f} {r['ms_per_step']:8.3f} "
+              f"{100 * r['fraction_of_roofline']:7.1f}%")
 print(f"\ndevice: {rows[0]['device']}" if rows else "no results")
 PY

@@ -118,8 +118,8 @@ check "mamba2_awkward (3 groups, d_state 12): prompt in chunks of 3 = transforme
     $CMP $TMP/m2.chunks $F/mamba2_awkward/ref_logits.bin $(vocab_of $TMP/mamba2_awkward.bin) 1e-4"
 # this random Mamba-2's logits are flat (largest ~10 against Mamba-1's ~32, the winner's median
 # lead 3.5% of it), so the same absolute error is ~3x larger relative to the largest logit: bf16
-# weights alone move them 2.2% (the CPU too), the bf16 prompt pass 2.8%
-published_shape mamba2-130m 6 3e-2
+# weights alone move them 2.2% (the CPU too), the bf16 prompt pass 2.8-3.1% from run to run
+published_shape mamba2-130m 6 4e-2
 # a small random Mamba-2 (2 groups of 4 heads) for the long runs; mamba2_awkward with a real tokenizer for text
 $MAMBA init --shape mamba2-tiny --dtype f32 --seed 4 "$TMP/m2tiny.bin" 2>/dev/null
 $MAMBA convert $F/mamba2_awkward/hf $TMP/m2text.bin --dtype f32 --tokenizer tests/tokenizer/neox.json 2>/dev/null

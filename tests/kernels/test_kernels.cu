@@ -12,28 +12,13 @@
 #include "mamba2_pass.cu"
 #include "gpu_bench.cu"
 
-#include <string.h>
+#include "kernel_test.cuh"
 
 #include <algorithm>
-#include <functional>
 #include <list>
-#include <vector>
 
 /* ----------------------------------------------------------------------------------------
- * Host helpers: random inputs, device copies, the verdicts. */
-
-static uint64_t test_rng = 0x2545F4914F6CDD1Dull;
-
-static float uniform(float lo, float hi) {
-    test_rng ^= test_rng >> 12, test_rng ^= test_rng << 25, test_rng ^= test_rng >> 27;
-    return lo + (hi - lo) * (float)((test_rng * 0x2545F4914F6CDD1DULL) >> 40) / 16777216.0f;
-}
-
-static std::vector<float> randoms(size_t n, float lo, float hi) {
-    std::vector<float> v(n);
-    for (float &x : v) x = uniform(lo, hi);
-    return v;
-}
+ * Host helpers: a type's storage, device copies, the errors, random per-channel records. */
 
 /* How the host stores and reads a weight of type T. */
 template <typename T>
@@ -43,38 +28,22 @@ struct Host<float> {
     typedef float E;
     static E encode(float v) { return v; }
     static float decode(E v) { return v; }
-    static const char *name() { return "f32"; }
+    static const char *name() { return dtype_label(DTYPE_F32); }
 };
 template <>
 struct Host<__nv_bfloat16> {
     typedef uint16_t E;
-    static E encode(float v) {   /* round to nearest even */
-        uint32_t u;
-        memcpy(&u, &v, 4);
-        return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-    }
+    static E encode(float v) { return bf16_bits(v); }
     static float decode(E v) { return bf16_to_f32(v); }
-    static const char *name() { return "bf16"; }
+    static const char *name() { return dtype_label(DTYPE_BF16); }
 };
 template <>
 struct Host<__half> {
     typedef uint16_t E;
-    static E encode(float v) {
-        const __half h = __float2half_rn(v);
-        E e;
-        memcpy(&e, &h, 2);
-        return e;
-    }
+    static E encode(float v) { return f16_bits(v); }
     static float decode(E v) { return f16_to_f32(v); }
-    static const char *name() { return "f16"; }
+    static const char *name() { return dtype_label(DTYPE_F16); }
 };
-
-/* v as a weight of dtype t holds it. */
-static float round_to(DType t, float v) {
-    if (t == DTYPE_BF16) return Host<__nv_bfloat16>::decode(Host<__nv_bfloat16>::encode(v));
-    if (t == DTYPE_F16) return Host<__half>::decode(Host<__half>::encode(v));
-    return v;
-}
 
 /* v in T's storage, and back to float: the values the kernel sees. */
 template <typename T>
@@ -105,14 +74,6 @@ static E *device_zeros(size_t n) {
     return to_device(std::vector<E>(n));
 }
 
-template <typename E>
-static std::vector<E> to_host(const E *d, size_t n) {
-    CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<E> h(n);
-    CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(E), cudaMemcpyDeviceToHost));
-    return h;
-}
-
 template <typename T>
 static std::vector<float> to_host_floats(const T *d, size_t n) {
     const std::vector<typename Host<T>::E> e = to_host((const typename Host<T>::E *)d, n);
@@ -126,28 +87,13 @@ static void free_all() {
     allocations.clear();
 }
 
-static int passed, failed;
-
-static void report(const char *name, double err, double tolerance) {
-    const bool ok = err <= tolerance;   /* NaN fails */
-    printf("%s %s (max err %.3g, tolerance %.3g)\n", ok ? "PASS" : "FAIL", name, err, tolerance);
-    (ok ? passed : failed)++;
-}
-
-/* The largest |got - want| / max(1, |want|); NaN and a length mismatch count as infinite. */
+/* The largest rel_err; NaN and a length mismatch count as infinite. */
 static double max_err(const std::vector<float> &got, const std::vector<float> &want) {
     if (got.size() != want.size()) return INFINITY;
     double worst = 0.0;
-    for (size_t i = 0; i < got.size(); i++) {
-        double d = fabs((double)got[i] - want[i]) / fmax(1.0, fabs((double)want[i]));
-        if (d != d) d = INFINITY;
-        worst = fmax(worst, d);
-    }
+    for (size_t i = 0; i < got.size(); i++) worst = fmax(worst, rel_err(got[i], want[i]));
     return worst;
 }
-
-static double silu_ref(double x) { return x / (1.0 + exp(-x)); }
-static double softplus_ref(double x) { return x > 20.0 ? x : log1p(exp(x)); }
 
 /* The per-channel record of a model with d_conv and d_state (as plan_shapes lays it out). */
 static ParamLayout param_layout(int d_conv, int ns) {
@@ -712,27 +658,12 @@ struct RandomModel {
     const RefLayer &layer(int l) const { return layers[l % layers.size()]; }
 };
 
-/* n values uniform in [lo, hi), rounded to dtype t. */
-static std::vector<float> weights_of(DType t, size_t n, float lo, float hi) {
-    std::vector<float> v(n);
-    for (float &x : v) x = round_to(t, uniform(lo, hi));
-    return v;
-}
-
 /* A copy of v in dtype t's storage, kept by the model. */
 static const void *store(RandomModel &m, const std::vector<float> &v) {
     const DType t = m.c.dtype;
     m.stored.emplace_back(v.size() * dtype_size(t));
-    uint8_t *p = m.stored.back().data();
-    for (size_t i = 0; i < v.size(); i++) {
-        if (t == DTYPE_F32) {
-            memcpy(p + 4 * i, &v[i], 4);
-        } else {
-            const uint16_t e = t == DTYPE_BF16 ? Host<__nv_bfloat16>::encode(v[i]) : Host<__half>::encode(v[i]);
-            memcpy(p + 2 * i, &e, 2);
-        }
-    }
-    return p;
+    for (size_t i = 0; i < v.size(); i++) put(m.stored.back(), 0, i, v[i], t);
+    return m.stored.back().data();
 }
 
 /* Scales that keep the activations near 1: rows of n inputs get weights of about 1/sqrt(n). */
@@ -742,16 +673,16 @@ static RefLayer random_layer(const Config &c) {
     const float sm = 1.0f / sqrtf((float)dm), si = 1.0f / sqrtf((float)di), sr = 1.0f / sqrtf((float)c.dt_rank);
     RefLayer L;
     L.norm = randoms(dm, 0.8f, 1.2f);
-    L.in_proj = weights_of(t, (size_t)2 * di * dm, -sm, sm);
+    L.in_proj = randoms((size_t)2 * di * dm, -sm, sm, t);
     L.conv_w = randoms((size_t)di * c.d_conv, -0.5f, 0.5f), L.conv_b = randoms(di, -0.2f, 0.2f);
-    L.x_proj = weights_of(t, (size_t)R * di, -si, si);
-    L.dt_proj = weights_of(t, (size_t)di * c.dt_rank, -sr, sr);
+    L.x_proj = randoms((size_t)R * di, -si, si, t);
+    L.dt_proj = randoms((size_t)di * c.dt_rank, -sr, sr, t);
     L.dt_bias = randoms(di, -4.5f, -2.0f);
     L.A_log.resize((size_t)di * ns);
     for (int ch = 0; ch < di; ch++)
         for (int n = 0; n < ns; n++) L.A_log[(size_t)ch * ns + n] = logf((float)(n + 1)) + uniform(-0.1f, 0.1f);
     L.D = randoms(di, 0.5f, 1.5f);
-    L.out_proj = weights_of(t, (size_t)dm * di, -si, si);
+    L.out_proj = randoms((size_t)dm * di, -si, si, t);
     return L;
 }
 
@@ -759,8 +690,8 @@ static void random_model(RandomModel &m, const Config &c, int distinct_layers) {
     m.c = c;
     const size_t emb_n = (size_t)c.padded_vocab * c.d_model;
     const float se = 1.0f / sqrtf((float)c.d_model);   /* logits near 1 */
-    m.emb = weights_of(c.dtype, emb_n, -se, se);
-    if (!c.tied_head) m.head = weights_of(c.dtype, emb_n, -se, se);
+    m.emb = randoms(emb_n, -se, se, c.dtype);
+    if (!c.tied_head) m.head = randoms(emb_n, -se, se, c.dtype);
     m.norm_f = randoms(c.d_model, 0.8f, 1.2f);
     for (int l = 0; l < distinct_layers; l++) m.layers.push_back(random_layer(c));
     std::vector<LayerWeights> distinct;
@@ -880,7 +811,7 @@ static void test_engine(const char *label, const Config &c) {
      * these models' logits by up to about 1e-2 in bf16 and 1e-3 in f16 (measured with the
      * reference rounding the same values); the tolerances are 4-6 times that. */
     const double tol = 1e-4, pass_tol = c.dtype == DTYPE_F32 ? 1e-4 : c.dtype == DTYPE_BF16 ? 4e-2 : 5e-3;
-    auto token = [V](int i) { return (int)((i * 7919LL + 13) % V); };
+    auto token = [V](int i) { return token_at(i, V); };
     auto row = [V](const float *p) { return std::vector<float>(p, p + V); };
 
     RefState s(c);
@@ -994,23 +925,13 @@ static void run_tests() {
  * 128, bf16 weights): a prompt chunk of 4096 tokens, a batch of 1024. bytes: what the launch
  * reads and writes once each (data reread from L2 not counted). */
 
+/* A launch's time and its bytes a second; a launch that failed (the last error, which the
+ * timing's successful calls leave in place) ends the program. */
 static void bench(const char *name, double bytes, double read_bandwidth, const std::function<void()> &launch,
                   cudaStream_t stream = 0) {
-    cudaEvent_t e0, e1;
-    CUDA_CHECK(cudaEventCreate(&e0));
-    CUDA_CHECK(cudaEventCreate(&e1));
-    for (int i = 0; i < 3; i++) launch();   /* warm-up */
-    const int reps = 20;
-    CUDA_CHECK(cudaEventRecord(e0, stream));
-    for (int i = 0; i < reps; i++) launch();
+    const double seconds = time_us(stream, launch) * 1e-6;
     cuda_check(cudaGetLastError(), name, __FILE__, __LINE__);
-    CUDA_CHECK(cudaEventRecord(e1, stream));
-    CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    CUDA_CHECK(cudaEventDestroy(e0));
-    CUDA_CHECK(cudaEventDestroy(e1));
-    const double seconds = ms * 1e-3 / reps, gbs = bytes / seconds / 1e9;
+    const double gbs = bytes / seconds / 1e9;
     printf("bench %-52s %9.1f us/launch %8.1f GB/s (%5.1f%% of read bandwidth)\n", name, seconds * 1e6, gbs,
            100.0 * gbs / (read_bandwidth / 1e9));
 }
@@ -1102,16 +1023,10 @@ static void run_benchmarks(const cudaDeviceProp &prop) {
 }
 
 int main(int argc, char **argv) {
-    int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-        fprintf(stderr, "test_kernels: no usable CUDA device\n");
-        return 1;
-    }
     cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    printf("device: %s\n", prop.name);
+    if (!open_device("test_kernels", &prop)) return 1;
+    seed_uniform(0x2545F4914F6CDD1Dull);
     run_tests();
-    if (!(argc > 1 && strcmp(argv[1], "--no-bench") == 0)) run_benchmarks(prop);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    if (bench_wanted(argc, argv)) run_benchmarks(prop);
+    return summary();
 }

@@ -16,62 +16,7 @@
 #include "mamba2_pass.cu"
 #include "gpu_bench.cu"
 
-#include <string.h>
-
-#include <functional>
-#include <vector>
-
-/* ----------------------------------------------------------------------------------------
- * Host helpers: random values, the dtypes' storage, the verdicts. */
-
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-
-static float uniform(float lo, float hi) {
-    rng_state ^= rng_state >> 12, rng_state ^= rng_state << 25, rng_state ^= rng_state >> 27;
-    return lo + (hi - lo) * (float)((rng_state * 0x2545F4914F6CDD1DULL) >> 40) / 16777216.0f;
-}
-
-static uint16_t bf16_bits(float v) {   /* round to nearest even */
-    uint32_t u;
-    memcpy(&u, &v, 4);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-}
-
-static uint16_t f16_bits(float v) {
-    const __half h = __float2half_rn(v);
-    uint16_t e;
-    memcpy(&e, &h, 2);
-    return e;
-}
-
-/* v as a weight of dtype t holds it */
-static float round_to(DType t, float v) {
-    return t == DTYPE_BF16 ? bf16_to_f32(bf16_bits(v)) : t == DTYPE_F16 ? f16_to_f32(f16_bits(v)) : v;
-}
-
-static const char *dtype_label(DType t) { return t == DTYPE_F32 ? "f32" : t == DTYPE_F16 ? "f16" : "bf16"; }
-
-static int passed, failed;
-
-static void report(const char *name, double err, double tolerance) {
-    const bool ok = err <= tolerance;   /* NaN fails */
-    printf("%s %s (max err %.3g, tolerance %.3g)\n", ok ? "PASS" : "FAIL", name, err, tolerance);
-    (ok ? passed : failed)++;
-}
-
-/* |got - want| / max(1, |want|), the largest; NaN counts as infinite */
-static double rel_err(double got, double want) {
-    const double d = fabs(got - want) / fmax(1.0, fabs(want));
-    return d == d ? d : INFINITY;
-}
-
-template <typename E>
-static std::vector<E> download(const E *d, size_t n) {
-    CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<E> h(n);
-    CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(E), cudaMemcpyDeviceToHost));
-    return h;
-}
+#include "kernel_test.cuh"
 
 /* ----------------------------------------------------------------------------------------
  * A random Mamba-2 model: the values the engine sees (matrices rounded to the dtype), for the
@@ -94,12 +39,6 @@ struct RefModel {
     std::vector<float> emb, norm_f;   /* the LM head is the embedding (tied) */
     std::vector<RefLayer> layers;
 };
-
-static std::vector<float> randoms(size_t n, float lo, float hi, DType round = DTYPE_F32) {
-    std::vector<float> v(n);
-    for (float &x : v) x = round_to(round, uniform(lo, hi));
-    return v;
-}
 
 /* Scales that keep the activations near 1; Δ about 0.03-0.3 and A in [-15, -1], so that decays
  * over a chunk range from nearly 1 to nearly 0. */
@@ -137,9 +76,6 @@ static std::vector<double> rmsnorm_ref(const std::vector<double> &x, const float
     for (size_t i = 0; i < x.size(); i++) y[i] = w[i] * (x[i] * scale);
     return y;
 }
-
-static double silu_ref(double x) { return x / (1.0 + exp(-x)); }
-static double softplus_ref(double x) { return x > 20.0 ? x : log1p(exp(x)); }
 
 /* One Mamba-2 block on the residual x, one recurrent step from and into layer l's state. */
 static void block_ref(const RefModel &m, int l, RefState &st, std::vector<double> &x) {
@@ -203,16 +139,6 @@ struct TestEngine {
     char *weights;
     std::vector<float> conv0, ssm0;   /* the states the engine started from, every slot */
 };
-
-/* A value into host bytes laid out as the device's: a weight in the dtype, else f32. */
-static void put(std::vector<uint8_t> &bytes, size_t at, size_t i, float v, DType t) {
-    if (t == DTYPE_F32) {
-        memcpy(&bytes[at + 4 * i], &v, 4);
-    } else {
-        const uint16_t e = t == DTYPE_BF16 ? bf16_bits(v) : f16_bits(v);
-        memcpy(&bytes[at + 2 * i], &e, 2);
-    }
-}
 
 static TestEngine make_engine(const RefModel &m, int max_batch) {
     TestEngine e;
@@ -327,7 +253,7 @@ static RefState ref_state_of(const RefModel &m, const TestEngine &e, int slot) {
 static double state_err(const RefModel &m, const TestEngine &e, const std::vector<int> &slots,
                         const std::vector<RefState> &want, int spare, bool *others_kept) {
     const GpuEngine *g = e.g;
-    const std::vector<float> conv = download(g->step.conv_state, e.conv0.size()), ssm = download(g->step.ssm_state, e.ssm0.size());
+    const std::vector<float> conv = to_host(g->step.conv_state, e.conv0.size()), ssm = to_host(g->step.ssm_state, e.ssm0.size());
     const int K = m.s.d_conv, ns = m.s.ns;
     double err = 0.0;
     for (size_t i = 0; i < slots.size(); i++) {
@@ -353,8 +279,6 @@ static double state_err(const RefModel &m, const TestEngine &e, const std::vecto
  * states, y) to the dtype; the worst cases measured on the H200 were 3.7e-2 (bf16, a batched step
  * after a 1,000-token prompt) and 5.3e-3 (f16), on these random models' logits of size ~1. */
 static double tolerance(DType t) { return t == DTYPE_F32 ? 1e-4 : t == DTYPE_F16 ? 1e-2 : 5e-2; }
-
-static int token_at(int i, int vocab) { return (int)((i * 7919LL + 13) % vocab); }
 
 /* ----------------------------------------------------------------------------------------
  * The tests. */
@@ -384,8 +308,8 @@ static void test_prompt(const char *label, const Shape &s, DType t, const std::v
         if (L > 1) mamba2_run_pass(g, 1, L, with_logits);
         else enqueue_mamba2_pass<T>(g, 1, 1, with_logits, true);
         logit_rows += with_logits ? L : 0;
-        const std::vector<float> X = download(g->pass.X, (size_t)L * dmp);
-        const std::vector<float> got = with_logits ? download(g->pass.logits, (size_t)L * V) : std::vector<float>();
+        const std::vector<float> X = to_host(g->pass.X, (size_t)L * dmp);
+        const std::vector<float> got = with_logits ? to_host(g->pass.logits, (size_t)L * V) : std::vector<float>();
         for (int i = 0; i < L; i++) {
             forward_ref(m, want[0], tokens[i], x, logits);
             for (int k = 0; k < dm; k++) err_x = fmax(err_x, rel_err(X[(size_t)i * dmp + k], x[k]));
@@ -494,23 +418,6 @@ static void run_tests() {
  * head_dim 64, 80 heads, 1 group) on a 2048-token prompt in bf16: the layer, its SSD part (all
  * between the two projections) and each of its steps, beside the projections alone. */
 
-static double time_us(GpuEngine *g, const std::function<void()> &launch) {
-    cudaEvent_t e0, e1;
-    CUDA_CHECK(cudaEventCreate(&e0));
-    CUDA_CHECK(cudaEventCreate(&e1));
-    for (int i = 0; i < 3; i++) launch();   /* warm-up */
-    const int reps = 20;
-    CUDA_CHECK(cudaEventRecord(e0, g->stream));
-    for (int i = 0; i < reps; i++) launch();
-    CUDA_CHECK(cudaEventRecord(e1, g->stream));
-    CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    CUDA_CHECK(cudaEventDestroy(e0));
-    CUDA_CHECK(cudaEventDestroy(e1));
-    return ms * 1e3 / reps;
-}
-
 static void run_benchmark() {
     typedef __nv_bfloat16 T;
     const Shape s = {1, 2560, 80, 64, 1, 128, 4, 256, 0.0f, INFINITY};
@@ -534,14 +441,14 @@ static void run_benchmark() {
 
     const char *base = a.layer0;
     const double proj_flops = 2.0 * L * (double)a.dm * (a.in_rows + a.di);
-    const double in_us = time_us(g, [&] {
+    const double in_us = time_us(g->stream, [&] {
         gemm(g, true, false, a.in_rows, L, a.dmp, base + a.lo.in_proj, a.dmp, g->pass.XN, a.dmp, b.ZX, a.in_rows, false);
     });
-    const double out_us = time_us(g, [&] {
+    const double out_us = time_us(g->stream, [&] {
         gemm(g, false, false, a.dmp, L, a.di, base + a.lo.out_proj_t, a.dmp, b.YN, a.di, g->pass.X, a.dmp, true);
     });
-    const double ssd_us = time_us(g, [&] { ssd_mixer<T>(g, p, b); });
-    const double layer_us = time_us(g, [&] { enqueue_mamba2_layer<T>(g, p, b, true); });
+    const double ssd_us = time_us(g->stream, [&] { ssd_mixer<T>(g, p, b); });
+    const double layer_us = time_us(g->stream, [&] { enqueue_mamba2_layer<T>(g, p, b, true); });
     const double proj_us = in_us + out_us;
     printf("bench mamba2-2.7b layer, L %d, bf16: %.1f us (norm, projections, SSD part)\n", L, layer_us);
     printf("bench   projections: in_proj %.1f us + out_proj %.1f us = %.1f us, %.1f TFLOP/s\n", in_us, out_us, proj_us,
@@ -564,21 +471,15 @@ static void run_benchmark() {
         {"cuBLAS YO = C.S^T", ssd_step_entering_states<T>},
         {"mamba2_gated_norm_rows", ssd_step_gated_norm<T>},
     };
-    for (const auto &st : steps) printf("bench     %-26s %8.1f us\n", st.name, time_us(g, [&] { st.step(g, p, b); }));
+    for (const auto &st : steps) printf("bench     %-26s %8.1f us\n", st.name, time_us(g->stream, [&] { st.step(g, p, b); }));
     free_engine(e);
 }
 
 int main(int argc, char **argv) {
-    int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-        fprintf(stderr, "test_mamba2_pass: no usable CUDA device\n");
-        return 1;
-    }
     cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    printf("device: %s\n", prop.name);
+    if (!open_device("test_mamba2_pass", &prop)) return 1;
+    seed_uniform(0x9E3779B97F4A7C15ull);
     run_tests();
-    if (!(argc > 1 && strcmp(argv[1], "--no-bench") == 0)) run_benchmark();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    if (bench_wanted(argc, argv)) run_benchmark();
+    return summary();
 }

@@ -18,7 +18,7 @@
  * embedding row a sequence) and their recurrent states. */
 uint64_t bench_step_bytes(const Model *m, int batch) {
     const Config *c = &m->config;
-    uint64_t row = (uint64_t)c->d_model * dtype_size(c->dtype), emb = (uint64_t)c->padded_vocab * row;
+    uint64_t emb = tensor_bytes(c->dtype, c->padded_vocab, c->d_model), row = emb / c->padded_vocab;
     uint64_t state = state_floats(c) * sizeof(float);
     return m->weight_bytes - (c->tied_head ? 0 : emb - batch * row) + batch * state;
 }

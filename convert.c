@@ -131,9 +131,55 @@ static FILE *open_partial_output(const char *path) {
     return f;
 }
 
-/* One tensor's values in its stored dtype. */
+/* One group of a row (n ≤ QUANT_GROUP values, the rest of the group zero) to codes; returns its
+ * scale. q8: the largest magnitude maps to ±127. q4: the value of largest magnitude maps to
+ * code 0 (-8 · scale), so that all 16 codes are used. Codes of the row's padding are zero. */
+static float quantize_group(DType t, const float *w, int n, uint8_t *codes) {
+    float big = 0;
+    for (int j = 0; j < n; j++)
+        if (fabsf(w[j]) > fabsf(big)) big = w[j];
+    const float scale = t == DTYPE_Q8 ? fabsf(big) / 127 : big / -8;
+    const float inv = scale != 0 ? 1 / scale : 0;
+    for (int j = 0; j < QUANT_GROUP; j++) {
+        if (t == DTYPE_Q8) {
+            codes[j] = (uint8_t)(int8_t)(j < n ? lrintf(w[j] * inv) : 0);
+        } else {
+            long q = j < n ? lrintf(w[j] * inv) + 8 : 8;
+            q = q < 0 ? 0 : q > 15 ? 15 : q;
+            if (j % 2 == 0) codes[j / 2] = (uint8_t)q;
+            else codes[j / 2] |= (uint8_t)(q << 4);
+        }
+    }
+    return scale;
+}
+
+/* A [rows, cols] matrix quantized to t (model.h's planes: codes, then scales). */
+static void write_quantized(FILE *f, const TensorSpec *s, DType t, const float *values, const char *path) {
+    const QuantLayout q = quant_layout(t, s->rows, s->cols);
+    uint8_t *codes = xcalloc(q.scales_offset, 1);
+    float *scales = xmalloc(s->rows * q.groups * sizeof *scales);
+    const size_t group_bytes = t == DTYPE_Q4 ? QUANT_GROUP / 2 : QUANT_GROUP;
+    for (size_t r = 0; r < s->rows; r++)
+        for (size_t g = 0; g < q.groups; g++) {
+            const size_t j0 = g * QUANT_GROUP, n = s->cols - j0 < QUANT_GROUP ? s->cols - j0 : QUANT_GROUP;
+            scales[r * q.groups + g] =
+                quantize_group(t, values + r * s->cols + j0, (int)n, codes + r * q.code_row_bytes + g * group_bytes);
+        }
+    fwrite_or_die(codes, q.scales_offset, f, path);
+    fwrite_or_die(scales, s->rows * q.groups * sizeof *scales, f, path);
+    free(codes);
+    free(scales);
+}
+
+/* One tensor's values in its stored dtype; a quantized one must be finite. */
 static void write_tensor(FILE *f, const TensorSpec *s, DType t, const float *values, const char *path) {
     size_t count = (size_t)s->rows * s->cols;
+    if (dtype_is_quantized(t)) {
+        for (size_t j = 0; j < count; j++)
+            if (!isfinite(values[j])) die("tensor %s has a non-finite value: it cannot be quantized", s->name);
+        write_quantized(f, s, t, values, path);
+        return;
+    }
     if (t == DTYPE_F32) {
         fwrite_or_die(values, count * 4, f, path);
         return;
@@ -177,7 +223,7 @@ static void write_checkpoint(const char *path, const Config *c, TensorSource sou
         table[i].dtype = t, table[i].ndim = specs[i].ndim;
         table[i].shape[0] = specs[i].rows, table[i].shape[1] = specs[i].cols;
         table[i].offset = pos;
-        table[i].bytes = (uint64_t)specs[i].rows * specs[i].cols * dtype_size(t);
+        table[i].bytes = tensor_bytes(t, specs[i].rows, specs[i].cols);
         pos = align_up(pos + table[i].bytes, MAMBA_ALIGN);
     }
     FileHeader h = checkpoint_header(c, n, pos, tok);
@@ -817,23 +863,62 @@ static void check_special_ids(const TokenizerInfo *tok, const Config *c, const c
 enum { CONVERT_DTYPE = 1, CONVERT_TOKENIZER };
 
 static const Option CONVERT_OPTIONS[] = {
-    {CONVERT_DTYPE, "--dtype", "f32|f16|bf16", "how the matrices are stored (default bf16)"},
+    {CONVERT_DTYPE, "--dtype", "f32|f16|bf16|q8|q4", "how the matrices are stored (default bf16; q8, q4: quantized, docs/FORMAT.md)"},
     {CONVERT_TOKENIZER, "--tokenizer", "FILE",
      "tokenizer.json or tokenizer.model to embed (default: the folder's own; the state-spaces repos have none)"},
     {0},
 };
 
 static const Command CONVERT_COMMAND = {
-    "convert", "mamba convert HF_DIR OUT.bin [--dtype f32|f16|bf16] [--tokenizer FILE]",
+    "convert", "mamba convert HF_DIR|MODEL.bin OUT.bin [--dtype f32|f16|bf16|q8|q4] [--tokenizer FILE]",
     "Imports a Mamba-1, Mamba-2 (Codestral-Mamba) or Falcon-Mamba checkpoint folder, Hugging Face's\n"
     "or the original state-spaces one (config.json; safetensors or pytorch_model.bin, sharded or\n"
-    "not; tokenizer.json or tokenizer.model when present) into one mamba checkpoint file.",
+    "not; tokenizer.json or tokenizer.model when present) into one mamba checkpoint file; or\n"
+    "stores a mamba checkpoint's matrices in another dtype (quantizes it), its tokenizer kept.",
     CONVERT_OPTIONS, 0,
 };
 
+/* ----------------------------------------------------------------------------------------
+ * mamba convert from a mamba checkpoint: the same model in another dtype (e.g. quantized). */
+
+typedef struct {
+    const Model *m;
+    const TensorEntry *table;
+} CheckpointSource;
+
+/* Tensor i of the checkpoint as floats (its dtype is a float type: quantized ones are refused). */
+static void checkpoint_tensor(void *ctx, int i, const TensorSpec *s, float *out) {
+    const CheckpointSource *src = ctx;
+    const TensorEntry *e = &src->table[i];
+    const uint8_t *data = src->m->map + e->offset;
+    const size_t count = (size_t)s->rows * s->cols;
+    for (size_t j = 0; j < count; j++) {
+        uint16_t h;
+        if (e->dtype == DTYPE_F32) memcpy(&out[j], data + 4 * j, 4);
+        else memcpy(&h, data + 2 * j, 2), out[j] = e->dtype == DTYPE_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+}
+
+static void convert_checkpoint(const char *in, const char *out, DType dtype) {
+    Model m;
+    model_load(&m, in);
+    if (dtype_is_quantized(m.config.dtype))
+        die("%s is already quantized (%s): convert from its f32, f16 or bf16 source instead", in, dtype_name(m.config.dtype));
+    Config c = m.config;
+    c.dtype = dtype;
+    FileHeader h;
+    memcpy(&h, m.map, sizeof h);
+    CheckpointSource src = {&m, (const TensorEntry *)(m.map + h.table_offset)};
+    TokenizerInfo tok = {m.tokenizer_kind, m.tokenizer_blob, m.tokenizer_bytes, m.bos_id, m.eos_id, m.pad_id};
+    write_checkpoint(out, &c, checkpoint_tensor, &src, &tok, "convert");
+    fprintf(stderr, "wrote %s: %d layers, d_model %d, vocab %d, %s (from %s), %llu parameters\n", out, c.n_layer,
+            c.d_model, c.vocab_size, dtype_name(dtype), dtype_name(m.config.dtype), (unsigned long long)model_param_count(&c));
+    model_free(&m);
+}
+
 static DType dtype_value(const char *flag, const char *value) {
     DType t;
-    if (parse_dtype(value, &t)) die("%s must be f32, f16 or bf16, got '%s'", flag, value);
+    if (parse_dtype(value, &t)) die("%s must be f32, f16, bf16, q8 or q4, got '%s'", flag, value);
     return t;
 }
 
@@ -850,6 +935,11 @@ void cmd_convert(int argc, char **argv) {
         else die("convert: unexpected argument %s", value);
     }
     if (!dir || !out) die("usage: %s", CONVERT_COMMAND.synopsis);
+    if (is_checkpoint(dir)) {
+        if (tokenizer_path) die("convert: --tokenizer is for a checkpoint folder; %s keeps its own", dir);
+        convert_checkpoint(dir, out, dtype);
+        return;
+    }
     struct stat st;
     if (stat(dir, &st) || !S_ISDIR(st.st_mode)) die("%s is not a readable directory", dir);
 
@@ -997,7 +1087,7 @@ static const Option INIT_OPTIONS[] = {
     {INIT_SHAPE, "--shape", "NAME", "a published shape (required): Mamba-1 tiny, 130m, 370m, 790m, 1.4b, 2.8b; "
                                     "Mamba-2 mamba2-tiny, mamba2-130m, mamba2-370m, mamba2-780m, mamba2-1.3b, "
                                     "mamba2-2.7b, codestral-7b; Falcon-Mamba falcon-mamba-tiny, falcon-mamba-7b"},
-    {INIT_DTYPE, "--dtype", "f32|f16|bf16", "how the matrices are stored (default bf16)"},
+    {INIT_DTYPE, "--dtype", "f32|f16|bf16|q8|q4", "how the matrices are stored (default bf16)"},
     {INIT_SEED, "-s|--seed", "N", "the weights' seed (default 1)"},
     {0},
 };

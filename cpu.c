@@ -181,11 +181,76 @@ static inline __attribute__((always_inline)) void dot_row_group(float *out, size
     }
 }
 
+/* A row of a quantized matrix (model.h's planes): its codes and its groups' scales. */
+typedef struct {
+    const uint8_t *codes;
+    const float *scales;
+} QuantRow;
+
+static inline QuantRow quant_row(const void *W, DType dtype, int rows, int r, int cols) {
+    const QuantLayout q = quant_layout(dtype, rows, cols);
+    const uint8_t *base = W;
+    return (QuantRow){base + (size_t)r * q.code_row_bytes, (const float *)(base + q.scales_offset) + (size_t)r * q.groups};
+}
+
+/* Column j of a quantized row, as a float: code times its group's scale. */
+static inline float quant_at(const QuantRow *row, DType dtype, int j) {
+    const float scale = row->scales[j / QUANT_GROUP];
+    if (dtype == DTYPE_Q8) return (float)(int8_t)row->codes[j] * scale;
+    const int nibble = (row->codes[j / 2] >> (4 * (j & 1))) & 15;
+    return (float)(nibble - 8) * scale;
+}
+
+/* Columns j .. j + DOT_LANES - 1 of a quantized row (j a multiple of DOT_LANES, so inside one
+ * group), dequantized in registers: q8 widened from int8, q4's nibbles split and re-centred. */
+static inline void quant_lanes(Lanes *w, const QuantRow *row, DType dtype, int j) {
+    const float scale = row->scales[j / QUANT_GROUP];
+    if (dtype == DTYPE_Q8) {
+        typedef int8_t CodeLanes __attribute__((vector_size(DOT_LANES)));
+        CodeLanes q;
+        memcpy(&q, row->codes + j, sizeof q);
+        *w = __builtin_convertvector(q, Lanes) * scale;
+    } else {
+        const uint8_t *b = row->codes + j / 2;
+        float f[DOT_LANES];
+        for (int k = 0; k < DOT_LANES / 2; k++) f[2 * k] = (float)((b[k] & 15) - 8), f[2 * k + 1] = (float)((b[k] >> 4) - 8);
+        memcpy(w, f, sizeof *w);
+        *w *= scale;
+    }
+}
+
+/* dot_row_group for a quantized matrix: the same lanes in the same order, the weights being
+ * the dequantized values code · scale (what the GPU computes too). */
+static inline __attribute__((always_inline)) void dot_row_group_quant(float *out, size_t out_stride, const void *W,
+                                                                      DType dtype, int rows, int r, int cols,
+                                                                      const float *x, size_t x_stride, int group) {
+    const QuantRow row = quant_row(W, dtype, rows, r, cols);
+    int full = cols - cols % DOT_LANES;
+    Lanes sum[MATMUL_GROUP];
+    for (int b = 0; b < group; b++) sum[b] = (Lanes){0};
+    for (int j = 0; j < full; j += DOT_LANES) {
+        Lanes w, xb;
+        quant_lanes(&w, &row, dtype, j);
+        for (int b = 0; b < group; b++) {
+            memcpy(&xb, x + b * x_stride + j, sizeof xb);
+            sum[b] += xb * w;
+        }
+    }
+    for (int b = 0; b < group; b++) {
+        float lane[DOT_LANES];
+        memcpy(lane, &sum[b], sizeof lane);
+        for (int j = full; j < cols; j++) lane[j - full] += quant_at(&row, dtype, j) * x[b * x_stride + j];
+        out[b * out_stride] = sum_lanes(lane);
+    }
+}
+
 /* dot_row_group with the dtype as a constant, so that each dtype gets its own compiled copy. */
 static inline __attribute__((always_inline)) void dot_row_group_of(float *out, size_t out_stride, const void *W,
-                                                                   DType dtype, int r, int cols, const float *x,
-                                                                   size_t x_stride, int group) {
+                                                                   DType dtype, int rows, int r, int cols,
+                                                                   const float *x, size_t x_stride, int group) {
     switch (dtype) {
+    case DTYPE_Q8: dot_row_group_quant(out, out_stride, W, DTYPE_Q8, rows, r, cols, x, x_stride, group); break;
+    case DTYPE_Q4: dot_row_group_quant(out, out_stride, W, DTYPE_Q4, rows, r, cols, x, x_stride, group); break;
     case DTYPE_F32: dot_row_group(out, out_stride, W, DTYPE_F32, r, cols, x, x_stride, group); break;
     case DTYPE_F16: dot_row_group(out, out_stride, W, DTYPE_F16, r, cols, x, x_stride, group); break;
     case DTYPE_BF16: dot_row_group(out, out_stride, W, DTYPE_BF16, r, cols, x, x_stride, group); break;
@@ -207,10 +272,10 @@ static void matmul_rows(void *ctx, int begin, int end) {
     for (int r = begin; r < end; r++) {
         int b = 0;
         for (; b + MATMUL_GROUP <= p->n; b += MATMUL_GROUP)
-            dot_row_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, r, p->cols,
+            dot_row_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, p->rows, r, p->cols,
                              p->x + b * p->x_stride, p->x_stride, MATMUL_GROUP);
         for (; b < p->n; b++)
-            dot_row_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, r, p->cols,
+            dot_row_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, p->rows, r, p->cols,
                              p->x + b * p->x_stride, p->x_stride, 1);
     }
 }
@@ -225,7 +290,12 @@ static void matmul(float *out, const void *W, DType dtype, int rows, int cols, c
 }
 
 /* Row `row` of a [rows, cols] matrix as floats (the embedding lookup). */
-static void matrix_row(float *out, const void *W, DType dtype, int row, int cols) {
+static void matrix_row(float *out, const void *W, DType dtype, int rows, int row, int cols) {
+    if (dtype_is_quantized(dtype)) {
+        const QuantRow q = quant_row(W, dtype, rows, row, cols);
+        for (int j = 0; j < cols; j++) out[j] = quant_at(&q, dtype, j);
+        return;
+    }
     for (int j = 0; j < cols; j++) out[j] = weight_at(W, dtype, (size_t)row * cols + j);
 }
 
@@ -423,7 +493,7 @@ static const float *forward(CpuEngine *e, int n, const int *slots, const int *to
     const Model *m = e->model;
     const Config *c = &m->config;
     int dm = c->d_model;
-    for (int b = 0; b < n; b++) matrix_row(e->x + (size_t)b * dm, m->weights.embedding, c->dtype, tokens[b], dm);
+    for (int b = 0; b < n; b++) matrix_row(e->x + (size_t)b * dm, m->weights.embedding, c->dtype, c->padded_vocab, tokens[b], dm);
     for (int l = 0; l < c->n_layer; l++) {
         const LayerWeights *w = &m->weights.layers[l];
         for (int b = 0; b < n; b++) rmsnorm(e->xn + (size_t)b * dm, e->x + (size_t)b * dm, w->norm, dm, c->norm_eps);

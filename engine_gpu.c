@@ -100,6 +100,10 @@ int engine_open_gpu(Engine *e, const Model *m, int max_batch, char *err, size_t 
         snprintf(err, err_len, "the GPU engine does not run %s models yet", arch_name(m->config.arch));
         return 0;
     }
+    if (dtype_is_quantized(m->config.dtype)) {
+        snprintf(err, err_len, "the GPU engine does not run %s weights yet (the CPU does)", dtype_name(m->config.dtype));
+        return 0;
+    }
     GpuEngine *gpu = gpu_engine_create(&m->config, &m->weights, max_batch, err, err_len);
     if (!gpu) return 0;
     GpuSide *g = xcalloc(1, sizeof *g);

@@ -607,6 +607,10 @@ static void cmd_info(int argc, char **argv) {
     if (c->mixer_eps) printf("mixer_eps: %g\n", c->mixer_eps);
     printf("vocab_size: %d\npadded_vocab: %d\nnorm_eps: %g\ndtype: %s\ntied_head: %s\n", c->vocab_size,
            c->padded_vocab, c->norm_eps, dtype_name(c->dtype), c->tied_head ? "yes" : "no");
+    if (dtype_is_quantized(c->dtype))
+        printf("quantization: %s codes in groups of %d weights of a row, an f32 scale a group\n",
+               c->dtype == DTYPE_Q8 ? "8-bit" : "4-bit", QUANT_GROUP);
+    printf("bytes_per_weight: %.4f\n", (double)m.weight_bytes / (double)model_param_count(c));
     printf("parameters: %llu\nweight_bytes: %llu\ntokenizer: %s (%zu bytes)\nbos_id: %d\neos_id: %d\npad_id: %d\n",
            (unsigned long long)model_param_count(c), (unsigned long long)m.weight_bytes, tok_names[m.tokenizer_kind],
            m.tokenizer_bytes, m.bos_id, m.eos_id, m.pad_id);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -197,7 +198,7 @@ const char *config_problem(const Config *c) {
     if (c->padded_vocab < c->vocab_size || c->padded_vocab > (1 << 24))
         return "padded_vocab must be in [vocab_size, 2^24]";
     if (!(c->norm_eps > 0 && c->norm_eps < 1)) return "norm_eps must be in (0, 1)";
-    if (c->dtype != DTYPE_F32 && c->dtype != DTYPE_F16 && c->dtype != DTYPE_BF16) return "unknown weight dtype";
+    if ((unsigned)c->dtype > DTYPE_Q4) return "unknown weight dtype";
     if (c->tied_head != 0 && c->tied_head != 1) return "tied_head must be 0 or 1";
     return layout_of(c->arch)->problem(c);
 }
@@ -223,13 +224,27 @@ static const void *checked_tensor(const Model *m, const TensorEntry *e, const Te
     if (e->ndim != (uint32_t)s->ndim || e->shape[0] != s->rows || e->shape[1] != s->cols)
         die("%s: tensor %s has shape [%u, %u], the config implies [%u, %u]", path, s->name, e->shape[0],
             e->shape[1], s->rows, s->cols);
-    uint64_t bytes = (uint64_t)s->rows * s->cols * dtype_size(want);
+    uint64_t bytes = tensor_bytes(want, s->rows, s->cols);
     if (e->bytes != bytes) die("%s: tensor %s claims %llu bytes, its shape needs %llu", path, s->name,
                                (unsigned long long)e->bytes, (unsigned long long)bytes);
     if (e->offset % MAMBA_ALIGN) die("%s: tensor %s is not %d-byte aligned", path, s->name, MAMBA_ALIGN);
     if (e->offset > m->map_bytes || e->bytes > m->map_bytes - e->offset)
         die("%s: tensor %s lies outside the file", path, s->name);
     return m->map + e->offset;
+}
+
+/* A quantized tensor's scales are finite: a NaN or infinite one would make every output it touches
+ * NaN, silently. */
+static void check_scales(const void *t, DType dtype, const TensorSpec *s, const char *path) {
+    const QuantLayout q = quant_layout(dtype, s->rows, s->cols);
+    const uint8_t *scales = (const uint8_t *)t + q.scales_offset;
+    for (uint64_t i = 0; i < s->rows * q.groups; i++) {
+        float v;
+        memcpy(&v, scales + 4 * i, 4);
+        if (!isfinite(v))
+            die("%s: tensor %s has a non-finite scale (row %llu, group %llu)", path, s->name,
+                (unsigned long long)(i / q.groups), (unsigned long long)(i % q.groups));
+    }
 }
 
 static void map_file(Model *m, const char *path) {
@@ -269,7 +284,7 @@ static void read_config(Model *m, const FileHeader *h, const char *path) {
                   .n_groups = (int)h->n_groups, .dt_limit_lo = h->dt_limit_lo, .dt_limit_hi = h->dt_limit_hi,
                   .mixer_eps = h->mixer_eps};
     if (h->n_layer > 1024 || h->d_model > 65536 || h->d_inner > 262144 || h->d_state > 1024 || h->d_conv > 64 ||
-        h->dt_rank > 262144 || h->vocab_size > (1u << 24) || h->padded_vocab > (1u << 24) || h->dtype > 2 ||
+        h->dt_rank > 262144 || h->vocab_size > (1u << 24) || h->padded_vocab > (1u << 24) || h->dtype > DTYPE_Q4 ||
         h->tied_head > 1 || h->n_heads > 262144 || h->head_dim > 262144 || h->n_groups > 262144)
         die("%s: config out of range", path);
     const char *problem = config_problem(c);
@@ -291,6 +306,7 @@ static void read_tensors(Model *m, const FileHeader *h, const char *path) {
     const void **ptr = xmalloc(n * sizeof *ptr);
     for (int i = 0; i < n; i++) {
         ptr[i] = checked_tensor(m, &table[i], &specs[i], path);
+        if (dtype_is_quantized(spec_dtype(c, &specs[i]))) check_scales(ptr[i], c->dtype, &specs[i], path);
         m->weight_bytes += table[i].bytes;
     }
     bind_weights(&m->weights, c, ptr);

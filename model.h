@@ -6,7 +6,7 @@
  *   [tensor data, each at a MAMBA_ALIGN-aligned offset]
  *   [optional tokenizer blob]            SentencePiece model or tokenizer.json bytes
  * Large matrices (embedding, in_proj, x_proj, dt_proj, out_proj, lm_head) are stored in the
- * header's dtype; the small per-channel tensors (norms, conv, biases, A_log, D) are always f32,
+ * header's dtype (a float type, or quantized: see DType); the small per-channel tensors (norms, conv, biases, A_log, D) are always f32,
  * because rounding A_log or D to 16 bits visibly changes the recurrence. */
 #ifndef MAMBA_MODEL_H
 #define MAMBA_MODEL_H
@@ -20,7 +20,13 @@
 #define MAMBA_ALIGN 256                 /* tensor offsets: fine for mmap, SIMD and cudaMemcpy */
 #define MAMBA_NAME_BYTES 64
 
-typedef enum { DTYPE_F32 = 0, DTYPE_F16 = 1, DTYPE_BF16 = 2 } DType;
+/* The large matrices' storage. q8 and q4 are quantized in groups of QUANT_GROUP consecutive
+ * weights of a row (the row padded with zeros to whole groups), one f32 scale a group:
+ *   q8: int8 q, w = q · scale                     q4: 4-bit q in [0, 15], w = (q - 8) · scale
+ * A quantized [rows, cols] tensor is two planes: the codes, row r at r · code_row_bytes (q4: two
+ * a byte, the even column in the low nibble), then the scales [rows, groups] (quant_layout). */
+typedef enum { DTYPE_F32 = 0, DTYPE_F16 = 1, DTYPE_BF16 = 2, DTYPE_Q8 = 3, DTYPE_Q4 = 4 } DType;
+#define QUANT_GROUP 32
 
 typedef enum {
     TOKENIZER_NONE = 0,
@@ -129,7 +135,32 @@ typedef struct {
     float *ssm;               /* [n_layer, d_inner, d_state] h (Mamba-2: [n_layer, n_heads, head_dim, d_state]) */
 } SeqState;
 
+static inline int dtype_is_quantized(DType t) { return t == DTYPE_Q8 || t == DTYPE_Q4; }
+
+/* Bytes of one element of an unquantized dtype. */
 static inline size_t dtype_size(DType t) { return t == DTYPE_F32 ? 4 : 2; }
+
+/* Where a quantized [rows, cols] tensor keeps its codes and scales. */
+typedef struct {
+    uint64_t groups;          /* a row's groups of QUANT_GROUP */
+    uint64_t code_row_bytes;  /* a row's codes: groups · QUANT_GROUP (q8) or half of it (q4) */
+    uint64_t scales_offset;   /* the scales plane, from the tensor's start: rows · code_row_bytes */
+    uint64_t bytes;           /* the whole tensor */
+} QuantLayout;
+
+static inline QuantLayout quant_layout(DType t, uint64_t rows, uint64_t cols) {
+    QuantLayout q;
+    q.groups = (cols + QUANT_GROUP - 1) / QUANT_GROUP;
+    q.code_row_bytes = q.groups * QUANT_GROUP / (t == DTYPE_Q4 ? 2 : 1);
+    q.scales_offset = rows * q.code_row_bytes;
+    q.bytes = q.scales_offset + rows * q.groups * sizeof(float);
+    return q;
+}
+
+/* Bytes of a [rows, cols] tensor stored as t. */
+static inline uint64_t tensor_bytes(DType t, uint64_t rows, uint64_t cols) {
+    return dtype_is_quantized(t) ? quant_layout(t, rows, cols).bytes : rows * cols * dtype_size(t);
+}
 
 static inline float bf16_to_f32(uint16_t h) {
     union { uint32_t u; float f; } v = { (uint32_t)h << 16 };

@@ -73,13 +73,16 @@ double parse_double(const char *flag, const char *s, double lo, double hi) {
 }
 
 const char *dtype_name(DType t) {
-    return t == DTYPE_F32 ? "f32" : t == DTYPE_F16 ? "f16" : "bf16";
+    static const char *const names[] = {"f32", "f16", "bf16", "q8", "q4"};
+    return (unsigned)t < sizeof names / sizeof *names ? names[t] : "unknown";
 }
 
 int parse_dtype(const char *s, DType *out) {
     if (!strcmp(s, "f32")) *out = DTYPE_F32;
     else if (!strcmp(s, "f16")) *out = DTYPE_F16;
     else if (!strcmp(s, "bf16")) *out = DTYPE_BF16;
+    else if (!strcmp(s, "q8")) *out = DTYPE_Q8;
+    else if (!strcmp(s, "q4")) *out = DTYPE_Q4;
     else return -1;
     return 0;
 }

@@ -211,11 +211,13 @@ static inline void quant_lanes(Lanes *w, const QuantRow *row, DType dtype, int j
         memcpy(&q, row->codes + j, sizeof q);
         *w = __builtin_convertvector(q, Lanes) * scale;
     } else {
-        const uint8_t *b = row->codes + j / 2;
-        float f[DOT_LANES];
-        for (int k = 0; k < DOT_LANES / 2; k++) f[2 * k] = (float)((b[k] & 15) - 8), f[2 * k + 1] = (float)((b[k] >> 4) - 8);
-        memcpy(w, f, sizeof *w);
-        *w *= scale;
+        typedef uint8_t PackedCodes __attribute__((vector_size(DOT_LANES / 2)));
+        typedef uint8_t Codes __attribute__((vector_size(DOT_LANES)));
+        PackedCodes b;
+        memcpy(&b, row->codes + j / 2, sizeof b);
+        const PackedCodes lo = b & 15, hi = b >> 4;   /* columns j + 2k and j + 2k + 1 */
+        const Codes q = __builtin_shufflevector(lo, hi, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+        *w = (__builtin_convertvector(q, Lanes) - 8.0f) * scale;
     }
 }
 

@@ -58,7 +58,7 @@ expect_error "-n not a number" "-n expects an integer" $MAMBA -m $good --prompt-
 expect_error "negative temperature" "-t expects a number" $MAMBA -m $good --prompt-ids 1 -t -1
 expect_error "top-p above 1" "-p expects a number" $MAMBA -m $good --prompt-ids 1 -p 1.5
 expect_error "unknown option" "unknown option --frobnicate" $MAMBA -m $good --frobnicate
-expect_error "unknown dtype" "--dtype must be f32, f16 or bf16" $MAMBA convert $F/tiny/hf $TMP/x.bin --dtype f8
+expect_error "unknown dtype" "--dtype must be f32, f16, bf16, q8 or q4" $MAMBA convert $F/tiny/hf $TMP/x.bin --dtype f8
 expect_error "model without tokenizer and a text prompt" "no tokenizer" $MAMBA -m $good "hello"
 
 # ---- bad Hugging Face directories: convert must fail cleanly and leave no output behind

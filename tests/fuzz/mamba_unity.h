@@ -12,4 +12,6 @@
 #include "../../convert.c"
 #include "../../torch_archive.c"
 #include "../../bench.c"
+#include "../../state.c"
+#include "../../generate.c"
 #include "../../mamba.c"

@@ -90,9 +90,9 @@ static int take_prompt_cache(Single *q, SavedState *cache) {
 }
 
 /* The state after the prompt, its ids all kept, as the prompt cache; rewritten unless the cache
- * already held exactly this prompt. */
+ * already held exactly this prompt, or is read-only. */
 static void save_prompt_cache(Single *q, const SavedState *cache, int hit) {
-    if (hit && cache->n_ids == q->n_seq) return;
+    if ((hit && cache->n_ids == q->n_seq) || q->o->prompt_cache_ro) return;
     SavedState s = q->before_last;
     s.ids = q->seq, s.n_ids = q->n_seq, s.n_tokens = q->n_seq, s.last_token = q->seq[q->n_seq - 1];
     s.rng = q->o->sampler.rng, s.n_pending = 0;
@@ -155,7 +155,7 @@ void generate(const RunOptions *o) {
     catch_sigint(&old_int);
 
     double t_start = now_seconds();
-    const float *logits = run_prompt(&q, o->prompt_cache || (o->state_out && o->steps == 0));
+    const float *logits = run_prompt(&q, (o->prompt_cache && !o->prompt_cache_ro) || (o->state_out && o->steps == 0));
     double t_prompt = now_seconds();
     if (o->prompt_cache && logits) save_prompt_cache(&q, &cache, hit);
     /* the prompt is echoed once it has run, after its progress line (on a terminal) is gone;

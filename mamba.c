@@ -264,7 +264,7 @@ enum {
     RUN_MODEL = 1, RUN_PROMPT, RUN_FILE, RUN_PROMPT_IDS, RUN_BATCH_FILE, RUN_BATCH_SIZE, RUN_TOKENIZER, RUN_STEPS,
     RUN_TEMPERATURE, RUN_TOP_K, RUN_TOP_P, RUN_REPEAT_PENALTY, RUN_REPEAT_LAST_N, RUN_SEED, RUN_DEVICE, RUN_THREADS,
     RUN_LOGITS_OUT, RUN_MAX_PROMPT_TOKENS, RUN_PROMPT_BATCH, RUN_IGNORE_EOS, RUN_STATS, RUN_PRINT_IDS, RUN_NO_ECHO,
-    RUN_JSON, RUN_STATE_IN, RUN_STATE_OUT, RUN_PROMPT_CACHE,
+    RUN_JSON, RUN_STATE_IN, RUN_STATE_OUT, RUN_PROMPT_CACHE, RUN_PROMPT_CACHE_RO,
 };
 
 static const Option RUN_OPTIONS[] = {
@@ -288,6 +288,7 @@ static const Option RUN_OPTIONS[] = {
     {RUN_STATE_IN, "--state-in", "FILE", "continue the sequence saved in FILE: the prompt (no BOS; may be empty) follows it"},
     {RUN_STATE_OUT, "--state-out", "FILE", "save the sequence at the end (prompt and generated tokens) to FILE"},
     {RUN_PROMPT_CACHE, "--prompt-cache", "FILE", "reuse the state after the prompt's longest prefix cached in FILE; save this prompt's"},
+    {RUN_PROMPT_CACHE_RO, "--prompt-cache-ro", NULL, "use --prompt-cache but never rewrite it (a document cached once, then questions)"},
     {RUN_MAX_PROMPT_TOKENS, "--max-prompt-tokens", "N",
      "longest prompt (default 1048576; text beyond " STRINGIFY(PROMPT_BYTES_PER_TOKEN) " bytes a token is refused unread)"},
     {RUN_PROMPT_BATCH, "--prompt-batch", "N",
@@ -353,6 +354,7 @@ static void parse_run_option(RunOptions *o, OptionParser *p, int id, const char 
     case RUN_STATE_IN: o->state_in = value; break;
     case RUN_STATE_OUT: o->state_out = value; break;
     case RUN_PROMPT_CACHE: o->prompt_cache = value; break;
+    case RUN_PROMPT_CACHE_RO: o->prompt_cache_ro = 1; break;
     case RUN_MAX_PROMPT_TOKENS: o->max_prompt_tokens = parse_long(name, value, 1, 1 << 30); break;
     case RUN_PROMPT_BATCH: o->prompt_batch = (int)parse_long(name, value, 1, PREFILL_CHUNK); break;
     case RUN_IGNORE_EOS: o->ignore_eos = 1; break;
@@ -392,6 +394,7 @@ static void cmd_run(int argc, char **argv) {
     const int batched = is_batched(&o, n_inputs);
     if (batched) check_batched_run(&o, n_inputs, n_words);
     else if (n_parts && o.prompt_ids) die("give the prompt as text or as --prompt-ids, not both");
+    if (o.prompt_cache_ro && !o.prompt_cache) die("--prompt-cache-ro needs --prompt-cache FILE");
     if (o.prompt_cache && o.state_in) die("--prompt-cache cannot be combined with --state-in: both give the sequence's start");
     if (o.prompt_cache && o.logits_out) die("--logits-out cannot be combined with --prompt-cache: a cached prompt's logits are not run");
     const char **inputs = xmalloc((n_inputs + 1) * sizeof *inputs);

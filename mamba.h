@@ -332,6 +332,7 @@ typedef struct {
     const char *state_in;      /* --state-in: continue this saved sequence */
     const char *state_out;     /* --state-out: save the sequence at the end */
     const char *prompt_cache;  /* --prompt-cache: reuse the state after the longest cached prefix */
+    int prompt_cache_ro;       /* --prompt-cache-ro: never rewrite it */
 } RunOptions;
 
 #define MAX_PROMPT_BYTES (256u << 20)

@@ -121,3 +121,48 @@ expect_error "--state-out with several prompts" "cannot be combined with several
 expect_error "--state-in with --json" "--state-in cannot be combined with --json" run -m $TMP/tiny.bin --state-in $s --json --print-ids
 expect_error "--prompt-cache with --state-in" "cannot be combined with --state-in" run -m $TMP/tiny.bin --prompt-cache $TMP/pc --state-in $s --print-ids
 expect_error "--prompt-cache with --logits-out" "cannot be combined with --prompt-cache" run -m $TMP/tiny.bin --prompt-cache $TMP/pc --logits-out $TMP/l --print-ids
+
+# ---- the prompt cache: a miss writes it, a hit of the whole prompt runs one token, a longer
+# prompt runs only its new tokens; each run prints what the same run without a cache prints
+stats_line() { grep -o 'prompt cache: .*' "$1"; }
+cached_run() {   # cached_run MODEL IDS: the ids generated, and the --stats line into $TMP/pc.err
+    run -m "$1" --prompt-cache $TMP/pc.cache --prompt-ids "$2" -n 12 -t 0 --ignore-eos --print-ids --stats 2>$TMP/pc.err
+}
+for shape in tiny mamba2-tiny; do
+    m=$TMP/$shape.bin
+    rm -f $TMP/pc.cache
+    check "$shape: cache miss: the whole prompt runs, the ids are the uncached run's" bash -c "
+        $(declare -f run cached_run); MAMBA=$MAMBA TMP=$TMP
+        [ \"\$(cached_run $m $A)\" = \"\$(run -m $m --prompt-ids $A -n 12 -t 0 --ignore-eos --print-ids)\" ] &&
+        grep -q 'prompt cache: miss, 0 of 9 prompt tokens reused' $TMP/pc.err && grep -q '^prompt: 9 tokens' $TMP/pc.err &&
+        $MAMBA info $TMP/pc.cache | grep -qx 'tokens: 9' && $MAMBA info $TMP/pc.cache | grep -q 'ids_stored: 9 (all'"
+    sum=$(cksum <$TMP/pc.cache)
+    check "$shape: cache hit of the whole prompt: one token runs, same ids, the cache is left as it was" bash -c "
+        $(declare -f run cached_run); MAMBA=$MAMBA TMP=$TMP
+        [ \"\$(cached_run $m $A)\" = \"\$(run -m $m --prompt-ids $A -n 12 -t 0 --ignore-eos --print-ids)\" ] &&
+        grep -q 'prompt cache: hit, 8 of 9 prompt tokens reused' $TMP/pc.err && grep -q '^prompt: 1 tokens' $TMP/pc.err &&
+        [ \"\$(cksum <$TMP/pc.cache)\" = '$sum' ]"
+    check "$shape: cache hit of a prefix: only the new tokens run, same ids, the cache becomes the longer prompt" bash -c "
+        $(declare -f run cached_run); MAMBA=$MAMBA TMP=$TMP
+        [ \"\$(cached_run $m $P)\" = \"\$(run -m $m --prompt-ids $P -n 12 -t 0 --ignore-eos --print-ids)\" ] &&
+        grep -q 'prompt cache: hit, 8 of 20 prompt tokens reused' $TMP/pc.err && grep -q '^prompt: 12 tokens' $TMP/pc.err &&
+        $MAMBA info $TMP/pc.cache | grep -qx 'tokens: 20'"
+    check "$shape: a prompt the cache is not a prefix of (shorter, or other ids): a miss, rewritten" bash -c "
+        $(declare -f run cached_run); MAMBA=$MAMBA TMP=$TMP
+        [ \"\$(cached_run $m $A)\" = \"\$(run -m $m --prompt-ids $A -n 12 -t 0 --ignore-eos --print-ids)\" ] &&
+        grep -q 'prompt cache: miss, 0 of 9' $TMP/pc.err && $MAMBA info $TMP/pc.cache | grep -qx 'tokens: 9' &&
+        [ \"\$(cached_run $m 4,$B)\" = \"\$(run -m $m --prompt-ids 4,$B -n 12 -t 0 --ignore-eos --print-ids)\" ] &&
+        grep -q 'prompt cache: miss, 0 of 12' $TMP/pc.err && $MAMBA info $TMP/pc.cache | grep -qx 'last_token: 19'"
+done
+expect_error "a prompt cache of another model" "is of another model" run -m $TMP/tiny.bin --prompt-cache $TMP/pc.cache --prompt-ids 1 -n 1 --print-ids
+check "a document cached once, then questions (--prompt-cache-ro): each pays for its own tokens, prints the uncached text" bash -c "
+    $(declare -f run); MAMBA=$MAMBA; rm -f $TMP/doc.cache
+    doc='It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.'
+    run -m $M --prompt-cache $TMP/doc.cache -n 0 \"\$doc\" >/dev/null 2>&1 && sum=\$(cksum <$TMP/doc.cache) &&
+    for q in ' Who is in want of a wife?' ' What is universally acknowledged?'; do
+        a=\$(run -m $M --prompt-cache $TMP/doc.cache --prompt-cache-ro -n 16 -t 0 --stats \"\$doc\$q\" 2>$TMP/doc.err) &&
+        b=\$(run -m $M -n 16 -t 0 \"\$doc\$q\") && [ \"\$a\" = \"\$b\" ] &&
+        n_q=\$($MAMBA tokenize -m $M \"\$q\" | wc -w) && grep -q \"^prompt: \$((n_q + 1)) tokens\" $TMP/doc.err &&
+        [ \"\$(cksum <$TMP/doc.cache)\" = \"\$sum\" ] || exit 1
+    done"
+expect_error "--prompt-cache-ro alone" "needs --prompt-cache FILE" run -m $TMP/tiny.bin --prompt-cache-ro --prompt-ids 1 --print-ids

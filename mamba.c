@@ -264,7 +264,8 @@ enum {
     RUN_MODEL = 1, RUN_PROMPT, RUN_FILE, RUN_PROMPT_IDS, RUN_BATCH_FILE, RUN_BATCH_SIZE, RUN_TOKENIZER, RUN_STEPS,
     RUN_TEMPERATURE, RUN_TOP_K, RUN_TOP_P, RUN_REPEAT_PENALTY, RUN_REPEAT_LAST_N, RUN_SEED, RUN_DEVICE, RUN_THREADS,
     RUN_LOGITS_OUT, RUN_MAX_PROMPT_TOKENS, RUN_PROMPT_BATCH, RUN_IGNORE_EOS, RUN_STATS, RUN_PRINT_IDS, RUN_NO_ECHO,
-    RUN_JSON, RUN_STATE_IN, RUN_STATE_OUT, RUN_PROMPT_CACHE, RUN_PROMPT_CACHE_RO,
+    RUN_JSON, RUN_STATE_IN, RUN_STATE_OUT, RUN_PROMPT_CACHE, RUN_PROMPT_CACHE_RO, RUN_INTERACTIVE,
+    RUN_STOP, RUN_IN_PREFIX, RUN_IN_SUFFIX,
 };
 
 static const Option RUN_OPTIONS[] = {
@@ -288,6 +289,10 @@ static const Option RUN_OPTIONS[] = {
     {RUN_STATE_IN, "--state-in", "FILE", "continue the sequence saved in FILE: the prompt (no BOS; may be empty) follows it"},
     {RUN_STATE_OUT, "--state-out", "FILE", "save the sequence at the end (prompt and generated tokens) to FILE"},
     {RUN_PROMPT_CACHE, "--prompt-cache", "FILE", "reuse the state after the prompt's longest prefix cached in FILE; save this prompt's"},
+    {RUN_INTERACTIVE, "--interactive", NULL, "after each generation, read a line of standard input and generate again (mamba chat)"},
+    {RUN_STOP, "--stop", "STR", "end a generation when its text contains STR (printed; more than once: any of them)"},
+    {RUN_IN_PREFIX, "--in-prefix", "STR", "interactive: text before each line of input"},
+    {RUN_IN_SUFFIX, "--in-suffix", "STR", "interactive: text after each line of input"},
     {RUN_PROMPT_CACHE_RO, "--prompt-cache-ro", NULL, "use --prompt-cache but never rewrite it (a document cached once, then questions)"},
     {RUN_MAX_PROMPT_TOKENS, "--max-prompt-tokens", "N",
      "longest prompt (default 1048576; text beyond " STRINGIFY(PROMPT_BYTES_PER_TOKEN) " bytes a token is refused unread)"},
@@ -355,6 +360,13 @@ static void parse_run_option(RunOptions *o, OptionParser *p, int id, const char 
     case RUN_STATE_OUT: o->state_out = value; break;
     case RUN_PROMPT_CACHE: o->prompt_cache = value; break;
     case RUN_PROMPT_CACHE_RO: o->prompt_cache_ro = 1; break;
+    case RUN_INTERACTIVE: o->interactive = 1; break;
+    case RUN_STOP:
+        if (!*value) die("--stop needs a non-empty string");
+        o->stop[o->n_stop++] = value;
+        break;
+    case RUN_IN_PREFIX: o->in_prefix = value; break;
+    case RUN_IN_SUFFIX: o->in_suffix = value; break;
     case RUN_MAX_PROMPT_TOKENS: o->max_prompt_tokens = parse_long(name, value, 1, 1 << 30); break;
     case RUN_PROMPT_BATCH: o->prompt_batch = (int)parse_long(name, value, 1, PREFILL_CHUNK); break;
     case RUN_IGNORE_EOS: o->ignore_eos = 1; break;
@@ -365,8 +377,8 @@ static void parse_run_option(RunOptions *o, OptionParser *p, int id, const char 
     }
 }
 
-static void cmd_run(int argc, char **argv) {
-    RunOptions o = {.steps = 256, .echo = 1, .device = DEVICE_AUTO, .max_prompt_tokens = DEFAULT_MAX_PROMPT_TOKENS,
+static void cmd_run(int argc, char **argv, int interactive) {
+    RunOptions o = {.interactive = interactive, .stop = xmalloc((argc + 1) * sizeof(char *)),.steps = 256, .echo = 1, .device = DEVICE_AUTO, .max_prompt_tokens = DEFAULT_MAX_PROMPT_TOKENS,
                     .batch_size = 32,
                     .sampler = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .repeat_penalty = 1.0f,
                                 .repeat_last_n = 64}};
@@ -392,6 +404,9 @@ static void cmd_run(int argc, char **argv) {
     size_t max_bytes = (size_t)o.max_prompt_tokens * PROMPT_BYTES_PER_TOKEN;
     if (max_bytes > MAX_PROMPT_BYTES) max_bytes = MAX_PROMPT_BYTES;
     const int batched = is_batched(&o, n_inputs);
+    if (batched && o.interactive) die("--interactive cannot be combined with several prompts, --batch-file or --json: it is one sequence");
+    if (o.interactive && o.prompt_cache) die("--prompt-cache cannot be combined with --interactive");
+    if ((o.in_prefix || o.in_suffix) && !o.interactive) die("--in-prefix and --in-suffix go with --interactive (or mamba chat)");
     if (batched) check_batched_run(&o, n_inputs, n_words);
     else if (n_parts && o.prompt_ids) die("give the prompt as text or as --prompt-ids, not both");
     if (o.prompt_cache_ro && !o.prompt_cache) die("--prompt-cache-ro needs --prompt-cache FILE");
@@ -403,12 +418,15 @@ static void cmd_run(int argc, char **argv) {
     assemble_prompt(&o, parts, n_parts, n_inputs, max_bytes, inputs, file_texts, &n_files);
     if (batched) {
         run_batched(&o, inputs, n_inputs, max_bytes);
+    } else if (o.interactive) {
+        check_prompt_bytes(o.prompt, "the prompt", max_bytes, o.max_prompt_tokens);   /* stdin is the turns' */
+        chat(&o);
     } else {
         read_single_prompt(&o, max_bytes);
         generate(&o);
     }
     for (int i = 0; i < n_files; i++) free(file_texts[i]);
-    free(o.prompt), free(inputs), free(parts), free(file_texts);
+    free(o.prompt), free(inputs), free(parts), free(file_texts), free(o.stop);
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -548,6 +566,7 @@ static void usage(void) {
     fputs("mamba " MAMBA_VERSION ": Mamba language models from one checkpoint file, on the CPU or a GPU.\n\n"
           "commands:\n"
           "  run         generate text (the default: `mamba \"Once upon a time\"`)\n"
+          "  chat        run --interactive: a turn a line of input, the state carried on\n"
           "  convert     import a Hugging Face or state-spaces checkpoint: mamba convert HF_DIR OUT.bin\n"
           "  info        a checkpoint's config\n"
           "  tokenize    text to ids, or ids to text\n"
@@ -570,8 +589,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(cmd, "perplexity")) cmd_perplexity(argc - 2, argv + 2);
     else if (!strcmp(cmd, "init")) cmd_init(argc - 2, argv + 2);
     else if (!strcmp(cmd, "bench")) cmd_bench(argc - 2, argv + 2);
-    else if (!strcmp(cmd, "run")) cmd_run(argc - 2, argv + 2);
-    else cmd_run(argc - 1, argv + 1);   /* no command: run, with all the arguments */
+    else if (!strcmp(cmd, "run")) cmd_run(argc - 2, argv + 2, 0);
+    else if (!strcmp(cmd, "chat")) cmd_run(argc - 2, argv + 2, 1);   /* run --interactive */
+    else cmd_run(argc - 1, argv + 1, 0);   /* no command: run, with all the arguments */
     if (fflush(stdout) && errno != EPIPE) die("cannot write to stdout: %s", strerror(errno));
     return 0;
 }

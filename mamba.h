@@ -10,6 +10,7 @@
  *   mamba.c     main, `run`'s options and prompts, tokenize, info
  *   generate.c  one sequence's generation, its state carried in and out
  *   state.c     state files: the state of a sequence on disk
+ *   chat.c      interactive sessions: a turn a line of input
  *   batch.c     several prompts decoded together
  *   convert.c   Hugging Face and state-spaces import, the checkpoint writer, init
  *               (torch_archive.c, torch_archive.h: reading pytorch_model.bin)
@@ -333,6 +334,10 @@ typedef struct {
     const char *state_out;     /* --state-out: save the sequence at the end */
     const char *prompt_cache;  /* --prompt-cache: reuse the state after the longest cached prefix */
     int prompt_cache_ro;       /* --prompt-cache-ro: never rewrite it */
+    int interactive;           /* --interactive, mamba chat: turns read from standard input */
+    const char **stop;         /* --stop strings: a generation ends at one */
+    int n_stop;
+    const char *in_prefix, *in_suffix;   /* around each line of input */
 } RunOptions;
 
 #define MAX_PROMPT_BYTES (256u << 20)
@@ -378,12 +383,29 @@ void state_save(const char *path, const SavedState *s, Model *m);
  * line and exit 1. With missing_ok, a file that does not exist returns 0. */
 int state_load(const char *path, SavedState *s, Model *m, int missing_ok);
 int is_state_file(const char *path);          /* starts with the state magic */
+extern uint8_t *g_state_data;                 /* the state file being read (reachable at a refusal's exit) */
 void state_info(const char *path);            /* mamba info FILE.state */
 
 /* ---- generate.c ---- */
 
 /* One prompt, its tokens streamed to stdout as they come; --state-in, --state-out, --prompt-cache. */
 void generate(const RunOptions *o);
+
+/* A sequence that takes turns (chat.c): each runs some ids, then generates until EOS, -n, a
+ * --stop string or Ctrl-C; the state goes on to the next. */
+typedef struct Session Session;
+typedef enum { END_LENGTH, END_EOS, END_STOP, END_INTERRUPTED } TurnEnd;
+Session *session_open(const RunOptions *o);           /* the model, --state-in, the engine, the sampler */
+const Tokenizer *session_tokenizer(const Session *q);
+const Model *session_model(const Session *q);
+size_t session_length(const Session *q);               /* tokens so far (0: the next text starts the sequence) */
+TurnEnd session_turn(Session *q, const int *ids, size_t n, int echo);
+void session_close(Session *q);                        /* --state-out, --stats, and frees it all */
+
+/* ---- chat.c ---- */
+
+/* --interactive, mamba chat: the prompt (if any) as the first turn, then a turn a line of input. */
+void chat(const RunOptions *o);
 
 /* ---- batch.c ---- */
 

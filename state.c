@@ -203,14 +203,17 @@ static void check_finite(const float *v, uint64_t n, const char *what, const cha
         if (!isfinite(v[i])) die("state %s: its %s state has a non-finite value (float %llu)", path, what, (unsigned long long)i);
 }
 
-/* The whole file, read into memory (its size is what its header claims, checked after). */
+/* The whole file, read into memory (its size is what its header claims, checked after); kept
+ * in g_state_data until freed, so that a refusal (exit) leaves nothing unreachable behind. */
+uint8_t *g_state_data;   /* not static: a store the compiler may not drop */
+
 static uint8_t *read_state_file(const char *path, uint64_t *size) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) die("cannot open the state %s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) || !S_ISREG(st.st_mode)) close(fd), die("state %s is not a regular file", path);
     if ((uint64_t)st.st_size > (16ull << 30)) close(fd), die("state %s is implausibly large (%lld bytes)", path, (long long)st.st_size);
-    uint8_t *data = xmalloc(st.st_size);
+    uint8_t *data = g_state_data = xmalloc(st.st_size);
     size_t got = 0;
     for (ssize_t n; got < (size_t)st.st_size; got += n)
         if ((n = read(fd, data + got, st.st_size - got)) <= 0) break;
@@ -240,7 +243,7 @@ int state_load(const char *path, SavedState *s, Model *m, int missing_ok) {
     s->n_tokens = h.n_tokens, s->rng = h.rng, s->last_token = h.last_token;
     s->n_pending = (int)h.n_pending;
     memcpy(s->pending, h.pending, h.n_pending);
-    free(data);
+    free(data), g_state_data = NULL;
     return 1;
 }
 
@@ -273,5 +276,5 @@ void state_info(const char *path) {
            h.last_token, h.n_ids, h.n_ids == h.n_tokens ? " (all: usable as a prompt cache)" : " (the most recent)",
            h.n_pending);
     printf("state_bytes: %llu\nfile_bytes: %llu\n", (unsigned long long)n_values * 4, (unsigned long long)size);
-    free(data);
+    free(data), g_state_data = NULL;
 }

@@ -166,3 +166,64 @@ check "a document cached once, then questions (--prompt-cache-ro): each pays for
         [ \"\$(cksum <$TMP/doc.cache)\" = \"\$sum\" ] || exit 1
     done"
 expect_error "--prompt-cache-ro alone" "needs --prompt-cache FILE" run -m $TMP/tiny.bin --prompt-cache-ro --prompt-ids 1 --print-ids
+
+# ---- interactive (mamba chat, run --interactive): from a pipe, a turn a line; turn i prints what
+# one run of the whole sequence so far prints: BOS, line 1, turn 1's tokens, line 2, ... (each
+# line tokenized on its own, no BOS after the first; an empty line continues the generation)
+tok_ids() { $MAMBA tokenize -m $M "$@" | tr ' ' ','; }
+check "chat from a pipe: each turn's ids = a one-shot run of the sequence so far" bash -c "
+    $(declare -f run tok_ids); MAMBA=$MAMBA M=$M
+    printf 'The whale\n and the sea\n\n' | $MAMBA chat -m $M --device cpu -n 8 -t 0 --ignore-eos --print-ids >$TMP/turns &&
+    [ \$(wc -l <$TMP/turns) -eq 3 ] &&
+    seq=\$(tok_ids --bos 'The whale') && t1=\$(run -m $M --prompt-ids \$seq -n 8 -t 0 --ignore-eos --print-ids) &&
+    seq=\$seq,\$(echo \$t1 | tr ' ' ,),\$(tok_ids ' and the sea') && t2=\$(run -m $M --prompt-ids \$seq -n 8 -t 0 --ignore-eos --print-ids) &&
+    seq=\$seq,\$(echo \$t2 | tr ' ' ,) && t3=\$(run -m $M --prompt-ids \$seq -n 8 -t 0 --ignore-eos --print-ids) &&
+    printf '%s\n' \"\$t1\" \"\$t2\" \"\$t3\" | diff - $TMP/turns"
+check "chat: --in-prefix and --in-suffix wrap each line; a prompt given is the first turn" bash -c "
+    $(declare -f run tok_ids); MAMBA=$MAMBA M=$M
+    printf 'The whale\n' | $MAMBA chat -m $M --device cpu -n 6 -t 0 --ignore-eos --print-ids --in-prefix 'Q: ' --in-suffix ' A:' 'Call me Ishmael.' >$TMP/turns &&
+    seq=\$(tok_ids --bos 'Call me Ishmael.') && t1=\$(run -m $M --prompt-ids \$seq -n 6 -t 0 --ignore-eos --print-ids) &&
+    seq=\$seq,\$(echo \$t1 | tr ' ' ,),\$(tok_ids 'Q: The whale A:') && t2=\$(run -m $M --prompt-ids \$seq -n 6 -t 0 --ignore-eos --print-ids) &&
+    printf '%s\n' \"\$t1\" \"\$t2\" | diff - $TMP/turns"
+check "chat: text turns, one output line a turn, flushed; --state-out saves the session at the end" bash -c "
+    printf 'The whale\nIn the beginning\n' | $MAMBA chat -m $M --device cpu -n 8 -t 0 --ignore-eos --state-out $TMP/chat.state >$TMP/turns &&
+    [ \$(wc -l <$TMP/turns) -eq 2 ] && $MAMBA info $TMP/chat.state | grep -qx \"tokens: \$((3 + 8 + \$($MAMBA tokenize -m $M 'In the beginning' | wc -w) + 8))\""
+check "--stop ends a generation at its string (printed), a prefix of the run without it" bash -c "
+    $(declare -f run); MAMBA=$MAMBA
+    full=\$(run -m $M -n 60 -t 0 --ignore-eos --no-echo 'The whale') && cut=\$(run -m $M -n 60 -t 0 --ignore-eos --no-echo --stop sea --stop nomatch 'The whale') &&
+    [ \"\${cut%sea}\" != \"\$cut\" ] && [ \"\${full#\"\$cut\"}\" != \"\$full\" ] && [ \${#cut} -lt \${#full} ]"
+expect_error "--interactive with several prompts" "--interactive cannot be combined" run -m $M --interactive -i a -i b
+expect_error "--interactive with --json" "--interactive cannot be combined" run -m $M --interactive --json
+expect_error "chat with --prompt-cache" "--prompt-cache cannot be combined with --interactive" $MAMBA chat -m $M --prompt-cache $TMP/x
+expect_error "--in-prefix without --interactive" "go with --interactive" run -m $M --in-prefix 'Q:' -n 1 hello
+
+# on a terminal (tmux): the input prompt shows, Ctrl-C while generating returns to it, Ctrl-D
+# and Ctrl-C at it exit 0, and --state-out saves what was consumed
+pane() { tmux capture-pane -p -t "$1" | grep -v '^$'; }
+wait_pane() {   # wait_pane SESSION REGEX: up to 30 s for the pane's last line to match
+    local i
+    for i in $(seq 300); do pane "$1" | tail -n 1 | grep -Eq -- "$2" && return 0; sleep 0.1; done
+    echo "pane:"; pane "$1" | tail -n 5; return 1
+}
+if tmux -L mamba-test new-session -d -s probe true 2>/dev/null; then
+    T="tmux -L mamba-test"
+    tmux() { command tmux -L mamba-test "$@"; }
+    for key in C-d C-c; do
+        s=chat_$key
+        tmux new-session -d -s $s -x 150 -y 40 "$MAMBA chat -m $M --device cpu -n 1000000 --ignore-eos -t 0 --state-out $TMP/tty.state; echo EXIT=\$?; sleep 60"
+        check "terminal ($key): the input prompt shows" wait_pane $s '^> ?$'
+        tmux send-keys -t $s "The whale" Enter
+        check "terminal ($key): the line is generated from" wait_pane $s ', and the'
+        tmux send-keys -t $s C-c
+        check "terminal ($key): Ctrl-C while generating returns to the prompt" wait_pane $s '\^C$|^> ?$'
+        check "terminal ($key): ... which shows on its own line" wait_pane $s '^> ?$'
+        tmux send-keys -t $s $key
+        check "terminal ($key) at the prompt: exits 0" wait_pane $s 'EXIT=0$'
+        check "terminal ($key): --state-out saved the session" bash -c "$MAMBA info $TMP/tty.state | grep -Eq '^tokens: ([4-9]|[0-9]{2,})$'"
+        tmux kill-session -t $s 2>/dev/null
+        rm -f $TMP/tty.state
+    done
+    tmux kill-server 2>/dev/null
+else
+    echo "SKIP terminal chat tests: tmux cannot start a session here"
+fi

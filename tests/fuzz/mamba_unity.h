@@ -14,4 +14,5 @@
 #include "../../bench.c"
 #include "../../state.c"
 #include "../../generate.c"
+#include "../../chat.c"
 #include "../../mamba.c"

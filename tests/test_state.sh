@@ -223,7 +223,7 @@ if tmux -L mamba-test new-session -d -s probe true 2>/dev/null; then
         tmux kill-session -t $s 2>/dev/null
         rm -f $TMP/tty.state
     done
-    tmux kill-server 2>/dev/null
+    tmux kill-server 2>/dev/null || true
 else
     echo "SKIP terminal chat tests: tmux cannot start a session here"
 fi

@@ -36,12 +36,15 @@ CXXFLAGS ?= $(OPT) -g -Wall -Wextra
 CXXFLAGS += -std=c++17
 # -lzip: torch.save files (torch_archive.c) are zip archives, and libzip is a well-kept zip library
 # (zip64, deflate, CRC and consistency checks), safer than a zip reader of our own
-LDLIBS = -lsentencepiece -lcjson -lutf8proc -lpcre2-8 -lzip -lstdc++ -lm
+# -ledit: `mamba chat` reads its lines on a terminal with libedit (Debian's BSD line editor:
+# editing and history, under a BSD licence, where GNU readline's GPL would bind the binary)
+LDLIBS = -lsentencepiece -lcjson -lutf8proc -lpcre2-8 -lzip -ledit -lstdc++ -lm
 SANITIZE = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -fopenmp
 
 # the host program, one concern a file (README: how the code is organised); tests/fuzz/mamba_unity.h
 # lists the same files for the fuzz targets
-HOST_SRC = mamba.c util.c options.c model.c cpu.c pool.c sampler.c engine.c batch.c convert.c torch_archive.c bench.c tokenizer.c
+HOST_SRC = mamba.c util.c options.c model.c cpu.c pool.c sampler.c engine.c batch.c convert.c torch_archive.c bench.c tokenizer.c \
+	state.c generate.c chat.c
 HEADERS = mamba.h model.h gpu.h tokenizer.h tokenizer_unicode.h sp_wrapper.h torch_archive.h
 GPU_HEADERS = gpu.h gpu_internal.cuh gpu_device.cuh gpu_step.cuh model.h
 
@@ -108,7 +111,7 @@ build:
 FUZZ_CXX ?= clang++
 FUZZ_FLAGS = -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 	-Dmain=mamba_main -Wall -Wextra -Wno-unknown-pragmas
-FUZZ_TARGETS = checkpoint safetensors config tokenizer_json bpe_encode decode sentencepiece cli torch_archive
+FUZZ_TARGETS = checkpoint safetensors config tokenizer_json bpe_encode decode sentencepiece cli torch_archive state
 FUZZ_BINS = $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 
 fuzz: $(FUZZ_BINS)

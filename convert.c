@@ -208,6 +208,17 @@ static void commit_partial_output(FILE *f, const char *path) {
     if (dfd >= 0) fsync(dfd), close(dfd);
 }
 
+/* The fingerprint of the tensors as written, read back from the temporary file, into its header. */
+static void store_fingerprint(FILE *f, FileHeader *h, const TensorEntry *table, int n, const char *path) {
+    if (fflush(f)) die("cannot write %s: %s", path, strerror(errno));
+    const uint8_t *map = mmap(NULL, h->file_bytes, PROT_READ, MAP_SHARED, fileno(f), 0);
+    if (map == MAP_FAILED) die("cannot map %s to fingerprint it: %s", g_partial_output, strerror(errno));
+    h->fingerprint = tensors_fingerprint(map, table, n);
+    munmap((void *)map, h->file_bytes);
+    if (fseek(f, 0, SEEK_SET)) die("cannot write %s: %s", path, strerror(errno));
+    fwrite_or_die(h, sizeof *h, f, path);
+}
+
 /* Writes the checkpoint of config c to path, tensor i coming from source; `what` names the job
  * on the progress line. */
 static void write_checkpoint(const char *path, const Config *c, TensorSource source, void *ctx,
@@ -246,6 +257,7 @@ static void write_checkpoint(const char *path, const Config *c, TensorSource sou
     progress_end(&progress);
     pad_to(f, &at, pos, path);
     if (tok->blob) fwrite_or_die(tok->blob, tok->bytes, f, path);
+    store_fingerprint(f, &h, table, n, path);
     commit_partial_output(f, path);
     free(specs);
     free(table);

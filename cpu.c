@@ -50,6 +50,8 @@ void cpu_engine_reset_slot(CpuEngine *e, int slot) {
     memset(e->slots[slot].ssm, 0, (size_t)c->n_layer * c->d_inner * c->d_state * sizeof(float));
 }
 
+SeqState *cpu_engine_state(CpuEngine *e, int slot) { return &e->slots[slot]; }
+
 /* Bytes of n floats rounded up to whole 64-byte cache lines. */
 static size_t line_bytes(size_t n) { return (n * sizeof(float) + 63) / 64 * 64; }
 

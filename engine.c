@@ -40,12 +40,26 @@ static const float *cpu_forward_batch(Engine *e, int n, const int *slots, const 
 
 static void cpu_sync(Engine *e) { (void)e; }
 
+static void cpu_read_state(Engine *e, int slot, float *conv, float *ssm) {
+    const SeqState *s = cpu_engine_state(cpu_of(e), slot);
+    const Config *c = &e->model->config;
+    memcpy(conv, s->conv, (size_t)c->n_layer * conv_dim(c) * c->d_conv * sizeof(float));
+    memcpy(ssm, s->ssm, (size_t)c->n_layer * c->d_inner * c->d_state * sizeof(float));
+}
+
+static void cpu_write_state(Engine *e, int slot, const float *conv, const float *ssm) {
+    SeqState *s = cpu_engine_state(cpu_of(e), slot);
+    const Config *c = &e->model->config;
+    memcpy(s->conv, conv, (size_t)c->n_layer * conv_dim(c) * c->d_conv * sizeof(float));
+    memcpy(s->ssm, ssm, (size_t)c->n_layer * c->d_inner * c->d_state * sizeof(float));
+}
+
 static void cpu_report(const Engine *e, FILE *f) { (void)e, (void)f; }
 
 static const EngineOps CPU_OPS = {
     .name = "cpu", .close = cpu_close, .reset = cpu_reset, .reset_slot = cpu_reset_slot, .feed = cpu_feed,
     .sample = cpu_sample, .prefill = cpu_prefill, .forward_batch = cpu_forward_batch, .sync = cpu_sync,
-    .report = cpu_report, .bench = bench_cpu, .sweep = NULL,
+    .read_state = cpu_read_state, .write_state = cpu_write_state, .report = cpu_report, .bench = bench_cpu, .sweep = NULL,
 };
 
 /* ---- the interface ---- */
@@ -117,6 +131,16 @@ const float *engine_forward_batch(Engine *e, int n, const int *slots, const int 
 }
 
 void engine_sync(Engine *e) { e->ops->sync(e); }
+
+void engine_read_state(Engine *e, int slot, float *conv, float *ssm) {
+    if (slot < 0 || slot >= e->max_batch) die("internal error: state of slot %d of %d", slot, e->max_batch);
+    e->ops->read_state(e, slot, conv, ssm);
+}
+
+void engine_write_state(Engine *e, int slot, const float *conv, const float *ssm) {
+    if (slot < 0 || slot >= e->max_batch) die("internal error: state of slot %d of %d", slot, e->max_batch);
+    e->ops->write_state(e, slot, conv, ssm);
+}
 
 const char *engine_name(const Engine *e) { return e->ops->name; }
 

@@ -85,6 +85,18 @@ static const float *gpu_forward_batch(Engine *e, int n, const int *slots, const 
 
 static void gpu_sync(Engine *e) { gpu_engine_sync(side_of(e)->gpu); }
 
+/* A state is read or written only with nothing run ahead: the generation samples on the host
+ * when it keeps its state (mamba.c), so the GPU's state is that of the tokens the host has seen. */
+static void gpu_read_state(Engine *e, int slot, float *conv, float *ssm) {
+    if (side_of(e)->ran_ahead >= 0) die("internal error: a state read while the GPU runs ahead");
+    gpu_engine_read_state(side_of(e)->gpu, slot, conv, ssm);
+}
+
+static void gpu_write_state(Engine *e, int slot, const float *conv, const float *ssm) {
+    if (side_of(e)->ran_ahead >= 0) die("internal error: a state written while the GPU runs ahead");
+    gpu_engine_write_state(side_of(e)->gpu, slot, conv, ssm);
+}
+
 static void gpu_report(const Engine *e, FILE *f) {
     fprintf(f, "gpu: %s\ngpu memory: %zu bytes\n", gpu_engine_device_name(side_of(e)->gpu), gpu_memory_used());
 }
@@ -92,7 +104,7 @@ static void gpu_report(const Engine *e, FILE *f) {
 static const EngineOps GPU_OPS = {
     .name = "cuda", .close = gpu_close, .reset = gpu_reset, .reset_slot = gpu_reset_slot, .feed = gpu_feed,
     .use_sampler = gpu_use_sampler, .sample = gpu_sample, .prefill = gpu_prefill, .forward_batch = gpu_forward_batch, .sync = gpu_sync,
-    .report = gpu_report, .bench = bench_gpu, .sweep = bench_sweep_gpu,
+    .read_state = gpu_read_state, .write_state = gpu_write_state, .report = gpu_report, .bench = bench_gpu, .sweep = bench_sweep_gpu,
 };
 
 int engine_open_gpu(Engine *e, const Model *m, int max_batch, char *err, size_t err_len) {

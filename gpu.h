@@ -66,6 +66,12 @@ int gpu_engine_sample_feed(GpuEngine *g, int want_logits, const float **logits);
 /* Empties one slot's state. */
 void gpu_engine_reset_slot(GpuEngine *g, int slot);
 
+/* One slot's state copied to the host, or from it: f32 [n_layer, conv channels, d_conv] (the last
+ * d_conv inputs, oldest first) and [n_layer, d_inner, d_state], unpadded. Both wait for the copy;
+ * nothing may be queued ahead (gpu_engine_sample_feed) when they are called. */
+void gpu_engine_read_state(GpuEngine *g, int slot, float *conv, float *ssm);
+void gpu_engine_write_state(GpuEngine *g, int slot, const float *conv, const float *ssm);
+
 /* Runs the n given tokens through the sequence in slot as parallel passes of up to `chunk`
  * tokens (0: the largest; at most 4096): matrix products over the tokens, the selective scan
  * over the sequence. Memory stays bounded for any n. The slot's state afterwards is the one n

@@ -1,5 +1,6 @@
 /* mamba.c: a single-binary inference engine for Mamba language models. Here: main, `run` (the
- * default command) with its generation loop, `tokenize` and `info`.
+ * default command: its options and prompts; its generation loop is generate.c), `tokenize` and
+ * `info`.
  *
  *   mamba [run] [MODEL.bin] [options] [PROMPT]    generate text (prompt from stdin when piped)
  *   mamba convert HF_DIR OUT.bin [--dtype ...]     import a Hugging Face checkpoint (convert.c)
@@ -9,7 +10,7 @@
  *   mamba init --shape NAME OUT.bin                a random model of a published shape (convert.c)
  *   mamba bench [-m MODEL] [...]                   throughput (bench.c)
  *
- * A token's path: main → cmd_run → generate → prompt_to_ids → tokenizer_encode (tokenizer.c);
+ * A token's path: main → cmd_run → generate (generate.c) → prompt_to_ids → tokenizer_encode (tokenizer.c);
  * engine_feed (engine.c) → the CPU forward (cpu.c: forward, the model's block) or the GPU's
  * (engine_gpu.c → kernels.cu); engine_sample → sample (sampler.c) or the GPU's sampler; decoder_push
  * (tokenizer.c) → emit (util.c: stdout). */
@@ -76,9 +77,14 @@ static int *parse_id_list(const char *text, int vocab, size_t *n_out) {
     return ids;
 }
 
-/* The ids of the prompt's text (BOS alone when there is none). */
+/* The ids of the prompt's text (BOS alone when there is none). A prompt that continues a saved
+ * sequence (--state-in) gets no BOS, and may be empty: no ids. */
 static int *text_to_ids(const RunOptions *o, const Model *m, const Tokenizer *tok, size_t *n) {
     int bos = m->bos_id >= 0 ? m->bos_id : tok ? tokenizer_bos_id(tok) : -1;
+    if ((!o->prompt || !o->prompt[0]) && o->state_in) {
+        *n = 0;
+        return xmalloc(sizeof(int));
+    }
     if (!o->prompt || !o->prompt[0]) {
         /* no prompt: generate from BOS alone, as a model trained with it expects */
         if (bos < 0) die("no prompt: give one as an argument, with -i, --prompt-ids, or on standard input");
@@ -95,9 +101,9 @@ static int *text_to_ids(const RunOptions *o, const Model *m, const Tokenizer *to
                                                          : "each ill-formed byte is read as U+FFFD (SentencePiece)");
     char err[512];
     int *ids;
-    if (tokenizer_encode(tok, o->prompt, len, tokenizer_wants_bos(tok), &ids, n, err, sizeof err))
+    if (tokenizer_encode(tok, o->prompt, len, tokenizer_wants_bos(tok) && !o->state_in, &ids, n, err, sizeof err))
         die("cannot tokenize the prompt: %s", err);
-    if (*n == 0) die("the prompt encodes to no tokens");
+    if (*n == 0 && !o->state_in) die("the prompt encodes to no tokens");
     for (size_t i = 0; i < *n; i++)
         if (ids[i] >= m->config.vocab_size) die("the tokenizer produced id %d, beyond the model's vocabulary", ids[i]);
     return ids;
@@ -142,110 +148,6 @@ int format_id(char buf[16], int id, int first) {
 void print_stats_end(const Engine *e) {
     engine_report(e, stderr);
     if (g_interrupted) fprintf(stderr, "interrupted\n");
-}
-
-/* ----------------------------------------------------------------------------------------
- * Generation: one prompt, its tokens streamed to stdout as they come (batch.c: several). */
-
-/* Runs the prompt of the single sequence: the GPU's parallel pass takes all but its last token
- * (when it has one), the steps the rest; returns the last token's logits. With --logits-out
- * every prompt token's logits go to the file. A long prompt shows a progress line. */
-static const float *run_prompt(Engine *e, const RunOptions *o, const int *prompt, size_t n, FILE *logits_file) {
-    const int vocab = e->model->config.vocab_size;
-    const float *logits = NULL;
-    size_t ran = engine_prefill(e, 0, prompt, n - 1, o->prompt_batch, logits_file, o->logits_out);
-    Progress progress;
-    progress_begin(&progress, "prompt", (double)(n - ran), "tokens");
-    for (size_t i = ran; i < n && !g_interrupted; i++) {
-        logits = engine_feed(e, prompt[i], logits_file != NULL);
-        write_logits_row(logits_file, logits, vocab, o->logits_out);
-        progress_update(&progress, (double)(i + 1 - ran));
-    }
-    progress_end(&progress);
-    engine_sync(e);
-    return logits;
-}
-
-/* One prompt, its tokens streamed to stdout as they come. */
-static void generate(const RunOptions *o) {
-    Model m;
-    Tokenizer *tok = open_model_and_tokenizer(o, &m);
-    size_t n_prompt;
-    int *prompt = prompt_to_ids(o, &m, tok, &n_prompt);
-    int eos = eos_of(&m, tok);
-
-    FILE *logits_file = NULL;
-    if (o->logits_out && !(logits_file = fopen(o->logits_out, "wb")))
-        die("cannot open %s: %s", o->logits_out, strerror(errno));
-
-    Engine engine;
-    engine_open(&engine, &m, o->device, 1);
-    Sampler sampler;
-    sampler_init(&sampler, &o->sampler, sampling_vocab(&m, tok));
-    engine_use_sampler(&engine, &sampler);
-    int *history = xmalloc((n_prompt + o->steps) * sizeof *history);
-    memcpy(history, prompt, n_prompt * sizeof *history);
-    int n_history = (int)n_prompt;
-
-    struct sigaction old_int;
-    catch_sigint(&old_int);
-
-    double t_start = now_seconds();
-    const float *logits = run_prompt(&engine, o, prompt, n_prompt, logits_file);
-    double t_prompt = now_seconds();
-    /* the prompt is echoed once it has run, after its progress line (on a terminal) is gone;
-     * the timings leave the echo out */
-    TokenDecoder *decoder = tok ? decoder_new(tok) : NULL;
-    for (size_t i = 0; i < n_prompt; i++) {
-        const char *text = decoder ? decoder_push(decoder, prompt[i]) : "";
-        if (o->echo && !o->print_ids) emit(text, decoder_len(decoder));
-    }
-    const double echo_s = now_seconds() - t_prompt, t_decode = t_prompt + echo_s;
-    double t_first = t_decode;
-    int generated = 0;
-    while (generated < o->steps && !g_interrupted) {
-        int next = engine_sample(&engine, &sampler, logits, history, n_history, logits_file != NULL);
-        if (next == eos && !o->ignore_eos) break;
-        history[n_history++] = next;
-        if (++generated == 1) t_first = now_seconds();
-        if (o->print_ids) {
-            char buf[16];
-            emit(buf, format_id(buf, next, generated == 1));
-        } else {
-            const char *text = decoder_push(decoder, next);
-            emit(text, decoder_len(decoder));
-        }
-        if (generated < o->steps) {
-            logits = engine_feed(&engine, next, logits_file != NULL);
-            write_logits_row(logits_file, logits, m.config.vocab_size, o->logits_out);
-        }
-    }
-    double t_end = now_seconds();
-    if (o->print_ids) emit("\n", 1);
-    else if (decoder) {
-        const char *rest = decoder_finish(decoder);
-        emit(rest, decoder_len(decoder));
-        emit("\n", 1);
-    }
-    if (logits_file && fclose(logits_file)) die("cannot write %s: %s", o->logits_out, strerror(errno));
-    if (o->stats) {
-        double prompt_s = t_prompt - t_start, gen_s = t_end - t_decode;
-        fprintf(stderr, "device: %s\n", engine_name(&engine));
-        fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tokens/s)\n", n_prompt, prompt_s, n_prompt / prompt_s);
-        fprintf(stderr, "generated: %d tokens in %.3f s (%.1f tokens/s)\n", generated, gen_s,
-                generated > 1 ? (generated - 1) / gen_s : 0.0);
-        fprintf(stderr, "time to first token: %.3f s\n", t_first - t_start - echo_s);
-        fprintf(stderr, "seed: %llu\n", (unsigned long long)o->sampler.rng);
-        print_stats_end(&engine);
-    }
-    sigaction(SIGINT, &old_int, NULL);
-    if (decoder) decoder_free(decoder);
-    if (tok) tokenizer_free(tok);
-    free(history), free(prompt);
-    sampler_free(&sampler);
-    engine_close(&engine);
-    model_free(&m);
-    exit_if_interrupted();
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -332,6 +234,9 @@ static void check_batched_run(const RunOptions *o, int n_inputs, int n_words) {
     const char *mode = o->batch_file ? "--batch-file" : n_inputs > 1 ? "several -i/-f" : "--json";
     if (o->prompt_ids) die("--prompt-ids cannot be combined with %s", mode);
     if (o->logits_out) die("--logits-out cannot be combined with %s", mode);
+    if (o->state_in || o->state_out || o->prompt_cache)
+        die("%s cannot be combined with %s: a state is one sequence's",
+            o->state_in ? "--state-in" : o->state_out ? "--state-out" : "--prompt-cache", mode);
     if (o->batch_file && (n_inputs || n_words)) die("--batch-file gives the prompts: no -i, -f or prompt words with it");
     if (n_inputs > 1 && n_words) die("with several -i/-f, give each prompt with its own -i or -f (bare words found)");
 }
@@ -359,7 +264,8 @@ enum {
     RUN_MODEL = 1, RUN_PROMPT, RUN_FILE, RUN_PROMPT_IDS, RUN_BATCH_FILE, RUN_BATCH_SIZE, RUN_TOKENIZER, RUN_STEPS,
     RUN_TEMPERATURE, RUN_TOP_K, RUN_TOP_P, RUN_REPEAT_PENALTY, RUN_REPEAT_LAST_N, RUN_SEED, RUN_DEVICE, RUN_THREADS,
     RUN_LOGITS_OUT, RUN_MAX_PROMPT_TOKENS, RUN_PROMPT_BATCH, RUN_IGNORE_EOS, RUN_STATS, RUN_PRINT_IDS, RUN_NO_ECHO,
-    RUN_JSON,
+    RUN_JSON, RUN_STATE_IN, RUN_STATE_OUT, RUN_PROMPT_CACHE, RUN_PROMPT_CACHE_RO, RUN_INTERACTIVE,
+    RUN_STOP, RUN_IN_PREFIX, RUN_IN_SUFFIX,
 };
 
 static const Option RUN_OPTIONS[] = {
@@ -380,6 +286,14 @@ static const Option RUN_OPTIONS[] = {
     {RUN_NO_ECHO, "--no-echo", NULL, "do not print the prompt before the completion"},
     {RUN_STATS, "--stats", NULL, "timings, device and seed on stderr"},
     {RUN_LOGITS_OUT, "--logits-out", "FILE", "every step's logits as float32 rows"},
+    {RUN_STATE_IN, "--state-in", "FILE", "continue the sequence saved in FILE: the prompt (no BOS; may be empty) follows it"},
+    {RUN_STATE_OUT, "--state-out", "FILE", "save the sequence at the end (prompt and generated tokens) to FILE"},
+    {RUN_PROMPT_CACHE, "--prompt-cache", "FILE", "reuse the state after the prompt's longest prefix cached in FILE; save this prompt's"},
+    {RUN_INTERACTIVE, "--interactive", NULL, "after each generation, read a line of standard input and generate again (mamba chat)"},
+    {RUN_STOP, "--stop", "STR", "end a generation when its text contains STR (printed; more than once: any of them)"},
+    {RUN_IN_PREFIX, "--in-prefix", "STR", "interactive: text before each line of input"},
+    {RUN_IN_SUFFIX, "--in-suffix", "STR", "interactive: text after each line of input"},
+    {RUN_PROMPT_CACHE_RO, "--prompt-cache-ro", NULL, "use --prompt-cache but never rewrite it (a document cached once, then questions)"},
     {RUN_MAX_PROMPT_TOKENS, "--max-prompt-tokens", "N",
      "longest prompt (default 1048576; text beyond " STRINGIFY(PROMPT_BYTES_PER_TOKEN) " bytes a token is refused unread)"},
     {RUN_PROMPT_BATCH, "--prompt-batch", "N",
@@ -442,6 +356,17 @@ static void parse_run_option(RunOptions *o, OptionParser *p, int id, const char 
     case RUN_DEVICE: o->device = parse_device(value); break;
     case RUN_THREADS: set_threads(value); break;
     case RUN_LOGITS_OUT: o->logits_out = value; break;
+    case RUN_STATE_IN: o->state_in = value; break;
+    case RUN_STATE_OUT: o->state_out = value; break;
+    case RUN_PROMPT_CACHE: o->prompt_cache = value; break;
+    case RUN_PROMPT_CACHE_RO: o->prompt_cache_ro = 1; break;
+    case RUN_INTERACTIVE: o->interactive = 1; break;
+    case RUN_STOP:
+        if (!*value) die("--stop needs a non-empty string");
+        o->stop[o->n_stop++] = value;
+        break;
+    case RUN_IN_PREFIX: o->in_prefix = value; break;
+    case RUN_IN_SUFFIX: o->in_suffix = value; break;
     case RUN_MAX_PROMPT_TOKENS: o->max_prompt_tokens = parse_long(name, value, 1, 1 << 30); break;
     case RUN_PROMPT_BATCH: o->prompt_batch = (int)parse_long(name, value, 1, PREFILL_CHUNK); break;
     case RUN_IGNORE_EOS: o->ignore_eos = 1; break;
@@ -452,8 +377,8 @@ static void parse_run_option(RunOptions *o, OptionParser *p, int id, const char 
     }
 }
 
-static void cmd_run(int argc, char **argv) {
-    RunOptions o = {.steps = 256, .echo = 1, .device = DEVICE_AUTO, .max_prompt_tokens = DEFAULT_MAX_PROMPT_TOKENS,
+static void cmd_run(int argc, char **argv, int interactive) {
+    RunOptions o = {.interactive = interactive, .stop = xmalloc((argc + 1) * sizeof(char *)),.steps = 256, .echo = 1, .device = DEVICE_AUTO, .max_prompt_tokens = DEFAULT_MAX_PROMPT_TOKENS,
                     .batch_size = 32,
                     .sampler = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .repeat_penalty = 1.0f,
                                 .repeat_last_n = 64}};
@@ -474,24 +399,34 @@ static void cmd_run(int argc, char **argv) {
         }
     }
     if (!seeded) o.sampler.rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    o.seeded = seeded;
     if (!o.model_path) o.model_path = default_model_path();
     size_t max_bytes = (size_t)o.max_prompt_tokens * PROMPT_BYTES_PER_TOKEN;
     if (max_bytes > MAX_PROMPT_BYTES) max_bytes = MAX_PROMPT_BYTES;
     const int batched = is_batched(&o, n_inputs);
+    if (batched && o.interactive) die("--interactive cannot be combined with several prompts, --batch-file or --json: it is one sequence");
+    if (o.interactive && o.prompt_cache) die("--prompt-cache cannot be combined with --interactive");
+    if ((o.in_prefix || o.in_suffix) && !o.interactive) die("--in-prefix and --in-suffix go with --interactive (or mamba chat)");
     if (batched) check_batched_run(&o, n_inputs, n_words);
     else if (n_parts && o.prompt_ids) die("give the prompt as text or as --prompt-ids, not both");
+    if (o.prompt_cache_ro && !o.prompt_cache) die("--prompt-cache-ro needs --prompt-cache FILE");
+    if (o.prompt_cache && o.state_in) die("--prompt-cache cannot be combined with --state-in: both give the sequence's start");
+    if (o.prompt_cache && o.logits_out) die("--logits-out cannot be combined with --prompt-cache: a cached prompt's logits are not run");
     const char **inputs = xmalloc((n_inputs + 1) * sizeof *inputs);
     char **file_texts = xmalloc((n_inputs + 1) * sizeof *file_texts);
     int n_files = 0;
     assemble_prompt(&o, parts, n_parts, n_inputs, max_bytes, inputs, file_texts, &n_files);
     if (batched) {
         run_batched(&o, inputs, n_inputs, max_bytes);
+    } else if (o.interactive) {
+        check_prompt_bytes(o.prompt, "the prompt", max_bytes, o.max_prompt_tokens);   /* stdin is the turns' */
+        chat(&o);
     } else {
         read_single_prompt(&o, max_bytes);
         generate(&o);
     }
     for (int i = 0; i < n_files; i++) free(file_texts[i]);
-    free(o.prompt), free(inputs), free(parts), free(file_texts);
+    free(o.prompt), free(inputs), free(parts), free(file_texts), free(o.stop);
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -579,8 +514,9 @@ static void cmd_tokenize(int argc, char **argv) {
 static const Option INFO_OPTIONS[] = {{0}};
 
 static const Command INFO_COMMAND = {
-    "info", "mamba info [MODEL.bin]",
-    "Prints a checkpoint's architecture, format version, config, size and tokenizer.",
+    "info", "mamba info [MODEL.bin | FILE.state]",
+    "Prints a checkpoint's architecture, format version, config, fingerprint, size and tokenizer;\n"
+    "or what a state file (--state-out, --prompt-cache) holds.",
     INFO_OPTIONS, 1,
 };
 
@@ -591,6 +527,10 @@ static void cmd_info(int argc, char **argv) {
     while (options_next(&p, &value) != OPT_END) {
         if (model_path) die("usage: %s", INFO_COMMAND.synopsis);
         model_path = value;
+    }
+    if (model_path && is_state_file(model_path)) {
+        state_info(model_path);
+        return;
     }
     Model m;
     model_load(&m, model_path ? model_path : default_model_path());
@@ -610,6 +550,8 @@ static void cmd_info(int argc, char **argv) {
     if (dtype_is_quantized(c->dtype))
         printf("quantization: %s codes in groups of %d weights of a row, an f32 scale a group\n",
                c->dtype == DTYPE_Q8 ? "8-bit" : "4-bit", QUANT_GROUP);
+    if (m.fingerprint) printf("fingerprint: %016llx\n", (unsigned long long)m.fingerprint);
+    else printf("fingerprint: %016llx (computed: this file predates stored fingerprints)\n", (unsigned long long)model_fingerprint(&m));
     printf("bytes_per_weight: %.4f\n", (double)m.weight_bytes / (double)model_param_count(c));
     printf("parameters: %llu\nweight_bytes: %llu\ntokenizer: %s (%zu bytes)\nbos_id: %d\neos_id: %d\npad_id: %d\n",
            (unsigned long long)model_param_count(c), (unsigned long long)m.weight_bytes, tok_names[m.tokenizer_kind],
@@ -624,6 +566,7 @@ static void usage(void) {
     fputs("mamba " MAMBA_VERSION ": Mamba language models from one checkpoint file, on the CPU or a GPU.\n\n"
           "commands:\n"
           "  run         generate text (the default: `mamba \"Once upon a time\"`)\n"
+          "  chat        run --interactive: a turn a line of input, the state carried on\n"
           "  convert     import a Hugging Face or state-spaces checkpoint: mamba convert HF_DIR OUT.bin\n"
           "  info        a checkpoint's config\n"
           "  tokenize    text to ids, or ids to text\n"
@@ -646,8 +589,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(cmd, "perplexity")) cmd_perplexity(argc - 2, argv + 2);
     else if (!strcmp(cmd, "init")) cmd_init(argc - 2, argv + 2);
     else if (!strcmp(cmd, "bench")) cmd_bench(argc - 2, argv + 2);
-    else if (!strcmp(cmd, "run")) cmd_run(argc - 2, argv + 2);
-    else cmd_run(argc - 1, argv + 1);   /* no command: run, with all the arguments */
+    else if (!strcmp(cmd, "run")) cmd_run(argc - 2, argv + 2, 0);
+    else if (!strcmp(cmd, "chat")) cmd_run(argc - 2, argv + 2, 1);   /* run --interactive */
+    else cmd_run(argc - 1, argv + 1, 0);   /* no command: run, with all the arguments */
     if (fflush(stdout) && errno != EPIPE) die("cannot write to stdout: %s", strerror(errno));
     return 0;
 }

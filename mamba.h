@@ -7,7 +7,10 @@
  *   cpu.c       the CPU reference engine, per architecture (pool.c: its threads)
  *   sampler.c   repetition penalty, greedy, temperature + top-k + top-p
  *   engine.c    one interface over the CPU engine and (engine_gpu.c) the GPU one
- *   mamba.c     main, `run` and its generation loop, tokenize, info
+ *   mamba.c     main, `run`'s options and prompts, tokenize, info
+ *   generate.c  one sequence's generation, its state carried in and out
+ *   state.c     state files: the state of a sequence on disk
+ *   chat.c      interactive sessions: a turn a line of input
  *   batch.c     several prompts decoded together
  *   convert.c   Hugging Face and state-spaces import, the checkpoint writer, init
  *               (torch_archive.c, torch_archive.h: reading pytorch_model.bin)
@@ -52,6 +55,10 @@ struct cJSON;
 void emit_json_line(struct cJSON *o);   /* one line of JSON on stdout; frees o */
 /* One row of logits, vocab floats, appended to --logits-out. */
 void write_logits_row(FILE *f, const float *logits, int vocab, const char *path);
+/* A 64-bit fingerprint of n bytes, continuing from h (FINGERPRINT_SEED to begin): four lanes of
+ * 8-byte words, each lane (lane ^ word) · K then xorshift, folded and mixed (docs/FORMAT.md). */
+#define FINGERPRINT_SEED 0xcbf29ce484222325ull
+uint64_t fingerprint_bytes(uint64_t h, const void *data, size_t n);
 
 /* Ctrl-C while generating: the work in hand is finished and printed, then the run exits with
  * 130 (exit_if_interrupted). A second Ctrl-C kills at once. */
@@ -141,6 +148,9 @@ typedef struct {
     const uint8_t *map;
     size_t map_bytes;
     uint64_t weight_bytes;    /* bytes of all tensors, what one decode step reads */
+    uint64_t fingerprint;     /* of the tensors: the header's, or computed when first asked (0: not yet) */
+    const TensorEntry *table; /* in the map */
+    int n_tensors;
 } Model;
 
 enum { MAMBA1_LAYER_TENSORS = 10, MAMBA2_LAYER_TENSORS = 9 };
@@ -159,6 +169,10 @@ DType spec_dtype(const Config *c, const TensorSpec *s);
 const char *config_problem(const Config *c);    /* NULL when the config is in range */
 void model_load(Model *m, const char *path);
 void model_free(Model *m);
+/* The fingerprint of the tensors' bytes, in table order (what a state file is tied to). */
+uint64_t tensors_fingerprint(const uint8_t *map, const TensorEntry *table, int n);
+/* The model's: stored in the header by convert and init, else computed now (older files). */
+uint64_t model_fingerprint(Model *m);
 uint64_t model_param_count(const Config *c);
 int is_checkpoint(const char *path);            /* a regular file that starts with the magic */
 const char *default_model_path(void);           /* $MAMBA_MODEL, else weights/model.bin beside the binary */
@@ -176,6 +190,7 @@ typedef struct CpuEngine CpuEngine;
 CpuEngine *cpu_engine_new(const Model *m, int max_batch);
 void cpu_engine_free(CpuEngine *e);
 void cpu_engine_reset_slot(CpuEngine *e, int slot);
+SeqState *cpu_engine_state(CpuEngine *e, int slot);   /* the slot's state, for state files */
 /* Runs tokens[b] through the sequence in slots[b] for b < n (distinct slots); returns the n
  * rows of padded_vocab logits, row b for slots[b]. */
 const float *cpu_engine_forward_batch(CpuEngine *e, int n, const int *slots, const int *tokens);
@@ -236,6 +251,9 @@ typedef struct {
     size_t (*prefill)(Engine *e, int slot, const int *ids, size_t n, int chunk, FILE *logits_file, const char *path);
     const float *(*forward_batch)(Engine *e, int n, const int *slots, const int *tokens);
     void (*sync)(Engine *e);
+    /* one slot's state as f32 [n_layer, conv_dim, d_conv] and [n_layer, d_inner, d_state] */
+    void (*read_state)(Engine *e, int slot, float *conv, float *ssm);
+    void (*write_state)(Engine *e, int slot, const float *conv, const float *ssm);
     void (*report)(const Engine *e, FILE *f);
     void (*bench)(Engine *e, int n_prompt, int n_decode, int batch, BenchResult *r);
     void (*sweep)(Engine *e, const char *model_path, int json);   /* NULL: the engine has none */
@@ -275,6 +293,10 @@ int engine_start(Engine *e, int slot, const int *prompt, int n, int chunk);
  * logits on the host, logits_stride floats apart (valid until the next call). */
 const float *engine_forward_batch(Engine *e, int n, const int *slots, const int *tokens);
 void engine_sync(Engine *e);
+/* One slot's recurrent state copied out to the host, or replaced by one from the host (f32, the
+ * layout of SeqState, whatever the device keeps): what a state file holds. */
+void engine_read_state(Engine *e, int slot, float *conv, float *ssm);
+void engine_write_state(Engine *e, int slot, const float *conv, const float *ssm);
 const char *engine_name(const Engine *e);
 void engine_report(const Engine *e, FILE *f);   /* the --stats lines about the device */
 
@@ -307,6 +329,15 @@ typedef struct {
     int prompt_batch;          /* GPU: prompt tokens a parallel pass takes (0: the most; 1: one step at a time) */
     long max_prompt_tokens;
     SamplerConfig sampler;
+    int seeded;                /* --seed was given: it wins over a state's RNG */
+    const char *state_in;      /* --state-in: continue this saved sequence */
+    const char *state_out;     /* --state-out: save the sequence at the end */
+    const char *prompt_cache;  /* --prompt-cache: reuse the state after the longest cached prefix */
+    int prompt_cache_ro;       /* --prompt-cache-ro: never rewrite it */
+    int interactive;           /* --interactive, mamba chat: turns read from standard input */
+    const char **stop;         /* --stop strings: a generation ends at one */
+    int n_stop;
+    const char *in_prefix, *in_suffix;   /* around each line of input */
 } RunOptions;
 
 #define MAX_PROMPT_BYTES (256u << 20)
@@ -323,6 +354,58 @@ int eos_of(const Model *m, const Tokenizer *tok);
 int sampling_vocab(const Model *m, const Tokenizer *tok);
 int format_id(char buf[16], int id, int first);
 void print_stats_end(const Engine *e);
+
+/* ---- state.c: state files (docs/FORMAT.md) ---- */
+
+#define STATE_MAX_PENDING 32      /* bytes of an incomplete character of text a state carries */
+#define STATE_MAX_IDS (1 << 20)   /* --state-out keeps at most this many recent ids (a prompt cache: all) */
+
+/* A sequence as a state file holds it: the model's state after every consumed token but the
+ * last, which the next run runs first. */
+typedef struct {
+    uint64_t n_tokens;        /* tokens consumed, the last one included */
+    uint64_t rng;             /* the sampler's xorshift state after them */
+    int last_token;           /* consumed, not yet run through the model */
+    int *ids;                 /* the most recent consumed tokens, oldest first, ending with last_token */
+    size_t n_ids;             /* n_tokens of them: the whole sequence (what a prompt cache needs) */
+    char pending[STATE_MAX_PENDING];   /* the text of an incomplete character, not yet printed */
+    int n_pending;
+    float *conv, *ssm;        /* [n_layer, conv_dim, d_conv], [n_layer, d_inner, d_state] */
+} SavedState;
+
+void saved_state_init(SavedState *s, const Config *c);   /* room for the model's state, no ids */
+void saved_state_free(SavedState *s);
+void saved_state_set_ids(SavedState *s, const int *ids, size_t n);
+/* Written atomically (a temporary file beside path, fsynced, renamed); the model's fingerprint
+ * is computed first if its checkpoint does not store one. */
+void state_save(const char *path, const SavedState *s, Model *m);
+/* Reads and checks a state of model m into s (made by saved_state_init); every problem is one
+ * line and exit 1. With missing_ok, a file that does not exist returns 0. */
+int state_load(const char *path, SavedState *s, Model *m, int missing_ok);
+int is_state_file(const char *path);          /* starts with the state magic */
+extern uint8_t *g_state_data;                 /* the state file being read (reachable at a refusal's exit) */
+void state_info(const char *path);            /* mamba info FILE.state */
+
+/* ---- generate.c ---- */
+
+/* One prompt, its tokens streamed to stdout as they come; --state-in, --state-out, --prompt-cache. */
+void generate(const RunOptions *o);
+
+/* A sequence that takes turns (chat.c): each runs some ids, then generates until EOS, -n, a
+ * --stop string or Ctrl-C; the state goes on to the next. */
+typedef struct Session Session;
+typedef enum { END_LENGTH, END_EOS, END_STOP, END_INTERRUPTED } TurnEnd;
+Session *session_open(const RunOptions *o);           /* the model, --state-in, the engine, the sampler */
+const Tokenizer *session_tokenizer(const Session *q);
+const Model *session_model(const Session *q);
+size_t session_length(const Session *q);               /* tokens so far (0: the next text starts the sequence) */
+TurnEnd session_turn(Session *q, const int *ids, size_t n, int echo);
+void session_close(Session *q);                        /* --state-out, --stats, and frees it all */
+
+/* ---- chat.c ---- */
+
+/* --interactive, mamba chat: the prompt (if any) as the first turn, then a turn a line of input. */
+void chat(const RunOptions *o);
 
 /* ---- batch.c ---- */
 

@@ -310,6 +310,7 @@ static void read_tensors(Model *m, const FileHeader *h, const char *path) {
         m->weight_bytes += table[i].bytes;
     }
     bind_weights(&m->weights, c, ptr);
+    m->table = table, m->n_tensors = n;
     free(specs);
     free(ptr);
 }
@@ -338,6 +339,19 @@ void model_load(Model *m, const char *path) {
     read_config(m, &h, path);
     read_tensors(m, &h, path);
     read_tokenizer_fields(m, &h, path);
+    m->fingerprint = h.fingerprint;
+}
+
+/* Each tensor's bytes in table order, one fingerprint running through them all. */
+uint64_t tensors_fingerprint(const uint8_t *map, const TensorEntry *table, int n) {
+    uint64_t h = FINGERPRINT_SEED;
+    for (int i = 0; i < n; i++) h = fingerprint_bytes(h, map + table[i].offset, table[i].bytes);
+    return h ? h : 1;   /* 0 means "not stored" in a header */
+}
+
+uint64_t model_fingerprint(Model *m) {
+    if (!m->fingerprint) m->fingerprint = tensors_fingerprint(m->map, m->table, m->n_tensors);
+    return m->fingerprint;
 }
 
 void model_free(Model *m) {

@@ -83,7 +83,9 @@ typedef struct {
     uint32_t n_heads, head_dim, n_groups;   /* Mamba-2; zero otherwise */
     float dt_limit_lo, dt_limit_hi;     /* Mamba-2; zero otherwise */
     float mixer_eps;                    /* Falcon-Mamba; zero otherwise */
-    uint8_t reserved[MAMBA_HEADER_BYTES - 140];
+    uint32_t reserved0;
+    uint64_t fingerprint;               /* fingerprint_bytes of the tensors (convert, init); 0: not stored */
+    uint8_t reserved[MAMBA_HEADER_BYTES - 152];
 } FileHeader;
 
 /* One row of the tensor table. */

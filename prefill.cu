@@ -623,6 +623,35 @@ extern "C" void gpu_engine_reset_slot(GpuEngine *g, int slot) {
     CUDA_CHECK(cudaMemsetAsync(g->step.ssm_state + slot * g->ssm_slot, 0, g->ssm_slot * sizeof(float), g->stream));
 }
 
+/* A slot's state on the device is [n_layer, channels, kcp] and [n_layer, d_inner, nsp] (rows padded
+ * to 4 floats); the host's is unpadded: d_conv and d_state floats a row. */
+extern "C" void gpu_engine_read_state(GpuEngine *g, int slot, float *conv, float *ssm) {
+    check_slot(g, slot);
+    const size_t conv_rows = g->conv_slot / g->kcp, ssm_rows = g->ssm_slot / g->nsp;
+    g->in_flight = "copying a state to the host";
+    CUDA_CHECK(cudaMemcpy2DAsync(conv, g->c.d_conv * sizeof(float), g->step.conv_state + slot * g->conv_slot,
+                                 g->kcp * sizeof(float), g->c.d_conv * sizeof(float), conv_rows, cudaMemcpyDeviceToHost,
+                                 g->stream));
+    CUDA_CHECK(cudaMemcpy2DAsync(ssm, g->c.d_state * sizeof(float), g->step.ssm_state + slot * g->ssm_slot,
+                                 g->nsp * sizeof(float), g->c.d_state * sizeof(float), ssm_rows, cudaMemcpyDeviceToHost,
+                                 g->stream));
+    sync_or_die(g);
+}
+
+/* The padding of each row stays zero, as the kernels expect (reset_slot zeroes it first). */
+extern "C" void gpu_engine_write_state(GpuEngine *g, int slot, const float *conv, const float *ssm) {
+    gpu_engine_reset_slot(g, slot);
+    const size_t conv_rows = g->conv_slot / g->kcp, ssm_rows = g->ssm_slot / g->nsp;
+    g->in_flight = "copying a state to the device";
+    CUDA_CHECK(cudaMemcpy2DAsync(g->step.conv_state + slot * g->conv_slot, g->kcp * sizeof(float), conv,
+                                 g->c.d_conv * sizeof(float), g->c.d_conv * sizeof(float), conv_rows, cudaMemcpyHostToDevice,
+                                 g->stream));
+    CUDA_CHECK(cudaMemcpy2DAsync(g->step.ssm_state + slot * g->ssm_slot, g->nsp * sizeof(float), ssm,
+                                 g->c.d_state * sizeof(float), g->c.d_state * sizeof(float), ssm_rows, cudaMemcpyHostToDevice,
+                                 g->stream));
+    sync_or_die(g);   /* the host's buffers may go once this returns */
+}
+
 extern "C" void gpu_engine_prefill(GpuEngine *g, int slot, const int *tokens, long n, int chunk, float *logits) {
     check_slot(g, slot);
     PassBuffers &b = g->pass;

@@ -2158,6 +2158,49 @@ const char *decoder_finish(TokenDecoder *d) {
     return d->out.data;
 }
 
+/* Whether the tokenizer.json decoder chain has a ByteFallback step: its pending bytes are then
+ * the run of byte pieces not yet joined, otherwise the start of a character at the end. */
+static int chain_has_byte_fallback(const Bpe *b) {
+    for (int k = 0; k < b->n_dec; k++)
+        if (b->dec[k].kind == DEC_BYTE_FALLBACK) return 1;
+    return 0;
+}
+
+int decoder_pending(const TokenDecoder *d, char *out, size_t cap) {
+    size_t n = 0;
+    if (d->t->sp) {
+        /* the byte pieces not yet printed (only those can be held in mid-text) */
+        for (size_t i = 1; i < d->ids.len; i++) {
+            if (sp_piece_type(d->t->sp, d->ids.data[i]) != SP_BYTE) continue;
+            if (n == cap) return -1;
+            out[n++] = (char)strtol(sp_id_to_piece(d->t->sp, d->ids.data[i]) + 3, NULL, 16);
+        }
+        return (int)n;
+    }
+    const Buf *held = chain_has_byte_fallback(d->t->bpe) ? &d->run : &d->pend;
+    if (held->len > cap || (held == &d->run && d->pend.len)) return -1;
+    memcpy(out, held->data, held->len);
+    return (int)held->len;
+}
+
+int decoder_resume(TokenDecoder *d, const char *bytes, size_t n) {
+    if (d->t->sp) {
+        /* in mid-text, after the anchor, with the bytes as their <0xXX> pieces */
+        d->anchored = 1;
+        for (size_t i = 0; i < n; i++) {
+            char piece[8];
+            snprintf(piece, sizeof piece, "<0x%02X>", (unsigned char)bytes[i]);
+            int id = sp_piece_to_id(d->t->sp, piece);
+            if (id < 0 || sp_piece_type(d->t->sp, id) != SP_BYTE || ivec_add(&d->ids, &id, 1)) return -1;
+        }
+        return 0;
+    }
+    /* past the start of the text for every decoder of the chain */
+    d->tokens = 1;
+    for (int k = 0; k < MAX_DECODERS; k++) d->seen[k] = 1, d->stripped[k] = 1;
+    return buf_add(chain_has_byte_fallback(d->t->bpe) ? &d->run : &d->pend, bytes, n) ? -1 : 0;
+}
+
 void decoder_free(TokenDecoder *d) {
     if (!d) return;
     for (int k = 0; k < MAX_DECODERS; k++) free(d->step_out[k].data);

@@ -60,5 +60,10 @@ const char *decoder_finish(TokenDecoder *d);
  * <0x00>). After decoder_finish the decoder starts a new text. */
 size_t decoder_len(const TokenDecoder *d);
 void decoder_free(TokenDecoder *d);
+/* To carry a text on in another run: the bytes of an incomplete character the decoder holds
+ * back (at most cap; -1 when there are more), and a new decoder that continues a text already
+ * begun with those bytes pending (0, or -1 when they cannot be held). */
+int decoder_pending(const TokenDecoder *d, char *out, size_t cap);
+int decoder_resume(TokenDecoder *d, const char *bytes, size_t n);
 
 #endif

@@ -137,6 +137,28 @@ void write_logits_row(FILE *f, const float *logits, int vocab, const char *path)
     if (f && fwrite(logits, sizeof(float), vocab, f) != (size_t)vocab) die("cannot write %s: %s", path, strerror(errno));
 }
 
+/* ---- fingerprints ---- */
+
+static uint64_t fold_word(uint64_t lane, uint64_t word) {
+    lane = (lane ^ word) * 0x9E3779B97F4A7C15ull;
+    return lane ^ (lane >> 29);
+}
+
+uint64_t fingerprint_bytes(uint64_t h, const void *data, size_t n) {
+    const uint8_t *p = data;
+    uint64_t lane[4] = {h, h + 1, h + 2, h + 3}, word;
+    /* four independent lanes over 32-byte blocks, so the loop runs at memory speed */
+    for (; n >= 32; p += 32, n -= 32)
+        for (int k = 0; k < 4; k++) memcpy(&word, p + 8 * k, 8), lane[k] = fold_word(lane[k], word);
+    /* the lanes, then the tail byte by byte, then the length of the tail, folded into one */
+    for (int k = 0; k < 4; k++) h = fold_word(h, lane[k]);
+    for (; n; p++, n--) h = fold_word(h, *p);
+    /* splitmix64's finalizer: every input bit reaches every output bit */
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+    return h ^ (h >> 31);
+}
+
 /* ---- Ctrl-C ---- */
 
 volatile sig_atomic_t g_interrupted;

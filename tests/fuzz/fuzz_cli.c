@@ -42,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     volatile int died = 1;
     if (!setjmp(mamba_fuzz_jmp)) {
         switch (which) {
-        case 0: cmd_run(argc, argv); break;
+        case 0: cmd_run(argc, argv, 0); break;
         case 1: cmd_tokenize(argc, argv); break;
         case 2: cmd_info(argc, argv); break;
         case 3: cmd_perplexity(argc, argv); break;

@@ -114,6 +114,8 @@ def main():
         subprocess.run(["./mamba", "init", "--shape", shape, f"{ROOT}/checkpoint/init_{shape}_bf16.bin"],
                        check=True, stderr=subprocess.DEVNULL)
 
+    state_seeds()
+
     # tokenizer.json
     for name in ["neox.json", "variant.json", "noregex.json", "falcon.json", "mistral_a.json", "mistral_b.json",
                  "metaspace.json", "pretok_split.json", "bytegaps.json"]:
@@ -163,6 +165,22 @@ def main():
     }
     for name, (cmd, args) in cli.items():
         put("cli", name, bytes([cmd]) + b"\0".join(a.encode() for a in args))
+
+
+def state_seeds():
+    """State files of the two models fuzz_state loads (first byte: the model, bit 1: fix the checksum),
+    written by mamba run: after a prompt, after generated tokens, a prompt cache."""
+    models = [(0, "tied_f32.bin", "1,2,3,4"), (1, "init_mamba2-tiny_bf16.bin", "5,6,7,8,9")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for sel, model, prompt in models:
+            m = f"{ROOT}/checkpoint/{model}"
+            runs = {"prompt": ["-n", "0", "--state-out"], "generated": ["-n", "3", "--state-out"],
+                    "cache": ["-n", "0", "--prompt-cache"]}
+            for name, args in runs.items():
+                out = f"{tmp}/{sel}_{name}"
+                subprocess.run(["./mamba", "-m", m, "--device", "cpu", "--prompt-ids", prompt, "-t", "0", "--ignore-eos",
+                                "--print-ids"] + args + [out], check=True, stdout=subprocess.DEVNULL)
+                put("state", f"{model.split('.')[0]}_{name}", bytes([sel | 2]) + open(out, "rb").read())
 
 
 if __name__ == "__main__":

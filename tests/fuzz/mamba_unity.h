@@ -12,4 +12,7 @@
 #include "../../convert.c"
 #include "../../torch_archive.c"
 #include "../../bench.c"
+#include "../../state.c"
+#include "../../generate.c"
+#include "../../chat.c"
 #include "../../mamba.c"

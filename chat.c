@@ -69,16 +69,14 @@ static int *line_ids(const Session *q, const RunOptions *o, const char *line, si
 }
 
 void chat(const RunOptions *o) {
-    Session *q = session_open(o);
+    /* a prompt given with the command is the first turn */
+    size_t n_first = 0;
+    int *first = NULL;
+    Session *q = session_open(o, o->prompt || o->prompt_ids ? &first : NULL, &n_first);
     const int terminal = isatty(STDIN_FILENO);
     catch_sigint_chat();
-    /* a prompt given with the command is the first turn */
-    if (o->prompt || o->prompt_ids) {
-        size_t n;
-        int *ids = prompt_to_ids(o, session_model(q), session_tokenizer(q), &n);
-        session_turn(q, ids, n, o->echo);
-        free(ids);
-    }
+    if (first) session_turn(q, first, n_first, o->echo);
+    free(first);
     for (char *line; (line = read_input_line(terminal)); free(line)) {
         size_t n;
         int *ids = line_ids(q, o, line, &n);

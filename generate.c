@@ -136,7 +136,9 @@ static void save_state_out(Session *q, int generated_or_eos) {
     free(now.conv), free(now.ssm);
 }
 
-Session *session_open(const RunOptions *o) {
+/* The prompt's ids, when prompt_ids is given, are made and checked before the engine opens, so a
+ * bad prompt fails fast and alone (no device note before its error). */
+Session *session_open(const RunOptions *o, int **prompt_ids, size_t *n_prompt) {
     Session *q = xcalloc(1, sizeof *q);
     q->o = o, q->m = xmalloc(sizeof *q->m), q->engine = xmalloc(sizeof *q->engine);
     q->keep_state = o->state_out || o->prompt_cache || o->interactive;
@@ -150,6 +152,7 @@ Session *session_open(const RunOptions *o) {
     }
     if (o->logits_out && !(q->logits_file = fopen(o->logits_out, "wb")))
         die("cannot open %s: %s", o->logits_out, strerror(errno));
+    if (prompt_ids) *prompt_ids = prompt_to_ids(o, q->m, q->tok, n_prompt);
     engine_open(q->engine, q->m, o->device, 1);
     if (q->restored) engine_write_state(q->engine, 0, q->in.conv, q->in.ssm);
     SamplerConfig sampling = o->sampler;
@@ -299,9 +302,9 @@ void session_close(Session *q) {
 /* One prompt, its tokens streamed to stdout as they come. */
 void generate(const RunOptions *o) {
     struct sigaction old_int;
-    Session *q = session_open(o);
     size_t n;
-    int *ids = prompt_to_ids(o, q->m, q->tok, &n);
+    int *ids;
+    Session *q = session_open(o, &ids, &n);
     catch_sigint(&old_int);
     session_turn(q, ids, n, o->echo);
     free(ids);

@@ -395,7 +395,7 @@ void generate(const RunOptions *o);
  * --stop string or Ctrl-C; the state goes on to the next. */
 typedef struct Session Session;
 typedef enum { END_LENGTH, END_EOS, END_STOP, END_INTERRUPTED } TurnEnd;
-Session *session_open(const RunOptions *o);           /* the model, --state-in, the engine, the sampler */
+Session *session_open(const RunOptions *o, int **prompt_ids, size_t *n_prompt); /* the model, --state-in, the command's prompt, the engine, the sampler */
 const Tokenizer *session_tokenizer(const Session *q);
 const Model *session_model(const Session *q);
 size_t session_length(const Session *q);               /* tokens so far (0: the next text starts the sequence) */

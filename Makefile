@@ -43,7 +43,7 @@ SANITIZE = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sani
 
 # the host program, one concern a file (README: how the code is organised); tests/fuzz/mamba_unity.h
 # lists the same files for the fuzz targets
-HOST_SRC = mamba.c util.c options.c model.c cpu.c pool.c sampler.c engine.c batch.c convert.c torch_archive.c bench.c tokenizer.c \
+HOST_SRC = mamba.c util.c options.c model.c cpu.c cpu_quant.c pool.c sampler.c engine.c batch.c convert.c torch_archive.c bench.c tokenizer.c \
 	state.c generate.c chat.c
 HEADERS = mamba.h model.h gpu.h tokenizer.h tokenizer_unicode.h sp_wrapper.h torch_archive.h
 GPU_HEADERS = gpu.h gpu_internal.cuh gpu_device.cuh gpu_step.cuh model.h

@@ -42,6 +42,7 @@ struct CpuEngine {
     void *scratch;   /* the allocation the buffers above are carved from */
     float *A;        /* [n_layer, d_inner, d_state] A = -exp(A_log), computed once (Mamba-2: [n_layer, n_heads]) */
     SeqState *slots; /* [max_batch] the state of each sequence slot */
+    QuantInput *quant_input;   /* a q8/q4 model's inputs as int8 codes (cpu_quant.c), else NULL */
 };
 
 void cpu_engine_reset_slot(CpuEngine *e, int slot) {
@@ -88,6 +89,10 @@ CpuEngine *cpu_engine_new(const Model *m, int max_batch) {
     alloc_states(e, &m->config);
     e->arch = cpu_arch_of(m->config.arch);
     e->arch->prepare(e);
+    const Config *c = &m->config;
+    int widest = c->d_model > c->d_inner ? c->d_model : c->d_inner;
+    if (c->dt_rank > widest) widest = c->dt_rank;
+    if (dtype_is_quantized(c->dtype)) e->quant_input = quant_input_new(max_batch, widest);
     return e;
 }
 
@@ -96,6 +101,7 @@ void cpu_engine_free(CpuEngine *e) {
     free(e->scratch), free(e->A);
     for (int s = 0; s < e->max_batch; s++) free(e->slots[s].conv), free(e->slots[s].ssm);
     free(e->slots);
+    quant_input_free(e->quant_input);
     free(e);
 }
 
@@ -183,82 +189,14 @@ static inline __attribute__((always_inline)) void dot_row_group(float *out, size
     }
 }
 
-/* A row of a quantized matrix (model.h's planes): its codes and its groups' scales. */
-typedef struct {
-    const uint8_t *codes;
-    const float *scales;
-} QuantRow;
-
-static inline QuantRow quant_row(const void *W, DType dtype, int rows, int r, int cols) {
-    const QuantLayout q = quant_layout(dtype, rows, cols);
-    const uint8_t *base = W;
-    return (QuantRow){base + (size_t)r * q.code_row_bytes, (const float *)(base + q.scales_offset) + (size_t)r * q.groups};
-}
-
-/* Column j of a quantized row, as a float: code times its group's scale. */
-static inline float quant_at(const QuantRow *row, DType dtype, int j) {
-    const float scale = row->scales[j / QUANT_GROUP];
-    if (dtype == DTYPE_Q8) return (float)(int8_t)row->codes[j] * scale;
-    const int nibble = (row->codes[j / 2] >> (4 * (j & 1))) & 15;
-    return (float)(nibble - 8) * scale;
-}
-
-/* Columns j .. j + DOT_LANES - 1 of a quantized row (j a multiple of DOT_LANES, so inside one
- * group), dequantized in registers: q8 widened from int8, q4's nibbles split and re-centred. */
-static inline void quant_lanes(Lanes *w, const QuantRow *row, DType dtype, int j) {
-    const float scale = row->scales[j / QUANT_GROUP];
-    if (dtype == DTYPE_Q8) {
-        typedef int8_t CodeLanes __attribute__((vector_size(DOT_LANES)));
-        CodeLanes q;
-        memcpy(&q, row->codes + j, sizeof q);
-        *w = __builtin_convertvector(q, Lanes) * scale;
-    } else {
-        typedef uint8_t PackedCodes __attribute__((vector_size(DOT_LANES / 2)));
-        typedef uint8_t Codes __attribute__((vector_size(DOT_LANES)));
-        PackedCodes b;
-        memcpy(&b, row->codes + j / 2, sizeof b);
-        const PackedCodes lo = b & 15, hi = b >> 4;   /* columns j + 2k and j + 2k + 1 */
-        const Codes q = __builtin_shufflevector(lo, hi, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
-        *w = (__builtin_convertvector(q, Lanes) - 8.0f) * scale;
-    }
-}
-
-/* dot_row_group for a quantized matrix: the same lanes in the same order, the weights being
- * the dequantized values code · scale (what the GPU computes too). */
-static inline __attribute__((always_inline)) void dot_row_group_quant(float *out, size_t out_stride, const void *W,
-                                                                      DType dtype, int rows, int r, int cols,
-                                                                      const float *x, size_t x_stride, int group) {
-    const QuantRow row = quant_row(W, dtype, rows, r, cols);
-    int full = cols - cols % DOT_LANES;
-    Lanes sum[MATMUL_GROUP];
-    for (int b = 0; b < group; b++) sum[b] = (Lanes){0};
-    for (int j = 0; j < full; j += DOT_LANES) {
-        Lanes w, xb;
-        quant_lanes(&w, &row, dtype, j);
-        for (int b = 0; b < group; b++) {
-            memcpy(&xb, x + b * x_stride + j, sizeof xb);
-            sum[b] += xb * w;
-        }
-    }
-    for (int b = 0; b < group; b++) {
-        float lane[DOT_LANES];
-        memcpy(lane, &sum[b], sizeof lane);
-        for (int j = full; j < cols; j++) lane[j - full] += quant_at(&row, dtype, j) * x[b * x_stride + j];
-        out[b * out_stride] = sum_lanes(lane);
-    }
-}
-
-/* dot_row_group with the dtype as a constant, so that each dtype gets its own compiled copy. */
+/* dot_row_group with the dtype as a constant, so that each float dtype gets its own compiled copy
+ * (q8/q4 go to cpu_quant.c before this). */
 static inline __attribute__((always_inline)) void dot_row_group_of(float *out, size_t out_stride, const void *W,
-                                                                   DType dtype, int rows, int r, int cols,
-                                                                   const float *x, size_t x_stride, int group) {
-    switch (dtype) {
-    case DTYPE_Q8: dot_row_group_quant(out, out_stride, W, DTYPE_Q8, rows, r, cols, x, x_stride, group); break;
-    case DTYPE_Q4: dot_row_group_quant(out, out_stride, W, DTYPE_Q4, rows, r, cols, x, x_stride, group); break;
-    case DTYPE_F32: dot_row_group(out, out_stride, W, DTYPE_F32, r, cols, x, x_stride, group); break;
-    case DTYPE_F16: dot_row_group(out, out_stride, W, DTYPE_F16, r, cols, x, x_stride, group); break;
-    case DTYPE_BF16: dot_row_group(out, out_stride, W, DTYPE_BF16, r, cols, x, x_stride, group); break;
-    }
+                                                                   DType dtype, int r, int cols, const float *x,
+                                                                   size_t x_stride, int group) {
+    if (dtype == DTYPE_F32) dot_row_group(out, out_stride, W, DTYPE_F32, r, cols, x, x_stride, group);
+    else if (dtype == DTYPE_F16) dot_row_group(out, out_stride, W, DTYPE_F16, r, cols, x, x_stride, group);
+    else dot_row_group(out, out_stride, W, DTYPE_BF16, r, cols, x, x_stride, group);
 }
 
 /* A matrix product for parallel_for: its arguments, then rows [begin, end) of it. */
@@ -276,10 +214,10 @@ static void matmul_rows(void *ctx, int begin, int end) {
     for (int r = begin; r < end; r++) {
         int b = 0;
         for (; b + MATMUL_GROUP <= p->n; b += MATMUL_GROUP)
-            dot_row_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, p->rows, r, p->cols,
+            dot_row_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, r, p->cols,
                              p->x + b * p->x_stride, p->x_stride, MATMUL_GROUP);
         for (; b < p->n; b++)
-            dot_row_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, p->rows, r, p->cols,
+            dot_row_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, r, p->cols,
                              p->x + b * p->x_stride, p->x_stride, 1);
     }
 }
@@ -288,7 +226,12 @@ static void matmul_rows(void *ctx, int begin, int end) {
  * row-major [rows, cols] matrix stored as dtype; out is [n, rows]. In parallel over rows; a row is
  * read from memory once for all n inputs, in groups of MATMUL_GROUP then one by one (group sizes
  * the compiler knows; later groups find the row in the cache). */
-static void matmul(float *out, const void *W, DType dtype, int rows, int cols, const float *x, size_t x_stride, int n) {
+static void matmul(CpuEngine *e, float *out, const void *W, DType dtype, int rows, int cols, const float *x,
+                   size_t x_stride, int n) {
+    if (dtype_is_quantized(dtype)) {
+        quant_matmul(e->quant_input, out, W, dtype, rows, cols, x, x_stride, n);
+        return;
+    }
     Matmul p = {out, W, dtype, rows, cols, n, x, x_stride};
     parallel_for(rows, matmul_rows, &p);
 }
@@ -296,8 +239,7 @@ static void matmul(float *out, const void *W, DType dtype, int rows, int cols, c
 /* Row `row` of a [rows, cols] matrix as floats (the embedding lookup). */
 static void matrix_row(float *out, const void *W, DType dtype, int rows, int row, int cols) {
     if (dtype_is_quantized(dtype)) {
-        const QuantRow q = quant_row(W, dtype, rows, row, cols);
-        for (int j = 0; j < cols; j++) out[j] = quant_at(&q, dtype, j);
+        quant_matrix_row(out, W, dtype, rows, row, cols);
         return;
     }
     for (int j = 0; j < cols; j++) out[j] = weight_at(W, dtype, (size_t)row * cols + j);
@@ -375,20 +317,20 @@ static void scan_channels(void *ctx, int begin, int end) {
 static void mamba1_selection(CpuEngine *e, const Config *c, const LayerWeights *w, Mixer *p, int n) {
     int di = c->d_inner;
     /* in_proj: (x, z) = W_in · xn */
-    matmul(e->proj, w->in_proj, c->dtype, 2 * di, c->d_model, e->xn, c->d_model, n);
+    matmul(e, e->proj, w->in_proj, c->dtype, 2 * di, c->d_model, e->xn, c->d_model, n);
     parallel_for(n * di, conv_channels, p);
     /* x_proj: (dt, B, C) = W_x · u */
-    matmul(e->dbc, w->x_proj, c->dtype, c->dt_rank + 2 * c->d_state, di, e->u, di, n);
+    matmul(e, e->dbc, w->x_proj, c->dtype, c->dt_rank + 2 * c->d_state, di, e->u, di, n);
 }
 
 /* Δ, the scan and out_proj, from e->dbc. */
 static void mamba1_scan(CpuEngine *e, const Config *c, const LayerWeights *w, Mixer *p, int n) {
     int di = c->d_inner;
     /* dt_proj: W_dt · dt */
-    matmul(e->delta, w->dt_proj, c->dtype, di, c->dt_rank, e->dbc, c->dt_rank + 2 * c->d_state, n);
+    matmul(e, e->delta, w->dt_proj, c->dtype, di, c->dt_rank, e->dbc, c->dt_rank + 2 * c->d_state, n);
     parallel_for(n * di, scan_channels, p);
     /* out_proj back to d_model */
-    matmul(e->xn, w->out_proj, c->dtype, c->d_model, di, e->y, di, n);
+    matmul(e, e->xn, w->out_proj, c->dtype, c->d_model, di, e->y, di, n);
 }
 
 /* One Mamba mixer in recurrent mode for the n sequences in slots[]; reads e->xn (row b for
@@ -470,7 +412,7 @@ static void mamba2_block(CpuEngine *e, const Config *c, const LayerWeights *w, i
     int di = c->d_inner, group = di / c->n_groups;
     Mixer p = {e, c, w, l, slots, conv_dim(c), di};
     /* in_proj: (z, x, B, C, dt) = W_in · xn */
-    matmul(e->proj, w->in_proj, c->dtype, in_proj_rows(c), c->d_model, e->xn, c->d_model, n);
+    matmul(e, e->proj, w->in_proj, c->dtype, in_proj_rows(c), c->d_model, e->xn, c->d_model, n);
     /* the causal conv over (x, B, C) together, then SiLU */
     parallel_for(n * p.channels, conv_channels, &p);
     parallel_for(n * c->n_heads, mamba2_heads, &p);
@@ -481,7 +423,7 @@ static void mamba2_block(CpuEngine *e, const Config *c, const LayerWeights *w, i
             rmsnorm(y, y, w->gate_norm + g * group, group, c->norm_eps);
         }
     /* out_proj back to d_model */
-    matmul(e->xn, w->out_proj, c->dtype, c->d_model, di, e->y, di, n);
+    matmul(e, e->xn, w->out_proj, c->dtype, c->d_model, di, e->y, di, n);
 }
 
 /* A = -exp(A_log), one per head. */
@@ -505,7 +447,7 @@ static const float *forward(CpuEngine *e, int n, const int *slots, const int *to
         for (size_t i = 0; i < (size_t)n * dm; i++) e->x[i] += e->xn[i];      /* residual */
     }
     for (int b = 0; b < n; b++) rmsnorm(e->xn + (size_t)b * dm, e->x + (size_t)b * dm, m->weights.norm_f, dm, c->norm_eps);
-    matmul(e->logits, m->weights.lm_head, c->dtype, c->padded_vocab, dm, e->xn, dm, n);
+    matmul(e, e->logits, m->weights.lm_head, c->dtype, c->padded_vocab, dm, e->xn, dm, n);
     return e->logits;
 }
 

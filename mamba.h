@@ -184,6 +184,16 @@ typedef void (*RangeFn)(void *ctx, int begin, int end);
  * threads in all as --threads, OMP_NUM_THREADS or the CPUs say); returns when all are done. */
 void parallel_for(int n, RangeFn fn, void *ctx);
 
+/* ---- cpu_quant.c: products with q8/q4 weights as int8 dot products (the input quantized too) ---- */
+
+typedef struct QuantInput QuantInput;   /* an input's codes and scales, reused across products */
+QuantInput *quant_input_new(int max_rows, int max_cols);
+void quant_input_free(QuantInput *q);
+/* out[b, r] = Σ_c W[r, c] · x[b, c] as cpu.c's matmul, for a q8/q4 matrix; in parallel over rows. */
+void quant_matmul(QuantInput *q, float *out, const void *W, DType dtype, int rows, int cols, const float *x,
+                  size_t x_stride, int n);
+void quant_matrix_row(float *out, const void *W, DType dtype, int rows, int row, int cols);   /* dequantized */
+
 /* ---- cpu.c ---- */
 
 typedef struct CpuEngine CpuEngine;

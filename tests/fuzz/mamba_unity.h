@@ -5,6 +5,7 @@
 #include "../../options.c"
 #include "../../model.c"
 #include "../../cpu.c"
+#include "../../cpu_quant.c"
 #include "../../pool.c"
 #include "../../sampler.c"
 #include "../../engine.c"

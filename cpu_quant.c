@@ -45,7 +45,7 @@ void quant_input_free(QuantInput *q) {
  * scale = amax / 127; the columns past count are zero. A group with a NaN or infinity gets a
  * NaN scale, so the outputs it reaches are NaN as in float arithmetic. For q4 the codes are
  * stored even columns first, then odd ones: the order in which a q4 weight group unpacks. */
-static void quantize_group(int8_t *codes, float *scale, const float *x, int count, int q4_order) {
+static void quantize_input_group(int8_t *codes, float *scale, const float *x, int count, int q4_order) {
     float amax = 0.0f;
     int finite = 1;
     for (int i = 0; i < count; i++) {
@@ -76,7 +76,7 @@ static void quantize_input(QuantInput *q, DType dtype, int cols, const float *x,
         for (int g = 0; g < groups; g++) {
             const int first = g * QUANT_GROUP, count = cols - first < QUANT_GROUP ? cols - first : QUANT_GROUP;
             const size_t at = (size_t)b * groups + g;
-            quantize_group(q->codes + at * QUANT_GROUP, q->scales + at, x + b * x_stride + first, count,
+            quantize_input_group(q->codes + at * QUANT_GROUP, q->scales + at, x + b * x_stride + first, count,
                            dtype == DTYPE_Q4);
         }
 }

@@ -2,8 +2,11 @@
  * each of n sequences at a time through every block in recurrent mode. The sequences go
  * through each layer together, so every weight matrix is read once per step whatever n; each
  * output is summed in an order fixed by the model alone, so a sequence's logits do not depend
- * on what else is in the batch (single-sequence use is n = 1). An architecture is a `prepare`
- * and a `block` in the table at the end of the file. */
+ * on what else is in the batch (single-sequence use is n = 1). A prompt goes through the same
+ * functions a chunk of tokens at a time: the chunk's rows are one sequence's successive tokens, so
+ * each weight is read once per chunk and the conv and the scan walk the rows in time order; the
+ * result is that of the steps, bit for bit. An architecture is a `prepare` and a `block` in the
+ * table at the end of the file. */
 #include "mamba.h"
 
 #include <math.h>
@@ -12,9 +15,17 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__F16C__) || defined(__AVX512F__)
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+
+/* The rows a pass carries through the layers: lines sequences (in slots[0 .. lines)) of steps
+ * successive tokens each, row line · steps + t for token t of a line. A decode step of n
+ * sequences is n lines of one step; a prompt chunk of n tokens is one line of n steps. */
+typedef struct {
+    int lines, steps;
+    const int *slots;
+} Rows;
 
 /* What an architecture brings to the CPU engine (the table CPU_ARCHS at the end): the
  * constants it derives from the weights once, and its block (the mixer of one layer for the n
@@ -22,15 +33,17 @@
 typedef struct {
     Arch arch;
     void (*prepare)(CpuEngine *e);
-    void (*block)(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots);
+    void (*block)(CpuEngine *e, const Config *c, const LayerWeights *w, int l, const Rows *r);
 } CpuArch;
 
 static const CpuArch *cpu_arch_of(Arch a);
 
+
 struct CpuEngine {
     const Model *model;
     const CpuArch *arch;   /* the model's, from CPU_ARCHS */
-    int max_batch;   /* the scratch buffers below hold this many rows, one per sequence */
+    int max_batch;   /* sequence slots */
+    int max_rows;    /* the scratch buffers below hold this many rows: max_batch, or a prompt chunk */
     float *x;        /* [max_batch, d_model] residual stream */
     float *xn;       /* [max_batch, d_model] normalized input of a block, then the block's output */
     float *proj;     /* [max_batch, in_proj_rows] in_proj output: Mamba-1 (x, z), Mamba-2 (z, x, B, C, dt) */
@@ -85,14 +98,15 @@ CpuEngine *cpu_engine_new(const Model *m, int max_batch) {
     CpuEngine *e = xcalloc(1, sizeof *e);
     e->model = m;
     e->max_batch = max_batch;
-    carve_scratch(e, &m->config, max_batch);
+    e->max_rows = max_batch > CPU_PROMPT_CHUNK ? max_batch : CPU_PROMPT_CHUNK;
+    carve_scratch(e, &m->config, e->max_rows);
     alloc_states(e, &m->config);
     e->arch = cpu_arch_of(m->config.arch);
     e->arch->prepare(e);
     const Config *c = &m->config;
     int widest = c->d_model > c->d_inner ? c->d_model : c->d_inner;
     if (c->dt_rank > widest) widest = c->dt_rank;
-    if (dtype_is_quantized(c->dtype)) e->quant_input = quant_input_new(max_batch, widest);
+    if (dtype_is_quantized(c->dtype)) e->quant_input = quant_input_new(e->max_rows, widest);
     return e;
 }
 
@@ -162,15 +176,44 @@ static float sum_lanes(const float *lane) {
     return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
 }
 
-/* out[b * out_stride] = W[r, :] · x[b] for the group ≤ MATMUL_GROUP inputs x[b] (x_stride floats
- * apart) and row r of a [rows, cols] matrix: each run of DOT_LANES weights is loaded and
- * converted once and multiplied into the group's partial sums; the columns after the last whole
- * run go into the first lanes at the end. */
-static inline __attribute__((always_inline)) void dot_row_group(float *out, size_t out_stride, const void *W,
-                                                                DType dtype, int r, int cols, const float *x,
-                                                                size_t x_stride, int group) {
-    size_t row = (size_t)r * cols;
-    int full = cols - cols % DOT_LANES;
+#if defined(__AVX2__) && defined(__F16C__) && !defined(__AVX512F__)
+/* The lanes of dot_row_group over columns [0, full), in AVX2 registers: each run of DOT_LANES
+ * as two 8-float halves, multiplied and added as the vector form below does (no fused
+ * multiply-add, so every build sums the same bits). GCC spills 16-float vectors to the stack
+ * where it has no 512-bit registers, which made the products compute-bound. */
+static inline __attribute__((always_inline)) void dot_lanes(float lanes[][DOT_LANES], const void *W, DType dtype,
+                                                            size_t row, int full, const float *x, size_t x_stride,
+                                                            int group) {
+    __m256 lo[MATMUL_GROUP], hi[MATMUL_GROUP];
+    for (int b = 0; b < group; b++) lo[b] = hi[b] = _mm256_setzero_ps();
+    for (int j = 0; j < full; j += DOT_LANES) {
+        __m256 w_lo, w_hi;
+        if (dtype == DTYPE_F32) {
+            w_lo = _mm256_loadu_ps((const float *)W + row + j), w_hi = _mm256_loadu_ps((const float *)W + row + j + 8);
+        } else {
+            const __m128i *half = (const __m128i *)((const uint16_t *)W + row + j);
+            const __m128i a = _mm_loadu_si128(half), c = _mm_loadu_si128(half + 1);
+            if (dtype == DTYPE_BF16) {   /* a bf16 is the top half of an f32 */
+                w_lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(a), 16));
+                w_hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(c), 16));
+            } else {
+                w_lo = _mm256_cvtph_ps(a), w_hi = _mm256_cvtph_ps(c);
+            }
+        }
+        for (int b = 0; b < group; b++) {
+            const float *xb = x + b * x_stride + j;
+            lo[b] = _mm256_add_ps(lo[b], _mm256_mul_ps(_mm256_loadu_ps(xb), w_lo));
+            hi[b] = _mm256_add_ps(hi[b], _mm256_mul_ps(_mm256_loadu_ps(xb + 8), w_hi));
+        }
+    }
+    for (int b = 0; b < group; b++) _mm256_storeu_ps(lanes[b], lo[b]), _mm256_storeu_ps(lanes[b] + 8, hi[b]);
+}
+#else
+/* The lanes of dot_row_group over columns [0, full): each run of DOT_LANES weights loaded and
+ * converted once, multiplied into the group's partial sums. */
+static inline __attribute__((always_inline)) void dot_lanes(float lanes[][DOT_LANES], const void *W, DType dtype,
+                                                            size_t row, int full, const float *x, size_t x_stride,
+                                                            int group) {
     Lanes sum[MATMUL_GROUP];
     for (int b = 0; b < group; b++) sum[b] = (Lanes){0};
     for (int j = 0; j < full; j += DOT_LANES) {
@@ -181,9 +224,23 @@ static inline __attribute__((always_inline)) void dot_row_group(float *out, size
             sum[b] += xb * w;
         }
     }
+    for (int b = 0; b < group; b++) memcpy(lanes[b], &sum[b], sizeof lanes[b]);
+}
+#endif
+
+/* out[b * out_stride] = W[r, :] · x[b] for the group ≤ MATMUL_GROUP inputs x[b] (x_stride floats
+ * apart) and row r of a [rows, cols] matrix: each run of DOT_LANES weights is loaded and
+ * converted once and multiplied into the group's partial sums; the columns after the last whole
+ * run go into the first lanes at the end. */
+static inline __attribute__((always_inline)) void dot_row_group(float *out, size_t out_stride, const void *W,
+                                                                DType dtype, int r, int cols, const float *x,
+                                                                size_t x_stride, int group) {
+    size_t row = (size_t)r * cols;
+    int full = cols - cols % DOT_LANES;
+    float lanes[MATMUL_GROUP][DOT_LANES];
+    dot_lanes(lanes, W, dtype, row, full, x, x_stride, group);
     for (int b = 0; b < group; b++) {
-        float lane[DOT_LANES];
-        memcpy(lane, &sum[b], sizeof lane);
+        float *lane = lanes[b];
         for (int j = full; j < cols; j++) lane[j - full] += weight_at(W, dtype, row + j) * x[b * x_stride + j];
         out[b * out_stride] = sum_lanes(lane);
     }
@@ -265,49 +322,55 @@ typedef struct {
     const Config *c;
     const LayerWeights *w;
     int l;
-    const int *slots;
+    const Rows *r;
     int channels, conv_from;
 } Mixer;
 
-/* Channels [begin, end) of the n * channels: causal depthwise conv1d over the last d_conv
- * inputs of each channel, then SiLU. */
+/* Work items [begin, end) of the lines × channels: a channel of one sequence, through its steps
+ * in time order: causal depthwise conv1d over the last d_conv inputs, then SiLU. */
 static void conv_channels(void *ctx, int begin, int end) {
     const Mixer *p = ctx;
     CpuEngine *e = p->e;
     const LayerWeights *w = p->w;
-    int nc = p->channels, nk = p->c->d_conv, rows = in_proj_rows(p->c);
+    int nc = p->channels, nk = p->c->d_conv, rows = in_proj_rows(p->c), steps = p->r->steps;
     for (int i = begin; i < end; i++) {
-        int b = i / nc, ch = i % nc;
-        float *window = e->slots[p->slots[b]].conv + ((size_t)p->l * nc + ch) * nk;
-        memmove(window, window + 1, (nk - 1) * sizeof(float));
-        window[nk - 1] = e->proj[(size_t)b * rows + p->conv_from + ch];
-        float s = w->conv_b[ch];
-        for (int k = 0; k < nk; k++) s += w->conv_w[ch * nk + k] * window[k];
-        e->u[i] = silu(s);
+        int line = i / nc, ch = i % nc;
+        float *window = e->slots[p->r->slots[line]].conv + ((size_t)p->l * nc + ch) * nk;
+        for (size_t row = (size_t)line * steps; row < (size_t)(line + 1) * steps; row++) {
+            memmove(window, window + 1, (nk - 1) * sizeof(float));
+            window[nk - 1] = e->proj[row * rows + p->conv_from + ch];
+            float s = w->conv_b[ch];
+            for (int k = 0; k < nk; k++) s += w->conv_w[ch * nk + k] * window[k];
+            e->u[row * nc + ch] = silu(s);
+        }
     }
 }
 
-/* Channels [begin, end) of the n * d_inner: one step of the selective scan, gated. */
+/* Work items [begin, end) of the lines × d_inner: a channel of one sequence, through its steps
+ * in time order: the selective scan, gated. */
 static void scan_channels(void *ctx, int begin, int end) {
     const Mixer *p = ctx;
     CpuEngine *e = p->e;
     const LayerWeights *w = p->w;
-    int di = p->c->d_inner, ns = p->c->d_state, dt_rank = p->c->dt_rank, n_dbc = dt_rank + 2 * ns;
+    int di = p->c->d_inner, ns = p->c->d_state, dt_rank = p->c->dt_rank, n_dbc = dt_rank + 2 * ns, steps = p->r->steps;
     const float *A = e->A + (size_t)p->l * di * ns;
     for (int i = begin; i < end; i++) {
-        int b = i / di, ch = i % di;
-        const float *B = e->dbc + (size_t)b * n_dbc + dt_rank, *C = B + ns, *z = e->proj + (size_t)b * 2 * di + di;
-        float dt = softplus(e->delta[i] + w->dt_bias[ch]), x = e->u[i];
-        float *h = e->slots[p->slots[b]].ssm + ((size_t)p->l * di + ch) * ns;
-        float y = 0.0f;
-        for (int k = 0; k < ns; k++) {
-            /* discretize (zero-order hold on A, Euler on B) and step: h = exp(Δ·A)·h + Δ·B·x */
-            h[k] = expf(dt * A[ch * ns + k]) * h[k] + dt * B[k] * x;
-            /* read out: y = C·h */
-            y += h[k] * C[k];
+        int line = i / di, ch = i % di;
+        float *h = e->slots[p->r->slots[line]].ssm + ((size_t)p->l * di + ch) * ns;
+        for (size_t row = (size_t)line * steps; row < (size_t)(line + 1) * steps; row++) {
+            const float *B = e->dbc + row * n_dbc + dt_rank, *C = B + ns, *z = e->proj + row * 2 * di + di;
+            const size_t at = row * di + ch;
+            float dt = softplus(e->delta[at] + w->dt_bias[ch]), x = e->u[at];
+            float y = 0.0f;
+            for (int k = 0; k < ns; k++) {
+                /* discretize (zero-order hold on A, Euler on B) and step: h = exp(Δ·A)·h + Δ·B·x */
+                h[k] = expf(dt * A[ch * ns + k]) * h[k] + dt * B[k] * x;
+                /* read out: y = C·h */
+                y += h[k] * C[k];
+            }
+            /* skip connection D·x, then the gate SiLU(z) */
+            e->y[at] = (y + w->D[ch] * x) * silu(z[ch]);
         }
-        /* skip connection D·x, then the gate SiLU(z) */
-        e->y[i] = (y + w->D[ch] * x) * silu(z[ch]);
     }
 }
 
@@ -315,28 +378,28 @@ static void scan_channels(void *ctx, int begin, int end) {
 
 /* The inputs of Mamba-1's selective scan: in_proj, the conv, x_proj (into e->dbc). */
 static void mamba1_selection(CpuEngine *e, const Config *c, const LayerWeights *w, Mixer *p, int n) {
-    int di = c->d_inner;
+    int di = c->d_inner, lines = p->r->lines;
     /* in_proj: (x, z) = W_in · xn */
     matmul(e, e->proj, w->in_proj, c->dtype, 2 * di, c->d_model, e->xn, c->d_model, n);
-    parallel_for(n * di, conv_channels, p);
+    parallel_for(lines * di, conv_channels, p);
     /* x_proj: (dt, B, C) = W_x · u */
     matmul(e, e->dbc, w->x_proj, c->dtype, c->dt_rank + 2 * c->d_state, di, e->u, di, n);
 }
 
 /* Δ, the scan and out_proj, from e->dbc. */
 static void mamba1_scan(CpuEngine *e, const Config *c, const LayerWeights *w, Mixer *p, int n) {
-    int di = c->d_inner;
+    int di = c->d_inner, lines = p->r->lines;
     /* dt_proj: W_dt · dt */
     matmul(e, e->delta, w->dt_proj, c->dtype, di, c->dt_rank, e->dbc, c->dt_rank + 2 * c->d_state, n);
-    parallel_for(n * di, scan_channels, p);
+    parallel_for(lines * di, scan_channels, p);
     /* out_proj back to d_model */
     matmul(e, e->xn, w->out_proj, c->dtype, c->d_model, di, e->y, di, n);
 }
 
-/* One Mamba mixer in recurrent mode for the n sequences in slots[]; reads e->xn (row b for
- * slots[b]), leaves the outputs there. */
-static void mamba1_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots) {
-    Mixer p = {e, c, w, l, slots, c->d_inner, 0};
+/* One Mamba mixer in recurrent mode for the rows r; reads e->xn, leaves the outputs there. */
+static void mamba1_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, const Rows *r) {
+    Mixer p = {e, c, w, l, r, c->d_inner, 0};
+    const int n = r->lines * r->steps;
     mamba1_selection(e, c, w, &p, n);
     mamba1_scan(e, c, w, &p, n);
 }
@@ -361,8 +424,9 @@ static void rms_normalize(float *x, int n, float eps) {
 }
 
 /* Mamba-1 with dt (low rank), B and C each RMS-normalised (no weight) after x_proj. */
-static void falcon_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots) {
-    Mixer p = {e, c, w, l, slots, c->d_inner, 0};
+static void falcon_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, const Rows *r) {
+    Mixer p = {e, c, w, l, r, c->d_inner, 0};
+    const int n = r->lines * r->steps;
     int ns = c->d_state, n_dbc = c->dt_rank + 2 * ns;
     mamba1_selection(e, c, w, &p, n);
     for (int b = 0; b < n; b++) {
@@ -376,46 +440,49 @@ static void falcon_block(CpuEngine *e, const Config *c, const LayerWeights *w, i
 
 /* ---- Mamba-2 ---- */
 
-/* Heads [begin, end) of the n * n_heads: one step of the SSD recurrence, each head's
- * head_dim × d_state state decaying by one scalar. */
+/* Work items [begin, end) of the lines × n_heads: a head of one sequence, through its steps in
+ * time order: the SSD recurrence, each head's head_dim × d_state state decaying by one scalar. */
 static void mamba2_heads(void *ctx, int begin, int end) {
     const Mixer *p = ctx;
     CpuEngine *e = p->e;
     const Config *c = p->c;
     const LayerWeights *w = p->w;
-    int di = c->d_inner, ns = c->d_state, nh = c->n_heads, hd = c->head_dim, nc = p->channels;
+    int di = c->d_inner, ns = c->d_state, nh = c->n_heads, hd = c->head_dim, nc = p->channels, steps = p->r->steps;
     int rows = in_proj_rows(c), heads_per_group = nh / c->n_groups;
     for (int i = begin; i < end; i++) {
-        int b = i / nh, h = i % nh, g = h / heads_per_group;
-        const float *row = e->proj + (size_t)b * rows, *z = row + h * hd;
-        const float *x = e->u + (size_t)b * nc + h * hd;
-        const float *B = e->u + (size_t)b * nc + di + g * ns, *C = B + c->n_groups * ns;
-        /* Δ = softplus(dt + dt_bias), clamped to the time-step limits; the decay exp(Δ·A) */
-        float dt = softplus(row[di + nc + h] + w->dt_bias[h]);
-        dt = fminf(fmaxf(dt, c->dt_limit_lo), c->dt_limit_hi);
-        float decay = expf(dt * e->A[(size_t)p->l * nh + h]);
-        float *S = e->slots[p->slots[b]].ssm + ((size_t)p->l * di + (size_t)h * hd) * ns;
-        for (int q = 0; q < hd; q++, S += ns) {
-            /* S = exp(Δ·A)·S + Δ·x ⊗ B; y = S·C + D·x, gated by SiLU(z) */
-            float y = 0.0f, dx = dt * x[q];
-            for (int k = 0; k < ns; k++) {
-                S[k] = decay * S[k] + dx * B[k];
-                y += S[k] * C[k];
+        int line = i / nh, h = i % nh, g = h / heads_per_group;
+        float *state = e->slots[p->r->slots[line]].ssm + ((size_t)p->l * di + (size_t)h * hd) * ns;
+        for (size_t b = (size_t)line * steps; b < (size_t)(line + 1) * steps; b++) {
+            const float *row = e->proj + b * rows, *z = row + h * hd;
+            const float *x = e->u + b * nc + h * hd;
+            const float *B = e->u + b * nc + di + g * ns, *C = B + c->n_groups * ns;
+            /* Δ = softplus(dt + dt_bias), clamped to the time-step limits; the decay exp(Δ·A) */
+            float dt = softplus(row[di + nc + h] + w->dt_bias[h]);
+            dt = fminf(fmaxf(dt, c->dt_limit_lo), c->dt_limit_hi);
+            float decay = expf(dt * e->A[(size_t)p->l * nh + h]);
+            float *S = state;
+            for (int q = 0; q < hd; q++, S += ns) {
+                /* S = exp(Δ·A)·S + Δ·x ⊗ B; y = S·C + D·x, gated by SiLU(z) */
+                float y = 0.0f, dx = dt * x[q];
+                for (int k = 0; k < ns; k++) {
+                    S[k] = decay * S[k] + dx * B[k];
+                    y += S[k] * C[k];
+                }
+                e->y[b * di + h * hd + q] = (y + w->D[h] * x[q]) * silu(z[q]);
             }
-            e->y[(size_t)b * di + h * hd + q] = (y + w->D[h] * x[q]) * silu(z[q]);
         }
     }
 }
 
 /* One Mamba-2 mixer in recurrent mode; reads e->xn, leaves the outputs there. */
-static void mamba2_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, int n, const int *slots) {
-    int di = c->d_inner, group = di / c->n_groups;
-    Mixer p = {e, c, w, l, slots, conv_dim(c), di};
+static void mamba2_block(CpuEngine *e, const Config *c, const LayerWeights *w, int l, const Rows *r) {
+    int di = c->d_inner, group = di / c->n_groups, n = r->lines * r->steps;
+    Mixer p = {e, c, w, l, r, conv_dim(c), di};
     /* in_proj: (z, x, B, C, dt) = W_in · xn */
     matmul(e, e->proj, w->in_proj, c->dtype, in_proj_rows(c), c->d_model, e->xn, c->d_model, n);
     /* the causal conv over (x, B, C) together, then SiLU */
-    parallel_for(n * p.channels, conv_channels, &p);
-    parallel_for(n * c->n_heads, mamba2_heads, &p);
+    parallel_for(r->lines * p.channels, conv_channels, &p);
+    parallel_for(r->lines * c->n_heads, mamba2_heads, &p);
     /* the gated output normalised per group of d_inner / n_groups channels, times gate_norm */
     for (int b = 0; b < n; b++)
         for (int g = 0; g < c->n_groups; g++) {
@@ -434,18 +501,20 @@ static void mamba2_prepare(CpuEngine *e) {
         for (int h = 0; h < c->n_heads; h++) e->A[(size_t)l * c->n_heads + h] = -expf(e->model->weights.layers[l].A_log[h]);
 }
 
-/* embedding → (RMSNorm → mixer → residual) per layer → RMSNorm → LM head */
-static const float *forward(CpuEngine *e, int n, const int *slots, const int *tokens) {
+/* embedding → (RMSNorm → mixer → residual) per layer → RMSNorm → LM head (skipped when the
+ * logits are not wanted); tokens[row] for each of r's rows */
+static const float *forward(CpuEngine *e, const Rows *r, const int *tokens, int want_logits) {
     const Model *m = e->model;
     const Config *c = &m->config;
-    int dm = c->d_model;
+    int dm = c->d_model, n = r->lines * r->steps;
     for (int b = 0; b < n; b++) matrix_row(e->x + (size_t)b * dm, m->weights.embedding, c->dtype, c->padded_vocab, tokens[b], dm);
     for (int l = 0; l < c->n_layer; l++) {
         const LayerWeights *w = &m->weights.layers[l];
         for (int b = 0; b < n; b++) rmsnorm(e->xn + (size_t)b * dm, e->x + (size_t)b * dm, w->norm, dm, c->norm_eps);
-        e->arch->block(e, c, w, l, n, slots);
+        e->arch->block(e, c, w, l, r);
         for (size_t i = 0; i < (size_t)n * dm; i++) e->x[i] += e->xn[i];      /* residual */
     }
+    if (!want_logits) return NULL;
     for (int b = 0; b < n; b++) rmsnorm(e->xn + (size_t)b * dm, e->x + (size_t)b * dm, m->weights.norm_f, dm, c->norm_eps);
     matmul(e, e->logits, m->weights.lm_head, c->dtype, c->padded_vocab, dm, e->xn, dm, n);
     return e->logits;
@@ -466,7 +535,14 @@ static const CpuArch *cpu_arch_of(Arch a) {
 }
 
 const float *cpu_engine_forward_batch(CpuEngine *e, int n, const int *slots, const int *tokens) {
-    return forward(e, n, slots, tokens);
+    const Rows r = {n, 1, slots};
+    return forward(e, &r, tokens, 1);
+}
+
+const float *cpu_engine_forward_prompt(CpuEngine *e, int slot, int n, const int *tokens, int want_logits) {
+    if (n < 1 || n > CPU_PROMPT_CHUNK) die("internal error: a prompt chunk of %d tokens", n);
+    const Rows r = {1, n, &slot};
+    return forward(e, &r, tokens, want_logits);
 }
 
 void set_threads(const char *value) {

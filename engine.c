@@ -27,11 +27,24 @@ static int cpu_sample(Engine *e, Sampler *s, const float *logits, const int *his
     return sample(s, logits, history, n_history);
 }
 
-/* The CPU has no parallel prompt pass: its prompt tokens go through the steps, batched over
- * the sequences. */
+/* The prompt in chunks of up to CPU_PROMPT_CHUNK tokens (or --prompt-batch's; 1: none, they go
+ * through the steps), Ctrl-C seen between chunks; with logits_file open their rows go there. */
 static size_t cpu_prefill(Engine *e, int slot, const int *ids, size_t n, int chunk, FILE *logits_file, const char *path) {
-    (void)e, (void)slot, (void)ids, (void)n, (void)chunk, (void)logits_file, (void)path;
-    return 0;
+    if (chunk == 1) return 0;
+    const size_t block = chunk > 1 && chunk < CPU_PROMPT_CHUNK ? (size_t)chunk : CPU_PROMPT_CHUNK;
+    size_t done = 0;
+    Progress progress;
+    progress_begin(&progress, "prompt", (double)n, "tokens");
+    while (done < n && !g_interrupted) {
+        const size_t len = n - done < block ? n - done : block;
+        const float *rows = cpu_engine_forward_prompt(cpu_of(e), slot, (int)len, ids + done, logits_file != NULL);
+        for (size_t i = 0; rows && i < len; i++)
+            write_logits_row(logits_file, rows + i * e->logits_stride, e->model->config.vocab_size, path);
+        done += len;
+        progress_update(&progress, (double)done);
+    }
+    progress_end(&progress);
+    return done;
 }
 
 static const float *cpu_forward_batch(Engine *e, int n, const int *slots, const int *tokens) {

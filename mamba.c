@@ -297,7 +297,7 @@ static const Option RUN_OPTIONS[] = {
     {RUN_MAX_PROMPT_TOKENS, "--max-prompt-tokens", "N",
      "longest prompt (default 1048576; text beyond " STRINGIFY(PROMPT_BYTES_PER_TOKEN) " bytes a token is refused unread)"},
     {RUN_PROMPT_BATCH, "--prompt-batch", "N",
-     "GPU: prompt tokens a parallel pass takes (default " STRINGIFY(PREFILL_CHUNK) "; 1 = one step at a time)"},
+     "prompt tokens a parallel pass takes (default and most: GPU " STRINGIFY(PREFILL_CHUNK) ", CPU " STRINGIFY(CPU_PROMPT_CHUNK) "; 1 = one step at a time)"},
     OPTION_DEVICE(RUN_DEVICE),
     OPTION_THREADS(RUN_THREADS),
     {RUN_BATCH_FILE, "--batch-file", "FILE", "several prompts, one a line (\"-\": stdin), decoded together; prompt i samples with seed + i"},

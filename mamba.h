@@ -197,6 +197,7 @@ void quant_matrix_row(float *out, const void *W, DType dtype, int rows, int row,
 /* ---- cpu.c ---- */
 
 typedef struct CpuEngine CpuEngine;
+#define CPU_PROMPT_CHUNK 64   /* prompt tokens the CPU takes through each layer together */
 CpuEngine *cpu_engine_new(const Model *m, int max_batch);
 void cpu_engine_free(CpuEngine *e);
 void cpu_engine_reset_slot(CpuEngine *e, int slot);
@@ -204,6 +205,9 @@ SeqState *cpu_engine_state(CpuEngine *e, int slot);   /* the slot's state, for s
 /* Runs tokens[b] through the sequence in slots[b] for b < n (distinct slots); returns the n
  * rows of padded_vocab logits, row b for slots[b]. */
 const float *cpu_engine_forward_batch(CpuEngine *e, int n, const int *slots, const int *tokens);
+/* Runs the n ≤ CPU_PROMPT_CHUNK successive prompt tokens of the sequence in a slot, each weight
+ * read once for them all; returns their n rows of logits when want_logits, else NULL. */
+const float *cpu_engine_forward_prompt(CpuEngine *e, int slot, int n, const int *tokens, int want_logits);
 void set_threads(const char *value);            /* --threads N */
 
 /* ---- sampler.c ---- */
@@ -295,7 +299,7 @@ void engine_use_sampler(Engine *e, const Sampler *s);
 /* The next token of the single sequence (on the GPU it is sampled there, and run at once). */
 int engine_sample(Engine *e, Sampler *s, const float *logits, const int *history, int n_history, int want_logits);
 /* Runs the first n prompt tokens of the sequence in a slot as parallel passes of up to chunk
- * tokens, and returns how many it ran (the CPU runs none: they go through the steps). */
+ * tokens (the CPU's at most CPU_PROMPT_CHUNK), and returns how many it ran (none when chunk is 1). */
 size_t engine_prefill(Engine *e, int slot, const int *ids, size_t n, int chunk, FILE *logits_file, const char *path);
 /* Starts a sequence of n ≥ 1 prompt tokens in an emptied slot; returns how many it ran. */
 int engine_start(Engine *e, int slot, const int *prompt, int n, int chunk);

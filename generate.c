@@ -54,33 +54,33 @@ static const float *feed(Session *q, int token, int want_row) {
     return logits;
 }
 
-/* Runs seq[start..n_seq): the GPU's parallel pass takes what it can of all but the last token,
- * the steps the rest; returns the last token's logits (NULL if Ctrl-C stopped it first; in an
- * interactive session Ctrl-C waits for the turn's first token, so that its state stays whole). The state
+/* Runs seq[start..n_seq): the parallel pass takes what it can of all but the last token, the
+ * steps the rest; sets *logits to the last token's (NULL where the GPU keeps them for its own
+ * sampler) and returns 0 if Ctrl-C stopped it first (in an interactive session Ctrl-C waits for
+ * the turn's first token, so that its state stays whole), else 1. The state
  * before the last token is kept when want_before_last. Logits rows go to --logits-out for this
  * run's own tokens (not for a token a state brought). A long prompt shows a progress line. */
-static const float *run_prompt(Session *q, int want_before_last) {
+static int run_prompt(Session *q, int want_before_last, const float **logits) {
     const size_t last = q->n_seq - 1;
     const int stoppable = !q->o->interactive;   /* a turn's state must be whole: Ctrl-C waits for its first token */
     size_t i = q->start;
-    const float *logits = NULL;
-    if (i < last && i < q->first_new) logits = feed(q, q->seq[i], 0), i++;   /* a state's last token: its row is its run's */
+    if (i < last && i < q->first_new) feed(q, q->seq[i], 0), i++;   /* a state's last token: its row is its run's */
     if (i < last) i += engine_prefill(q->engine, 0, q->seq + i, last - i, q->o->prompt_batch, q->logits_file, q->o->logits_out);
     Progress progress;
     progress_begin(&progress, "prompt", (double)(q->n_seq - i), "tokens");
     for (size_t done = 0; i < last && !(g_interrupted && stoppable); i++) {
-        logits = feed(q, q->seq[i], 1);
+        feed(q, q->seq[i], 1);
         progress_update(&progress, (double)++done);
     }
     progress_end(&progress);
-    if (g_interrupted && stoppable) return NULL;
+    if (g_interrupted && stoppable) return 0;
     if (want_before_last) {
         engine_read_state(q->engine, 0, q->before_last.conv, q->before_last.ssm);
         q->have_before_last = 1;
     }
-    logits = feed(q, q->seq[last], last >= q->first_new);
+    *logits = feed(q, q->seq[last], last >= q->first_new);
     engine_sync(q->engine);
-    return logits;
+    return 1;
 }
 
 /* --state-in: the saved ids start the sequence, its state the engine's (after open_engine). */
@@ -225,10 +225,11 @@ TurnEnd session_turn(Session *q, const int *ids, size_t n, int echo) {
     q->turns++, q->n_tail = 0, q->have_before_last = q->sampled = 0;
     const size_t first_run = q->start;
     double t_start = now_seconds();
-    const float *logits = run_prompt(q, (o->prompt_cache && !o->prompt_cache_ro) || (o->state_out && o->steps == 0));
+    const float *logits;
+    const int ran = run_prompt(q, (o->prompt_cache && !o->prompt_cache_ro) || (o->state_out && o->steps == 0), &logits);
     double t_prompt = now_seconds();
     q->prompt_s += t_prompt - t_start, q->prompt_tokens += q->n_seq - first_run, q->reused += first_run;
-    if (o->prompt_cache && logits) save_prompt_cache(q, &q->cache, q->cache_hit);
+    if (o->prompt_cache && ran) save_prompt_cache(q, &q->cache, q->cache_hit);
     /* the prompt is echoed once it has run, after its progress line (on a terminal) is gone;
      * the timings leave the echo out */
     for (size_t i = q->first_new; i < q->n_seq; i++) {
@@ -237,8 +238,8 @@ TurnEnd session_turn(Session *q, const int *ids, size_t n, int echo) {
     }
     const double t_decode = now_seconds();
     int generated = 0;
-    TurnEnd end = logits ? END_LENGTH : END_INTERRUPTED;
-    while (logits && generated < o->steps) {
+    TurnEnd end = ran ? END_LENGTH : END_INTERRUPTED;
+    while (ran && generated < o->steps) {
         if (g_interrupted && !(o->interactive && generated == 0)) {
             end = END_INTERRUPTED;
             break;
@@ -276,7 +277,7 @@ static void print_session_stats(const Session *q) {
     if (o->state_in) fprintf(stderr, "state: continued after %llu tokens\n", (unsigned long long)q->in.n_tokens);
     fprintf(stderr, "generated: %ld tokens in %.3f s (%.1f tokens/s)\n", q->generated, q->gen_s,
             q->generated > 1 ? (q->generated - 1) / q->gen_s : 0.0);
-    fprintf(stderr, "time to first token: %.3f s\n", q->ttft);
+    fprintf(stderr, "time to first token: %.2f ms\n", q->ttft * 1e3);
     fprintf(stderr, "seed: %llu\n", (unsigned long long)o->sampler.rng);
     print_stats_end(q->engine);
 }

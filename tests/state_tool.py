@@ -7,6 +7,9 @@ for tests/test_state.sh.
   state_tool.py edit IN OUT FIELD=VALUE...   a copy with header fields changed (or payload float
                                              i: float:I=nan, id:I=N), its checksum recomputed
   state_tool.py check FILE                   exit 0 when the checksum is right
+  state_tool.py compare A B TOL              exit 0 when A and B hold the same sequence (header
+                                             fields but the RNG, ids) and states within TOL, relative to
+                                             each tensor's largest magnitude
 """
 import struct
 import sys
@@ -82,6 +85,27 @@ def edit(src, dst, changes):
     open(dst, "wb").write(bytes(data))
 
 
+def compare(a_path, b_path, tol):
+    a, b = open(a_path, "rb").read(), open(b_path, "rb").read()
+    fa, fb = dict(zip(FIELDS, HEADER.unpack_from(a))), dict(zip(FIELDS, HEADER.unpack_from(b)))
+    same = [k for k in FIELDS if k not in ("checksum", "rng")]   # rng: unseeded runs differ
+    if [fa[k] for k in same] != [fb[k] for k in same] or len(a) != len(b):
+        sys.exit("the headers differ: %s" % {k: (fa[k], fb[k]) for k in same if fa[k] != fb[k]})
+    n_conv = fa["n_layer"] * fa["conv_channels"] * fa["d_conv"]
+    n_ssm = fa["n_layer"] * fa["d_inner"] * fa["d_state"]
+    at = 128
+    for name, n in (("conv", n_conv), ("ssm", n_ssm)):
+        x, y = struct.unpack_from("<%df" % n, a, at), struct.unpack_from("<%df" % n, b, at)
+        scale = max(max(abs(v) for v in x), 1e-30)
+        worst = max(abs(p - q) for p, q in zip(x, y)) / scale
+        print("%s: max|a-b|/max|a| = %.3g" % (name, worst))
+        if not worst <= tol:
+            sys.exit("the %s states differ by %.3g > %g" % (name, worst, tol))
+        at += 4 * n
+    if a[at:] != b[at:]:
+        sys.exit("the ids differ")
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "fingerprint":
@@ -93,6 +117,8 @@ def main():
     elif cmd == "check":
         data = open(args[0], "rb").read()
         sys.exit(0 if checksum(data) == struct.unpack_from("<Q", data, 120)[0] else 1)
+    elif cmd == "compare":
+        compare(args[0], args[1], float(args[2]))
     else:
         sys.exit(__doc__)
 

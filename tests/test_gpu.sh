@@ -238,6 +238,41 @@ check "Ctrl-C during GPU generation: exit 130, output flushed, stats" gpu_interr
 check "GPU generation into | head: exit 0, quiet" \
     quiet_when_reader_leaves $GPU -m $TMP/tiny32.bin --prompt-ids 1 -n 100000000 --ignore-eos -t 0 --print-ids
 
+# ---- state files on the GPU (issue 17): a prompt split by a state = the whole prompt, on the
+# GPU and across devices (a state written on the GPU resumes on the CPU and back); the prompt
+# cache and a piped chat on the GPU give the CPU's ids
+SP=3,14,15,92,65,35,89,79,32,38,46,26,43,38,32,79,50,28,84,19 SA=3,14,15,92,65,35,89,79,32 SB=38,46,26,43,38,32,79,50,28,84,19
+for shape in tiny mamba2-tiny falcon-mamba-tiny; do
+    m=$TMP/state-$shape.bin
+    $MAMBA init --shape $shape --dtype f32 $m 2>/dev/null
+    for from in cuda cpu; do
+        to=$([ $from = cuda ] && echo cpu || echo cuda)
+        for dev in $to $from; do
+            check "$shape: a state written on the $from resumes on the $dev: greedy ids = the whole prompt's there" same \
+                "$MAMBA run --device $from -m $m --prompt-ids $SA -n 0 --print-ids --state-out $TMP/s-$from.state >/dev/null && $MAMBA run --device $dev -m $m --state-in $TMP/s-$from.state --prompt-ids $SB -n 30 -t 0 --ignore-eos --print-ids" \
+                "$MAMBA run --device $dev -m $m --prompt-ids $SP -n 30 -t 0 --ignore-eos --print-ids"
+        done
+    done
+    check "$shape: GPU logits of the split prompt = the whole prompt's, one step at a time (≤ 1e-6)" bash -c "
+        $GPU -m $m --prompt-ids $SA -n 0 --print-ids --prompt-batch 1 --logits-out $TMP/la --state-out $TMP/sl.state >/dev/null &&
+        $GPU -m $m --state-in $TMP/sl.state --prompt-ids $SB -n 0 --print-ids --prompt-batch 1 --logits-out $TMP/lb >/dev/null &&
+        $GPU -m $m --prompt-ids $SP -n 0 --print-ids --prompt-batch 1 --logits-out $TMP/lw >/dev/null &&
+        cat $TMP/la $TMP/lb >$TMP/lab && $CMP $TMP/lab $TMP/lw \$(( \$(stat -c %s $TMP/lw) / 4 / 20 )) 1e-6"
+    check "$shape: the GPU's state file = the CPU's after the same prompt (f32, ≤ 1e-4 as logits are)" bash -c "
+        $GPU -m $m --prompt-ids $SP -n 0 --print-ids --prompt-batch 1 --state-out $TMP/g.state >/dev/null &&
+        $CPU -m $m --prompt-ids $SP -n 0 --print-ids --state-out $TMP/c.state >/dev/null &&
+        python3 tests/state_tool.py compare $TMP/g.state $TMP/c.state 1e-4"
+    check "$shape: prompt cache on the GPU: a prefix hit, ids = the uncached run's" bash -c "
+        rm -f $TMP/g.cache
+        $GPU -m $m --prompt-cache $TMP/g.cache --prompt-ids $SA -n 1 --print-ids >/dev/null 2>&1 &&
+        a=\$($GPU -m $m --prompt-cache $TMP/g.cache --prompt-ids $SP -n 12 -t 0 --ignore-eos --print-ids --stats 2>$TMP/g.err) &&
+        b=\$($GPU -m $m --prompt-ids $SP -n 12 -t 0 --ignore-eos --print-ids) && [ \"\$a\" = \"\$b\" ] &&
+        grep -q 'prompt cache: hit, 8 of 20 prompt tokens reused' $TMP/g.err"
+done
+check "chat from a pipe on the GPU: the CPU's turns" same \
+    "printf 'The whale\\n and the sea\\n\\n' | $MAMBA chat -m weights/model.bin --device cuda -n 8 -t 0 --ignore-eos --print-ids" \
+    "printf 'The whale\\n and the sea\\n\\n' | $MAMBA chat -m weights/model.bin --device cpu -n 8 -t 0 --ignore-eos --print-ids"
+
 # ---- errors: too little GPU memory says how much was needed and how much is free
 if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
     python3 -c "

@@ -205,7 +205,9 @@ wait_pane() {   # wait_pane SESSION REGEX: up to 30 s for the pane's last line t
     for i in $(seq 300); do pane "$1" | tail -n 1 | grep -Eq -- "$2" && return 0; sleep 0.1; done
     echo "pane:"; pane "$1" | tail -n 5; return 1
 }
-if tmux -L mamba-test new-session -d -s probe true 2>/dev/null; then
+# the probe session stays, so that the server lives on between the sessions below (a probe
+# that ended at once took the server down with it, racing the next session's start under load)
+if tmux -L mamba-test new-session -d -s probe "sleep 600" 2>/dev/null; then
     T="tmux -L mamba-test"
     tmux() { command tmux -L mamba-test "$@"; }
     for key in C-d C-c; do

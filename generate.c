@@ -104,13 +104,19 @@ static int take_prompt_cache(Session *q, SavedState *cache) {
     return 1;
 }
 
-/* The state after the prompt, its ids all kept, as the prompt cache; rewritten unless the cache
- * already held exactly this prompt, or is read-only. */
+/* The state after the prompt, its ids all kept and the bytes of an incomplete last character
+ * the decoder holds, as the prompt cache; rewritten unless the cache already held exactly this
+ * prompt, or is read-only. */
 static void save_prompt_cache(Session *q, const SavedState *cache, int hit) {
     if ((hit && cache->n_ids == q->n_seq) || q->o->prompt_cache_ro) return;
     SavedState s = q->before_last;
     s.ids = q->seq, s.n_ids = q->n_seq, s.n_tokens = q->n_seq, s.last_token = q->seq[q->n_seq - 1];
-    s.rng = q->o->sampler.rng, s.n_pending = 0;
+    s.rng = q->o->sampler.rng;
+    s.n_pending = q->decoder ? decoder_pending(q->decoder, s.pending, STATE_MAX_PENDING) : 0;
+    if (s.n_pending < 0) {
+        fprintf(stderr, "mamba: note: the prompt ends in more than %d undecoded bytes: no prompt cache written\n", STATE_MAX_PENDING);
+        return;
+    }
     state_save(q->o->prompt_cache, &s, q->m);
 }
 
@@ -229,13 +235,18 @@ TurnEnd session_turn(Session *q, const int *ids, size_t n, int echo) {
     const int ran = run_prompt(q, (o->prompt_cache && !o->prompt_cache_ro) || (o->state_out && o->steps == 0), &logits);
     double t_prompt = now_seconds();
     q->prompt_s += t_prompt - t_start, q->prompt_tokens += q->n_seq - first_run, q->reused += first_run;
-    if (o->prompt_cache && ran) save_prompt_cache(q, &q->cache, q->cache_hit);
     /* the prompt is echoed once it has run, after its progress line (on a terminal) is gone;
-     * the timings leave the echo out */
-    for (size_t i = q->first_new; i < q->n_seq; i++) {
+     * the timings leave the echo out. Unechoed, a cached document is not decoded again: the
+     * decoder takes up the bytes the cache kept of its last, incomplete character. */
+    size_t decode_from = q->first_new;
+    if (q->cache_hit && !(echo && !o->print_ids) && q->decoder &&
+        !decoder_resume(q->decoder, q->cache.pending, q->cache.n_pending))
+        decode_from = q->cache.n_ids;
+    for (size_t i = decode_from; i < q->n_seq; i++) {
         const char *text = q->decoder ? decoder_push(q->decoder, q->seq[i]) : "";
         if (echo && !o->print_ids) emit(text, decoder_len(q->decoder));
     }
+    if (o->prompt_cache && ran) save_prompt_cache(q, &q->cache, q->cache_hit);
     const double t_decode = now_seconds();
     int generated = 0;
     TurnEnd end = ran ? END_LENGTH : END_INTERRUPTED;

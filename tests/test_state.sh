@@ -165,6 +165,16 @@ check "a document cached once, then questions (--prompt-cache-ro): each pays for
         n_q=\$($MAMBA tokenize -m $M \"\$q\" | wc -w) && grep -q \"^prompt: \$((n_q + 1)) tokens\" $TMP/doc.err &&
         [ \"\$(cksum <$TMP/doc.cache)\" = \"\$sum\" ] || exit 1
     done"
+check "unechoed, a cached prompt is not decoded again: the decoder takes up where it was (a leading space, an unfinished character's bytes)" bash -c "
+    $(declare -f run); MAMBA=$MAMBA; rm -f $TMP/doc.cache
+    ids=\$($MAMBA tokenize -m $M 'The dragon 龘' | tr ' ' ,) && cut=\${ids%,*} &&
+    run -m $M --prompt-cache $TMP/doc.cache -n 0 --prompt-ids \$cut >/dev/null 2>&1 &&
+    $MAMBA info $TMP/doc.cache | grep -qx 'pending_text_bytes: 2' &&
+    a=\$(run -m $M --prompt-cache $TMP/doc.cache -n 12 -t 0 --no-echo --prompt-ids \$cut 2>/dev/null) &&
+    b=\$(run -m $M -n 12 -t 0 --no-echo --prompt-ids \$cut 2>/dev/null) && [ \"\$a\" = \"\$b\" ] && [[ \$a == $'\xef\xbf\xbd'* ]] &&
+    run -m $M --prompt-cache $TMP/doc.cache -n 0 'Call me Ishmael.' >/dev/null 2>&1 &&
+    a=\$(run -m $M --prompt-cache $TMP/doc.cache -n 12 -t 0 --no-echo 'Call me Ishmael. Some years ago' 2>/dev/null) &&
+    b=\$(run -m $M -n 12 -t 0 --no-echo 'Call me Ishmael. Some years ago' 2>/dev/null) && [ \"\$a\" = \"\$b\" ] && [[ \$a == ' '* ]]"
 expect_error "--prompt-cache-ro alone" "needs --prompt-cache FILE" run -m $TMP/tiny.bin --prompt-cache-ro --prompt-ids 1 --print-ids
 
 # ---- interactive (mamba chat, run --interactive): from a pipe, a turn a line; turn i prints what

@@ -96,7 +96,7 @@ no_progress() {   # no_progress CMD: CMD's stderr, a file, has no progress line
 steps=$((sanitized ? 60 : 600))
 check "bench: progress on a terminal" shows_progress "bench: decode" "$MAMBA bench -m $M --device cpu -n $steps"
 check "bench: none when stderr is a file" no_progress "$MAMBA bench -m $M --device cpu -n $steps"
-long_ids=$(seq -s, 1 $steps)
+long_ids=$(seq -s, 1 600)   # ten chunks of the CPU prompt pass, the progress drawn between them
 check "a long prompt: progress on a terminal" shows_progress "prompt" "$MAMBA -m $M --device cpu --prompt-ids $long_ids -n 1 --print-ids"
 check "a long prompt: none when stderr is a file" no_progress "$MAMBA -m $M --device cpu --prompt-ids $long_ids -n 1 --print-ids"
 head -c $((sanitized ? 400 : 4000)) ../shared/data/classics/$(ls ../shared/data/classics | head -1) >$TMP/text.txt 2>/dev/null || seq 1 2000 >$TMP/text.txt

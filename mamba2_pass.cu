@@ -16,7 +16,7 @@
  *         + e^{cs_t}·S_k·C_t                                                  (the entering state)
  *     S_{k+1} = e^{cs_end}·S_k + Σ_s e^{cs_end - cs_s}·Δ_s·x_s ⊗ B_s          (the chunk's own part)
  * Per layer, in order (12 launches with the norm and the two projections):
- *   ssd_chunk_decays         Δ and cs per (head, token)                       DELTA, CS [nh][Lp] f32
+ *   ssd_chunk_decays         Δ, cs and e^{cs_end - cs} per (head, token)       DELTA, CS, ED [nh][Lp] f32
  *   ssd_conv_tokens          conv + SiLU of x, B, C; the slot's conv state;
  *                            x, and x scaled by Δ_s·e^{cs_end - cs_s} (XW)      X [nh][Lp][hd] T,
  *                                                                             XW [ng][Lp][gs] T, BC [ng][Lp][B | C] T
@@ -57,7 +57,8 @@ constexpr int SSD_CONV_THREADS = 128;
 constexpr int SSD_TILE = 32;          /* ssd_pass_states: a block's tile of 32 channels × 32 states */
 constexpr int SSD_TILE_ROWS = 8;      /*   its threads: 32 × 8, four states each */
 constexpr int M2_SCAN_LANES = 8;      /* mamba2_scan_rows: lanes per (row, channel) */
-constexpr int M2_NORM_THREADS = 256;
+constexpr int M2_NORM_THREADS = 512;
+constexpr int M2_NORM_ITEMS = 16;     /* mamba2_gated_norm_rows: gated values a thread keeps (groups to 8,192 channels) */
 static_assert(SSD_CONV_SPAN >= CONV_MAX - 1, "only a channel's first span reaches back into the conv state");
 static_assert(SSD_CHUNK % SSD_CONV_SPAN == 0 && SSD_CHUNK % 32 == 0, "spans and warps tile a chunk");
 
@@ -100,11 +101,12 @@ __global__ void mamba2_gather_params(const StepArgs a, float *gate, float *heads
 /* ----------------------------------------------------------------------------------------
  * The prompt: the SSD kernels. */
 
-/* Per (head, token): Δ, and cs = the inclusive cumulative sum of Δ·A inside the token's chunk
- * (the log of the decay from the chunk's start through the token). Padding tokens: Δ = 0.
+/* Per (head, token): Δ, cs = the inclusive cumulative sum of Δ·A inside the token's chunk (the
+ * log of the decay from the chunk's start through the token), and ED = e^{cs_end - cs} (the
+ * decay from the token to its chunk's end). Padding tokens: Δ = 0.
  * Grid: (chunks, nh); a thread a token. */
 __global__ void __launch_bounds__(SSD_CHUNK) ssd_chunk_decays(const Mamba2PassArgs p, const float *ZX, float *DELTA,
-                                                              float *CS) {
+                                                              float *CS, float *ED) {
     __shared__ float red[SSD_CHUNK / 32];
     const int h = blockIdx.y, t = blockIdx.x * SSD_CHUNK + threadIdx.x;
     const float delta = t < p.L ? mamba2_delta(p, h, ZX[(size_t)t * p.in_rows + p.di + p.conv_dim + h]) : 0.0f;
@@ -113,19 +115,23 @@ __global__ void __launch_bounds__(SSD_CHUNK) ssd_chunk_decays(const Mamba2PassAr
     const float cs = block_exclusive_scan<SSD_CHUNK>(a, red, &total) + a;
     DELTA[(size_t)h * p.Lp + t] = delta;
     CS[(size_t)h * p.Lp + t] = cs;
+    __shared__ float cs_end;
+    if (threadIdx.x == SSD_CHUNK - 1) cs_end = cs;
+    __syncthreads();
+    ED[(size_t)h * p.Lp + t] = expf(cs_end - cs);
 }
 
 /* The causal depthwise conv1d over the pass's tokens of each conv channel (x, B, C), then SiLU:
  * u_t = SiLU(b + Σ_k w[k]·in[t - (d_conv-1) + k]), the inputs before the pass from the slot's conv
  * state (its last d_conv inputs, oldest first), which the channel's first span then replaces by
  * the pass's last d_conv inputs (it alone reads the state). u goes out by channel kind: x to X
- * (head-major) and, scaled by Δ_t·e^{cs_end - cs_t} (what token t's input is worth in its chunk's
- * final state), to XW (group-major); B and C to BC. Padding tokens get zeros. Grid: (conv channel
+ * (head-major) and, scaled by Δ_t·ED_t (what token t's input is worth in its chunk's final state),
+ * to XW (group-major); B and C to BC. Padding tokens get zeros. Grid: (conv channel
  * blocks, Lp / SSD_CONV_SPAN); a thread a channel (coalesced across the row), a span of tokens
  * through a sliding window. */
 template <typename T>
 __global__ void __launch_bounds__(SSD_CONV_THREADS) ssd_conv_tokens(const Mamba2PassArgs p, const float *ZX,
-                                                                    const float *DELTA, const float *CS, T *X, T *XW,
+                                                                    const float *DELTA, const float *ED, T *X, T *XW,
                                                                     T *BC) {
     const int j = blockIdx.x * SSD_CONV_THREADS + threadIdx.x, t0 = blockIdx.y * SSD_CONV_SPAN, K = p.d_conv;
     if (j >= p.conv_dim) return;
@@ -148,38 +154,63 @@ __global__ void __launch_bounds__(SSD_CONV_THREADS) ssd_conv_tokens(const Mamba2
         for (int k = 0; k < CONV_MAX; k++)
             if (k < K) state[k] = last[k];
     }
-    /* where this channel's outputs go */
+    /* where this channel's outputs go, token t0's (a span's tokens are consecutive rows) */
     const bool is_x = j < p.di;
     const int h = is_x ? j / p.hd : 0, g = is_x ? h / p.heads_per_group : 0;
     const int bc = j - p.di, part = is_x ? 0 : bc / (p.ng * p.ns), bg = is_x ? 0 : (bc - part * p.ng * p.ns) / p.ns;
     const int n = is_x ? 0 : bc - part * p.ng * p.ns - bg * p.ns;
+    T *out = is_x ? X + ((size_t)h * p.Lp + t0) * p.hd + (j - h * p.hd) : BC + ((size_t)bg * p.Lp + t0) * 2 * p.ns + part * p.ns + n;
+    T *out_w = is_x ? XW + ((size_t)g * p.Lp + t0) * p.gs + (j - g * p.gs) : XW;
+    const int stride = is_x ? p.hd : 2 * p.ns;
+    const float *delta = DELTA + (size_t)h * p.Lp + t0, *ed = ED + (size_t)h * p.Lp + t0;
     const float bias = w[p.pl.conv_b];
+    float taps[CONV_MAX];
+#pragma unroll
+    for (int k = 0; k < CONV_MAX; k++) taps[k] = k < K ? w[k] : 0.0f;
 #pragma unroll
     for (int i = 0; i < SSD_CONV_SPAN; i++) {
-        const int t = t0 + i;
         float acc = bias;
 #pragma unroll
         for (int k = 0; k < CONV_MAX; k++)
-            if (k < K) acc += w[k] * win[i + k];
-        const float u = t < p.L ? silu(acc) : 0.0f;
-        if (is_x) {
-            const size_t ht = (size_t)h * p.Lp + t;
-            const float cs_end = CS[(size_t)h * p.Lp + t / SSD_CHUNK * SSD_CHUNK + SSD_CHUNK - 1];
-            X[ht * p.hd + (j - h * p.hd)] = T(u);
-            XW[((size_t)g * p.Lp + t) * p.gs + (j - g * p.gs)] = T(u * DELTA[ht] * expf(cs_end - CS[ht]));
-        } else {
-            BC[((size_t)bg * p.Lp + t) * 2 * p.ns + part * p.ns + n] = T(u);
-        }
+            if (k < K) acc += taps[k] * win[i + k];
+        const float u = t0 + i < p.L ? silu(acc) : 0.0f;
+        out[(size_t)i * stride] = T(u);
+        if (is_x) out_w[(size_t)i * p.gs] = T(u * delta[i] * ed[i]);
     }
+}
+
+/* Eight consecutive values out with one 16-byte store (two for fp32). */
+__device__ __forceinline__ void store8(float *dst, const float *v) {
+    reinterpret_cast<float4 *>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4 *>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+template <typename T>
+__device__ __forceinline__ unsigned pack_pair(float a, float b);
+template <>
+__device__ __forceinline__ unsigned pack_pair<__nv_bfloat16>(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const unsigned *>(&h);
+}
+template <>
+__device__ __forceinline__ unsigned pack_pair<__half>(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const unsigned *>(&h);
+}
+template <typename T>
+__device__ __forceinline__ void store8(T *dst, const float *v) {
+    *reinterpret_cast<uint4 *>(dst) =
+        make_uint4(pack_pair<T>(v[0], v[1]), pack_pair<T>(v[2], v[3]), pack_pair<T>(v[4], v[5]), pack_pair<T>(v[6], v[7]));
 }
 
 /* The weights of the diagonal blocks, per (head, chunk): M[t][s] = G[t][s]·e^{cs_t - cs_s}·Δ_s for
  * s ≤ t (token s's input as token t reads it), 0 above the diagonal (causality), plus D on the
  * diagonal (the skip connection D·x_t, so that YD = M·x holds it). G = C·Bᵀ is the group's.
- * Grid: (chunks, nh). */
+ * A thread makes eight consecutive s of a row t (one store; eights wholly above the diagonal
+ * read nothing). Grid: (chunks, nh). */
 template <typename T>
 __global__ void __launch_bounds__(256) ssd_intra_chunk_weights(const Mamba2PassArgs p, const float *G, const float *DELTA,
                                                                const float *CS, T *M) {
+    constexpr int EIGHTS = SSD_CHUNK / 8;
     __shared__ float cs[SSD_CHUNK], delta[SSD_CHUNK];
     const int k = blockIdx.x, h = blockIdx.y, g = h / p.heads_per_group;
     const size_t first = (size_t)h * p.Lp + (size_t)k * SSD_CHUNK;
@@ -188,10 +219,21 @@ __global__ void __launch_bounds__(256) ssd_intra_chunk_weights(const Mamba2PassA
     const float D = p.D[h];
     const float *Gk = G + ((size_t)g * p.n_chunks + k) * SSD_CHUNK * SSD_CHUNK;
     T *Mk = M + ((size_t)h * p.n_chunks + k) * SSD_CHUNK * SSD_CHUNK;
-    for (int i = threadIdx.x; i < SSD_CHUNK * SSD_CHUNK; i += blockDim.x) {
-        const int t = i / SSD_CHUNK, s = i % SSD_CHUNK;
-        const float m = s <= t ? Gk[i] * expf(cs[t] - cs[s]) * delta[s] : 0.0f;
-        Mk[i] = T(s == t ? m + D : m);
+    for (int i = threadIdx.x; i < SSD_CHUNK * EIGHTS; i += blockDim.x) {
+        const int t = i / EIGHTS, s0 = (i - t * EIGHTS) * 8;
+        float m[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        if (s0 <= t) {
+            const float4 g0 = reinterpret_cast<const float4 *>(Gk + (size_t)t * SSD_CHUNK + s0)[0];
+            const float4 g1 = reinterpret_cast<const float4 *>(Gk + (size_t)t * SSD_CHUNK + s0)[1];
+            const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                const int s = s0 + e;
+                if (s <= t) m[e] = gv[e] * expf(cs[t] - cs[s]) * delta[s];
+                if (s == t) m[e] += D;
+            }
+        }
+        store8(Mk + (size_t)t * SSD_CHUNK + s0, m);
     }
 }
 
@@ -313,24 +355,33 @@ struct RowOutput {
 };
 
 /* YN[t, c] = RMSNorm over the group of y·SiLU(z), times gate_norm, in the weights' dtype (out_proj's
- * input). y is made twice (for the sum of squares, then for the output) rather than kept: a group
- * can be any width, and the second reads hit the L2. Grid: (rows, ng). */
+ * input). A thread keeps its first M2_NORM_ITEMS values of the gated y in registers between the
+ * sum of squares and the output, so y, z and the decays are read once; a group wider than
+ * M2_NORM_THREADS · M2_NORM_ITEMS channels makes the rest twice. Grid: (rows, ng). */
 template <typename T, typename Source>
 __global__ void __launch_bounds__(M2_NORM_THREADS) mamba2_gated_norm_rows(const Mamba2PassArgs p, const Source y_of,
                                                                           const float *ZX, T *YN) {
     __shared__ float red[M2_NORM_THREADS / 32];
-    const int t = blockIdx.x, g = blockIdx.y;
+    const int t = blockIdx.x, g = blockIdx.y, kept = M2_NORM_THREADS * M2_NORM_ITEMS;
     const float *z = ZX + (size_t)t * p.in_rows + (size_t)g * p.gs;
-    float ss = 0.0f;
-    for (int cl = threadIdx.x; cl < p.gs; cl += M2_NORM_THREADS) {
-        const float y = y_of(t, g, cl) * silu(z[cl]);
-        ss += y * y;
+    auto gated = [&](int cl) { return y_of(t, g, cl) * silu(z[cl]); };
+    float v[M2_NORM_ITEMS], ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < M2_NORM_ITEMS; k++) {
+        const int cl = threadIdx.x + k * M2_NORM_THREADS;
+        v[k] = cl < p.gs ? gated(cl) : 0.0f;
+        ss += v[k] * v[k];
     }
+    for (int cl = kept + threadIdx.x; cl < p.gs; cl += M2_NORM_THREADS) ss += gated(cl) * gated(cl);
     const float scale = 1.0f / sqrtf(block_sum<M2_NORM_THREADS>(ss, red) / p.gs + p.eps);
-    for (int cl = threadIdx.x; cl < p.gs; cl += M2_NORM_THREADS) {
-        const int c = g * p.gs + cl;
-        YN[(size_t)t * p.di + c] = T(p.gate[c] * (y_of(t, g, cl) * silu(z[cl]) * scale));
+    T *out = YN + (size_t)t * p.di + (size_t)g * p.gs;
+    const float *gate = p.gate + (size_t)g * p.gs;
+#pragma unroll
+    for (int k = 0; k < M2_NORM_ITEMS; k++) {
+        const int cl = threadIdx.x + k * M2_NORM_THREADS;
+        if (cl < p.gs) out[cl] = T(gate[cl] * (v[k] * scale));
     }
+    for (int cl = kept + threadIdx.x; cl < p.gs; cl += M2_NORM_THREADS) out[cl] = T(gate[cl] * (gated(cl) * scale));
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -343,7 +394,7 @@ struct Mamba2Buffers {
     void *YN;                  /* [rows, di] T, out_proj's input */
     float *gate, *heads;       /* gathered: [n_layer, di]; [n_layer, 3 (dt_bias, A, D), nh] */
     /* the prompt (see the top of the file) */
-    float *DELTA, *CS, *G, *YD, *ST, *YO;
+    float *DELTA, *CS, *ED, *G, *YD, *ST, *YO;
     void *X, *XW, *BC, *M, *SE;
     /* the batched step */
     float *U, *Y;              /* [rows, conv_dim] the conv's outputs; [rows, di] y before the gate */
@@ -357,7 +408,7 @@ static size_t mamba2_buffers(const GpuEngine *g, size_t cap, char *base, Mamba2B
     const size_t zx = carve(&top, cap * a.in_rows * f), yn = carve(&top, cap * di * es);
     const size_t gate = carve(&top, (size_t)a.n_layer * di * f), heads = carve(&top, (size_t)a.n_layer * 3 * a.nh * f);
     const size_t common = top;
-    const size_t delta = carve(&top, a.nh * Lp * f), cs = carve(&top, a.nh * Lp * f);
+    const size_t delta = carve(&top, a.nh * Lp * f), cs = carve(&top, a.nh * Lp * f), ed = carve(&top, a.nh * Lp * f);
     const size_t x = carve(&top, di * Lp * es), xw = carve(&top, di * Lp * es), bc = carve(&top, a.ng * Lp * 2 * ns * es);
     const size_t G = carve(&top, a.ng * Lp * SSD_CHUNK * f), M = carve(&top, a.nh * Lp * SSD_CHUNK * es);
     const size_t yd = carve(&top, di * Lp * f), st = carve(&top, chunks * ns * di * f), se = carve(&top, chunks * ns * di * es);
@@ -367,7 +418,7 @@ static size_t mamba2_buffers(const GpuEngine *g, size_t cap, char *base, Mamba2B
     const size_t u = carve(&top, cap * a.conv_dim * f), y = carve(&top, cap * di * f);
     if (base) {
         auto F = [base](size_t at) { return (float *)(base + at); };
-        *b = Mamba2Buffers{F(zx), base + yn, F(gate), F(heads), F(delta), F(cs), F(G), F(yd), F(st), F(yo),
+        *b = Mamba2Buffers{F(zx), base + yn, F(gate), F(heads), F(delta), F(cs), F(ed), F(G), F(yd), F(st), F(yo),
                            base + x, base + xw, base + bc, base + M, base + se, F(u), F(y)};
     }
     return prompt_end > top ? prompt_end : top;
@@ -426,14 +477,14 @@ static void ssd_gemm(GpuEngine *g, bool transpose_a, bool transpose_b, int m, in
  * block is a cols × rows matrix with leading dimension cols. */
 template <typename T>
 static void ssd_step_decays(GpuEngine *g, const Mamba2PassArgs &p, const Mamba2Buffers &b) {
-    ssd_chunk_decays<<<dim3(p.n_chunks, p.nh), SSD_CHUNK, 0, g->stream>>>(p, b.ZX, b.DELTA, b.CS);
+    ssd_chunk_decays<<<dim3(p.n_chunks, p.nh), SSD_CHUNK, 0, g->stream>>>(p, b.ZX, b.DELTA, b.CS, b.ED);
     LAUNCH_CHECK("ssd_chunk_decays");
 }
 
 template <typename T>
 static void ssd_step_conv(GpuEngine *g, const Mamba2PassArgs &p, const Mamba2Buffers &b) {
     const dim3 grid((p.conv_dim + SSD_CONV_THREADS - 1) / SSD_CONV_THREADS, p.Lp / SSD_CONV_SPAN);
-    ssd_conv_tokens<T><<<grid, SSD_CONV_THREADS, 0, g->stream>>>(p, b.ZX, b.DELTA, b.CS, (T *)b.X, (T *)b.XW, (T *)b.BC);
+    ssd_conv_tokens<T><<<grid, SSD_CONV_THREADS, 0, g->stream>>>(p, b.ZX, b.DELTA, b.ED, (T *)b.X, (T *)b.XW, (T *)b.BC);
     LAUNCH_CHECK("ssd_conv_tokens");
 }
 

@@ -55,29 +55,31 @@ done
 # GPU = CPU on the same weights (twice: races would differ run to run), greedy GPU = CPU, the
 # parallel prompt pass (the default) = token by token (--prompt-batch 1), the prompt in chunks
 # of 7, and bf16 weights or activations within TOL16 of f32; top-1 is counted away from near
-# ties (rows whose f32 winner leads by under 1% of the largest logit, which any rounding may swap).
+# ties (rows whose winner leads by under TOL16 / 2 of the largest logit: two logits each moved
+# by the rounding's share of TOL16 in opposite directions can swap them).
 published_shape() {
-    local shape=$1 seed=$2 tol16=$3 m=$TMP/$1 V ids dt tol top
+    local shape=$1 seed=$2 tol16=$3 m=$TMP/$1 V ids dt tol top margin
+    margin=$(awk -v t="$tol16" 'BEGIN { print t / 2 }')
     for dt in f32 bf16; do $MAMBA init --shape $shape --dtype $dt --seed 11 "$m-$dt.bin" 2>/dev/null; done
     V=$(vocab_of "$m-f32.bin")
-    ids=$(awk -v v=$V -v s=$seed 'BEGIN { srand(s); for (i = 0; i < 64; i++) printf "%s%d", i ? "," : "", int(rand() * v) }')
+    ids=$(random_ids 64 $V $seed)
     for dt in f32 bf16; do
         logits cuda "$m-$dt.bin" "$ids" "$m-$dt.gpu"
         logits cpu "$m-$dt.bin" "$ids" "$m-$dt.cpu"
         check "$shape $dt: GPU logits = CPU logits on the same weights (≤ 1e-4)" $CMP "$m-$dt.gpu" "$m-$dt.cpu" $V 1e-4
         check "$shape $dt: a second GPU run = CPU too (≤ 1e-4)" bash -c "$(declare -f logits); MAMBA=$MAMBA logits cuda $m-$dt.bin $ids $m-$dt.gpu2 && $CMP $m-$dt.gpu2 $m-$dt.cpu $V 1e-4"
         check "$shape $dt: 128 greedy tokens, GPU = CPU" same "greedy cuda $m-$dt.bin 1,2,3,4 128" "greedy cpu $m-$dt.bin 1,2,3,4 128"
-        tol=1e-4; top=""; [ $dt = bf16 ] && tol=$tol16 && top="0.99 1e-2"
+        tol=1e-4; top=""; [ $dt = bf16 ] && tol=$tol16 && top="0.99 $margin"
         check "$shape $dt: parallel prompt pass logits = token by token (≤ $tol${top:+, top-1 ≥ 99%})" bash -c "$(declare -f parallel_logits); MAMBA=$MAMBA parallel_logits $m-$dt.bin $ids $m-$dt.par && $CMP $m-$dt.par $m-$dt.gpu $V $tol $top"
     done
-    check "$shape: bf16 GPU logits vs f32 CPU: ≤ $tol16, top-1 on ≥ 99% of positions" $CMP "$m-bf16.gpu" "$m-f32.cpu" $V $tol16 0.99 1e-2
+    check "$shape: bf16 GPU logits vs f32 CPU: ≤ $tol16, top-1 on ≥ 99% of positions" $CMP "$m-bf16.gpu" "$m-f32.cpu" $V $tol16 0.99 $margin
     check "$shape f32: prompt in chunks of 7 carries the state (logits = token by token, ≤ 1e-4)" bash -c "
         $GPU -m $m-f32.bin --prompt-ids $ids -n 0 --print-ids --prompt-batch 7 --logits-out $m.chunks >/dev/null &&
         $CMP $m.chunks $m-f32.gpu $V 1e-4"
     check "$shape f32: 128 greedy tokens after a parallel 64-token prompt, GPU = CPU" same "greedy cuda $m-f32.bin $ids 128" "greedy cpu $m-f32.bin $ids 128"
 }
 published_shape 130m 5 2e-2
-ids=$(awk 'BEGIN { srand(5); for (i = 0; i < 64; i++) printf "%s%d", i ? "," : "", int(rand() * 50280) }')
+ids=$(random_ids 64 50280 5)
 V=$(vocab_of "$TMP/130m-f32.bin")
 # a wide model: rows long enough to be split between warps (d_model 2048)
 big=${BENCH_DIR:-/tmp/mamba-bench}/1.4b.bin     # bench/run.sh uses the same model
@@ -118,7 +120,7 @@ check "mamba2_awkward (3 groups, d_state 12): prompt in chunks of 3 = transforme
     $CMP $TMP/m2.chunks $F/mamba2_awkward/ref_logits.bin $(vocab_of $TMP/mamba2_awkward.bin) 1e-4"
 # this random Mamba-2's logits are flat (largest ~10 against Mamba-1's ~32, the winner's median
 # lead 3.5% of it), so the same absolute error is ~3x larger relative to the largest logit: bf16
-# weights alone move them 2.2% (the CPU too), the bf16 prompt pass 2.8-3.1% from run to run
+# weights alone move them 2.2-2.4% (the CPU too), the bf16 prompt pass 2.8-3.4% (measured over several id sets)
 published_shape mamba2-130m 6 4e-2
 # a small random Mamba-2 (2 groups of 4 heads) for the long runs; mamba2_awkward with a real tokenizer for text
 $MAMBA init --shape mamba2-tiny --dtype f32 --seed 4 "$TMP/m2tiny.bin" 2>/dev/null

@@ -177,13 +177,18 @@ static float sum_lanes(const float *lane) {
 }
 
 #if defined(__AVX2__) && defined(__F16C__) && !defined(__AVX512F__)
-/* The lanes of dot_row_group over columns [0, full), in AVX2 registers: each run of DOT_LANES
+/* Rows a product's inner loop takes at once: one here, where two 8-float halves per lane run
+ * leave no registers for more. */
+enum { MATMUL_ROWS = 1 };
+
+/* The lanes of dot_rows_group over columns [0, full), in AVX2 registers: each run of DOT_LANES
  * as two 8-float halves, multiplied and added as the vector form below does (no fused
  * multiply-add, so every build sums the same bits). GCC spills 16-float vectors to the stack
  * where it has no 512-bit registers, which made the products compute-bound. */
-static inline __attribute__((always_inline)) void dot_lanes(float lanes[][DOT_LANES], const void *W, DType dtype,
-                                                            size_t row, int full, const float *x, size_t x_stride,
-                                                            int group) {
+static inline __attribute__((always_inline)) void dot_lanes(float lanes[][MATMUL_GROUP][DOT_LANES], const void *W,
+                                                            DType dtype, size_t row, size_t cols, int n_rows, int full,
+                                                            const float *x, size_t x_stride, int group) {
+    (void)cols, (void)n_rows;
     __m256 lo[MATMUL_GROUP], hi[MATMUL_GROUP];
     for (int b = 0; b < group; b++) lo[b] = hi[b] = _mm256_setzero_ps();
     for (int j = 0; j < full; j += DOT_LANES) {
@@ -206,54 +211,63 @@ static inline __attribute__((always_inline)) void dot_lanes(float lanes[][DOT_LA
             hi[b] = _mm256_add_ps(hi[b], _mm256_mul_ps(_mm256_loadu_ps(xb + 8), w_hi));
         }
     }
-    for (int b = 0; b < group; b++) _mm256_storeu_ps(lanes[b], lo[b]), _mm256_storeu_ps(lanes[b] + 8, hi[b]);
+    for (int b = 0; b < group; b++) _mm256_storeu_ps(lanes[0][b], lo[b]), _mm256_storeu_ps(lanes[0][b] + 8, hi[b]);
 }
 #else
-/* The lanes of dot_row_group over columns [0, full): each run of DOT_LANES weights loaded and
- * converted once, multiplied into the group's partial sums. */
-static inline __attribute__((always_inline)) void dot_lanes(float lanes[][DOT_LANES], const void *W, DType dtype,
-                                                            size_t row, int full, const float *x, size_t x_stride,
-                                                            int group) {
-    Lanes sum[MATMUL_GROUP];
-    for (int b = 0; b < group; b++) sum[b] = (Lanes){0};
+/* Rows a product's inner loop takes at once: each run of an input is loaded once for them, so
+ * that a prompt's products are bound by the multiplies rather than the loads (16 of the 32
+ * vector registers hold the sums of 4 rows × MATMUL_GROUP inputs). */
+enum { MATMUL_ROWS = 4 };
+
+/* The lanes of dot_rows_group over columns [0, full): each run of DOT_LANES weights of the
+ * n_rows rows loaded and converted once, multiplied into the block's partial sums. */
+static inline __attribute__((always_inline)) void dot_lanes(float lanes[][MATMUL_GROUP][DOT_LANES], const void *W,
+                                                            DType dtype, size_t row, size_t cols, int n_rows, int full,
+                                                            const float *x, size_t x_stride, int group) {
+    Lanes sum[MATMUL_ROWS][MATMUL_GROUP];
+    for (int i = 0; i < n_rows; i++)
+        for (int b = 0; b < group; b++) sum[i][b] = (Lanes){0};
     for (int j = 0; j < full; j += DOT_LANES) {
-        Lanes w, xb;
-        weight_lanes(&w, W, dtype, row + j);
+        Lanes w[MATMUL_ROWS], xb;
+        for (int i = 0; i < n_rows; i++) weight_lanes(&w[i], W, dtype, row + i * cols + j);
         for (int b = 0; b < group; b++) {
             memcpy(&xb, x + b * x_stride + j, sizeof xb);
-            sum[b] += xb * w;
+            for (int i = 0; i < n_rows; i++) sum[i][b] += xb * w[i];
         }
     }
-    for (int b = 0; b < group; b++) memcpy(lanes[b], &sum[b], sizeof lanes[b]);
+    for (int i = 0; i < n_rows; i++)
+        for (int b = 0; b < group; b++) memcpy(lanes[i][b], &sum[i][b], sizeof lanes[i][b]);
 }
 #endif
 
-/* out[b * out_stride] = W[r, :] · x[b] for the group ≤ MATMUL_GROUP inputs x[b] (x_stride floats
- * apart) and row r of a [rows, cols] matrix: each run of DOT_LANES weights is loaded and
- * converted once and multiplied into the group's partial sums; the columns after the last whole
- * run go into the first lanes at the end. */
-static inline __attribute__((always_inline)) void dot_row_group(float *out, size_t out_stride, const void *W,
-                                                                DType dtype, int r, int cols, const float *x,
-                                                                size_t x_stride, int group) {
+/* out[b * out_stride + i] = W[r + i, :] · x[b] for the n_rows ≤ MATMUL_ROWS rows from r of a
+ * [rows, cols] matrix and the group ≤ MATMUL_GROUP inputs x[b] (x_stride floats apart): each run
+ * of DOT_LANES weights is loaded and converted once and multiplied into the block's partial sums;
+ * the columns after the last whole run go into the first lanes at the end. Each output's sums
+ * are those of one row and one input alone, so the block changes no bits. */
+static inline __attribute__((always_inline)) void dot_rows_group(float *out, size_t out_stride, const void *W,
+                                                                 DType dtype, int r, int n_rows, int cols,
+                                                                 const float *x, size_t x_stride, int group) {
     size_t row = (size_t)r * cols;
     int full = cols - cols % DOT_LANES;
-    float lanes[MATMUL_GROUP][DOT_LANES];
-    dot_lanes(lanes, W, dtype, row, full, x, x_stride, group);
-    for (int b = 0; b < group; b++) {
-        float *lane = lanes[b];
-        for (int j = full; j < cols; j++) lane[j - full] += weight_at(W, dtype, row + j) * x[b * x_stride + j];
-        out[b * out_stride] = sum_lanes(lane);
-    }
+    float lanes[MATMUL_ROWS][MATMUL_GROUP][DOT_LANES];
+    dot_lanes(lanes, W, dtype, row, (size_t)cols, n_rows, full, x, x_stride, group);
+    for (int i = 0; i < n_rows; i++)
+        for (int b = 0; b < group; b++) {
+            float *lane = lanes[i][b];
+            for (int j = full; j < cols; j++) lane[j - full] += weight_at(W, dtype, row + (size_t)i * cols + j) * x[b * x_stride + j];
+            out[b * out_stride + i] = sum_lanes(lane);
+        }
 }
 
-/* dot_row_group with the dtype as a constant, so that each float dtype gets its own compiled copy
- * (q8/q4 go to cpu_quant.c before this). */
-static inline __attribute__((always_inline)) void dot_row_group_of(float *out, size_t out_stride, const void *W,
-                                                                   DType dtype, int r, int cols, const float *x,
-                                                                   size_t x_stride, int group) {
-    if (dtype == DTYPE_F32) dot_row_group(out, out_stride, W, DTYPE_F32, r, cols, x, x_stride, group);
-    else if (dtype == DTYPE_F16) dot_row_group(out, out_stride, W, DTYPE_F16, r, cols, x, x_stride, group);
-    else dot_row_group(out, out_stride, W, DTYPE_BF16, r, cols, x, x_stride, group);
+/* dot_rows_group with the dtype as a constant, so that each float dtype gets its own compiled
+ * copy (q8/q4 go to cpu_quant.c before this). */
+static inline __attribute__((always_inline)) void dot_rows_group_of(float *out, size_t out_stride, const void *W,
+                                                                    DType dtype, int r, int n_rows, int cols,
+                                                                    const float *x, size_t x_stride, int group) {
+    if (dtype == DTYPE_F32) dot_rows_group(out, out_stride, W, DTYPE_F32, r, n_rows, cols, x, x_stride, group);
+    else if (dtype == DTYPE_F16) dot_rows_group(out, out_stride, W, DTYPE_F16, r, n_rows, cols, x, x_stride, group);
+    else dot_rows_group(out, out_stride, W, DTYPE_BF16, r, n_rows, cols, x, x_stride, group);
 }
 
 /* A matrix product for parallel_for: its arguments, then rows [begin, end) of it. */
@@ -266,23 +280,30 @@ typedef struct {
     size_t x_stride;
 } Matmul;
 
+/* n_rows rows from r, every input: in groups of MATMUL_GROUP, then one by one (sizes the
+ * compiler knows; later groups find the rows in the cache). */
+static inline __attribute__((always_inline)) void matmul_block(const Matmul *p, int r, int n_rows) {
+    int b = 0;
+    for (; b + MATMUL_GROUP <= p->n; b += MATMUL_GROUP)
+        dot_rows_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, r, n_rows, p->cols,
+                          p->x + b * p->x_stride, p->x_stride, MATMUL_GROUP);
+    for (; b < p->n; b++)
+        dot_rows_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, r, n_rows, p->cols,
+                          p->x + b * p->x_stride, p->x_stride, 1);
+}
+
 static void matmul_rows(void *ctx, int begin, int end) {
     const Matmul *p = ctx;
-    for (int r = begin; r < end; r++) {
-        int b = 0;
-        for (; b + MATMUL_GROUP <= p->n; b += MATMUL_GROUP)
-            dot_row_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, r, p->cols,
-                             p->x + b * p->x_stride, p->x_stride, MATMUL_GROUP);
-        for (; b < p->n; b++)
-            dot_row_group_of(p->out + (size_t)b * p->rows + r, p->rows, p->W, p->dtype, r, p->cols,
-                             p->x + b * p->x_stride, p->x_stride, 1);
-    }
+    int r = begin;
+    /* one input uses each weight once: blocks of rows would only spread the reads */
+    if (p->n > 1)
+        for (; r + MATMUL_ROWS <= end; r += MATMUL_ROWS) matmul_block(p, r, MATMUL_ROWS);
+    for (; r < end; r++) matmul_block(p, r, 1);
 }
 
 /* out[b, r] = Σ_c W[r, c] · x[b, c] for the n input rows x[b] (x_stride floats apart) and a
- * row-major [rows, cols] matrix stored as dtype; out is [n, rows]. In parallel over rows; a row is
- * read from memory once for all n inputs, in groups of MATMUL_GROUP then one by one (group sizes
- * the compiler knows; later groups find the row in the cache). */
+ * row-major [rows, cols] matrix stored as dtype; out is [n, rows]. In parallel over rows, in
+ * blocks of MATMUL_ROWS; a row is read from memory once for all n inputs. */
 static void matmul(CpuEngine *e, float *out, const void *W, DType dtype, int rows, int cols, const float *x,
                    size_t x_stride, int n) {
     if (dtype_is_quantized(dtype)) {
@@ -311,6 +332,30 @@ static void rmsnorm(float *out, const float *x, const float *weight, int n, floa
 }
 
 static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* e^x without libm, in operations that a compiler vectorizes (the scan takes one per state per
+ * step, which as expf calls were half a prompt's time): x = k·ln 2 + r with k rounded to nearest
+ * (ln 2 in two parts, so r is exact) and |r| ≤ ln 2 / 2, e^r by Cephes' degree-6 polynomial,
+ * 2^k put into the exponent. Within 2 ulp of expf; below -87.3 (where 2^k would leave the normal
+ * range) 0, above 88.7 infinity, NaN stays NaN. */
+static inline float exp_f32(float x) {
+    const float lo = -87.33654f, hi = 88.72283f, round = 12582912.0f;   /* 1.5 · 2^23 */
+    const float v = x > lo ? (x < hi ? x : hi) : lo;   /* NaN becomes lo here, and is returned below */
+    const float k = (v * 1.44269504f + round) - round;
+    const float r = (v - k * 0.693359375f) - k * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float e_r = p * (r * r) + r + 1.0f;
+    const uint32_t bits = (uint32_t)((int32_t)k + 127) << 23;
+    float two_k;
+    memcpy(&two_k, &bits, sizeof two_k);
+    const float y = e_r * two_k;
+    return x != x ? x : x <= lo ? 0.0f : x >= hi ? INFINITY : y;
+}
 
 /* PyTorch's softplus, which is linear above 20. */
 static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
@@ -361,13 +406,12 @@ static void scan_channels(void *ctx, int begin, int end) {
             const float *B = e->dbc + row * n_dbc + dt_rank, *C = B + ns, *z = e->proj + row * 2 * di + di;
             const size_t at = row * di + ch;
             float dt = softplus(e->delta[at] + w->dt_bias[ch]), x = e->u[at];
-            float y = 0.0f;
-            for (int k = 0; k < ns; k++) {
-                /* discretize (zero-order hold on A, Euler on B) and step: h = exp(Δ·A)·h + Δ·B·x */
-                h[k] = expf(dt * A[ch * ns + k]) * h[k] + dt * B[k] * x;
-                /* read out: y = C·h */
-                y += h[k] * C[k];
-            }
+            float decay[MAX_D_STATE], y = 0.0f;
+            /* discretize (zero-order hold on A, Euler on B) and step: h = exp(Δ·A)·h + Δ·B·x */
+            for (int k = 0; k < ns; k++) decay[k] = exp_f32(dt * A[ch * ns + k]);
+            for (int k = 0; k < ns; k++) h[k] = decay[k] * h[k] + dt * B[k] * x;
+            /* read out: y = C·h */
+            for (int k = 0; k < ns; k++) y += h[k] * C[k];
             /* skip connection D·x, then the gate SiLU(z) */
             e->y[at] = (y + w->D[ch] * x) * silu(z[ch]);
         }

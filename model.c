@@ -192,7 +192,7 @@ const char *config_problem(const Config *c) {
     if (c->n_layer < 1 || c->n_layer > 1024) return "n_layer must be in [1, 1024]";
     if (c->d_model < 1 || c->d_model > 65536) return "d_model must be in [1, 65536]";
     if (c->d_inner < 1 || c->d_inner > 262144) return "d_inner must be in [1, 262144]";
-    if (c->d_state < 1 || c->d_state > 1024) return "d_state must be in [1, 1024]";
+    if (c->d_state < 1 || c->d_state > MAX_D_STATE) return "d_state must be in [1, 1024]";
     if (c->d_conv < 1 || c->d_conv > 64) return "d_conv must be in [1, 64]";
     if (c->vocab_size < 1 || c->vocab_size > (1 << 24)) return "vocab_size must be in [1, 2^24]";
     if (c->padded_vocab < c->vocab_size || c->padded_vocab > (1 << 24))
@@ -283,7 +283,7 @@ static void read_config(Model *m, const FileHeader *h, const char *path) {
                   .tied_head = (int)h->tied_head, .n_heads = (int)h->n_heads, .head_dim = (int)h->head_dim,
                   .n_groups = (int)h->n_groups, .dt_limit_lo = h->dt_limit_lo, .dt_limit_hi = h->dt_limit_hi,
                   .mixer_eps = h->mixer_eps};
-    if (h->n_layer > 1024 || h->d_model > 65536 || h->d_inner > 262144 || h->d_state > 1024 || h->d_conv > 64 ||
+    if (h->n_layer > 1024 || h->d_model > 65536 || h->d_inner > 262144 || h->d_state > MAX_D_STATE || h->d_conv > 64 ||
         h->dt_rank > 262144 || h->vocab_size > (1u << 24) || h->padded_vocab > (1u << 24) || h->dtype > DTYPE_Q4 ||
         h->tied_head > 1 || h->n_heads > 262144 || h->head_dim > 262144 || h->n_groups > 262144)
         die("%s: config out of range", path);

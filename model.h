@@ -27,6 +27,7 @@
  * a byte, the even column in the low nibble), then the scales [rows, groups] (quant_layout). */
 typedef enum { DTYPE_F32 = 0, DTYPE_F16 = 1, DTYPE_BF16 = 2, DTYPE_Q8 = 3, DTYPE_Q4 = 4 } DType;
 #define QUANT_GROUP 32
+#define MAX_D_STATE 1024                /* a model's d_state at most (the CPU scan keeps a step's decays on the stack) */
 
 typedef enum {
     TOKENIZER_NONE = 0,

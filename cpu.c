@@ -331,7 +331,6 @@ static void rmsnorm(float *out, const float *x, const float *weight, int n, floa
     for (int i = 0; i < n; i++) out[i] = weight[i] * (x[i] * scale);
 }
 
-static float silu(float x) { return x / (1.0f + expf(-x)); }
 
 /* e^x without libm, in operations that a compiler vectorizes (the scan takes one per state per
  * step, which as expf calls were half a prompt's time): x = k·ln 2 + r with k rounded to nearest
@@ -356,6 +355,8 @@ static inline float exp_f32(float x) {
     const float y = e_r * two_k;
     return x != x ? x : x <= lo ? 0.0f : x >= hi ? INFINITY : y;
 }
+
+static float silu(float x) { return x / (1.0f + exp_f32(-x)); }
 
 /* PyTorch's softplus, which is linear above 20. */
 static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
@@ -406,12 +407,16 @@ static void scan_channels(void *ctx, int begin, int end) {
             const float *B = e->dbc + row * n_dbc + dt_rank, *C = B + ns, *z = e->proj + row * 2 * di + di;
             const size_t at = row * di + ch;
             float dt = softplus(e->delta[at] + w->dt_bias[ch]), x = e->u[at];
-            float decay[MAX_D_STATE], y = 0.0f;
+            float decay[MAX_D_STATE], lanes[DOT_LANES] = {0};
             /* discretize (zero-order hold on A, Euler on B) and step: h = exp(Δ·A)·h + Δ·B·x */
             for (int k = 0; k < ns; k++) decay[k] = exp_f32(dt * A[ch * ns + k]);
             for (int k = 0; k < ns; k++) h[k] = decay[k] * h[k] + dt * B[k] * x;
-            /* read out: y = C·h */
-            for (int k = 0; k < ns; k++) y += h[k] * C[k];
+            /* read out: y = C·h, in interleaved partial sums as the products' */
+            int k = 0;
+            for (; k + DOT_LANES <= ns; k += DOT_LANES)
+                for (int j = 0; j < DOT_LANES; j++) lanes[j] += h[k + j] * C[k + j];
+            for (int j = 0; k + j < ns; j++) lanes[j] += h[k + j] * C[k + j];
+            const float y = sum_lanes(lanes);
             /* skip connection D·x, then the gate SiLU(z) */
             e->y[at] = (y + w->D[ch] * x) * silu(z[ch]);
         }

@@ -334,11 +334,30 @@ static void accept_infinity(char *text, size_t len, const char *path) {
     }
 }
 
+/* The JSON documents being read, reachable from here until closed: a refusal exits (die) with
+ * them open, and LeakSanitizer would report a tree only a dead stack frame pointed to. */
+static cJSON *g_open_json[4];
+
+static cJSON *keep_open(cJSON *json) {
+    for (size_t i = 0; json && i < sizeof g_open_json / sizeof *g_open_json; i++)
+        if (!g_open_json[i]) {
+            g_open_json[i] = json;
+            break;
+        }
+    return json;
+}
+
+static void close_json(cJSON *json) {
+    for (size_t i = 0; i < sizeof g_open_json / sizeof *g_open_json; i++)
+        if (g_open_json[i] == json) g_open_json[i] = NULL;
+    cJSON_Delete(json);
+}
+
 static cJSON *parse_json_file(const char *path, const char *what) {
     size_t len;
     char *text = read_file(path, MAX_JSON_BYTES, &len, NULL);
     accept_infinity(text, len, path);
-    cJSON *json = cJSON_ParseWithLength(text, len);
+    cJSON *json = keep_open(cJSON_ParseWithLength(text, len));
     size_t depth = json ? 0 : json_nesting_depth(text, len);
     free(text);
     if (!json && depth > CJSON_NESTING_LIMIT)
@@ -371,7 +390,7 @@ static void load_safetensors(TensorSet *set, const char *path) {
     for (int i = 7; i >= 0; i--) header_len = header_len << 8 | map[i];
     if (header_len > size - 8 || header_len > MAX_JSON_BYTES)
         die("%s: safetensors header length %llu exceeds the file", path, (unsigned long long)header_len);
-    cJSON *header = cJSON_ParseWithLength((const char *)map + 8, header_len);
+    cJSON *header = keep_open(cJSON_ParseWithLength((const char *)map + 8, header_len));
     if (!header && json_nesting_depth((const char *)map + 8, header_len) > CJSON_NESTING_LIMIT)
         die("%s: safetensors header nests deeper than %d levels (the limit)", path, CJSON_NESTING_LIMIT);
     if (!cJSON_IsObject(header)) die("%s: safetensors header is not a JSON object", path);
@@ -413,7 +432,7 @@ static void load_safetensors(TensorSet *set, const char *path) {
         if (!(t.name = strdup(item->string))) die("out of memory");
         add_source_tensor(set, t, path);
     }
-    cJSON_Delete(header);
+    close_json(header);
 }
 
 static const SourceTensor *find_tensor(const TensorSet *set, const char *name) {
@@ -464,7 +483,7 @@ static void load_index(TensorSet *set, const char *dir, const char *path, void (
     for (cJSON *e = map->child; e; e = e->next)
         if (!find_tensor(set, e->string)) die("%s lists tensor %s, which its shard lacks", path, e->string);
     free(seen);
-    cJSON_Delete(index);
+    close_json(index);
 }
 
 /* Reads a checkpoint directory: safetensors (one file, or shards listed by the index), else
@@ -859,7 +878,7 @@ static void read_generation_config(const char *dir, TokenizerInfo *tok) {
         int id = json_token_id(j, keys[i], path);
         if (id >= 0) *ids[i] = id;
     }
-    cJSON_Delete(j);
+    close_json(j);
 }
 
 /* Special ids beyond the vocabulary (from whichever file) would make a checkpoint that does not
@@ -962,7 +981,7 @@ void cmd_convert(int argc, char **argv) {
     Config c;
     TokenizerInfo tok = {0};
     int multiple = config_from_json(json, path, &c, &tok);
-    cJSON_Delete(json);
+    close_json(json);
     c.dtype = dtype;
 
     TensorSet set = {0};

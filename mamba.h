@@ -248,6 +248,7 @@ typedef struct Engine Engine;
 
 typedef struct {
     double ttft, decode_s, bandwidth;   /* seconds to the first generated tokens, of the decode steps; bytes/s */
+    double cold_ttft;                   /* CPU: ttft of the first, cold reading of the prompts (0: not measured) */
     uint64_t memory, engine_memory;     /* GPU bytes in use, the engine's */
     const char *device_name;
 } BenchResult;

@@ -238,13 +238,13 @@ TurnEnd session_turn(Session *q, const int *ids, size_t n, int echo) {
     /* the prompt is echoed once it has run, after its progress line (on a terminal) is gone;
      * the timings leave the echo out. Unechoed, a cached document is not decoded again: the
      * decoder takes up the bytes the cache kept of its last, incomplete character. */
+    const int shows_text = echo && !o->print_ids;
     size_t decode_from = q->first_new;
-    if (q->cache_hit && !(echo && !o->print_ids) && q->decoder &&
-        !decoder_resume(q->decoder, q->cache.pending, q->cache.n_pending))
+    if (q->cache_hit && !shows_text && q->decoder && !decoder_resume(q->decoder, q->cache.pending, q->cache.n_pending))
         decode_from = q->cache.n_ids;
     for (size_t i = decode_from; i < q->n_seq; i++) {
         const char *text = q->decoder ? decoder_push(q->decoder, q->seq[i]) : "";
-        if (echo && !o->print_ids) emit(text, decoder_len(q->decoder));
+        if (shows_text) emit(text, decoder_len(q->decoder));
     }
     if (o->prompt_cache && ran) save_prompt_cache(q, &q->cache, q->cache_hit);
     const double t_decode = now_seconds();

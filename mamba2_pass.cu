@@ -372,7 +372,10 @@ __global__ void __launch_bounds__(M2_NORM_THREADS) mamba2_gated_norm_rows(const 
         v[k] = cl < p.gs ? gated(cl) : 0.0f;
         ss += v[k] * v[k];
     }
-    for (int cl = kept + threadIdx.x; cl < p.gs; cl += M2_NORM_THREADS) ss += gated(cl) * gated(cl);
+    for (int cl = kept + threadIdx.x; cl < p.gs; cl += M2_NORM_THREADS) {
+        const float y = gated(cl);
+        ss += y * y;
+    }
     const float scale = 1.0f / sqrtf(block_sum<M2_NORM_THREADS>(ss, red) / p.gs + p.eps);
     T *out = YN + (size_t)t * p.di + (size_t)g * p.gs;
     const float *gate = p.gate + (size_t)g * p.gs;

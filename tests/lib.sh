@@ -96,13 +96,14 @@ interrupted_after_output() {
 : "${F:=tests/fixtures}"
 : "${CMP:=tests/cmp_logits}"
 
-# vocab_of FX: the columns of FX's reference logits (64 rows)
 # random_ids N VOCAB SEED: N ids below VOCAB, comma-separated, the same on every machine: the
-# Park-Miller generator (four draws discarded), exact in awk's doubles (mawk's srand(SEED) does not repeat its sequence
-# from run to run, which made the inputs of the GPU tests differ on every run)
+# Park-Miller generator (four draws discarded), exact in awk's doubles (mawk's srand(SEED) does
+# not repeat its sequence from run to run, which made the GPU tests' inputs differ every run)
 random_ids() {
     awk -v n="$1" -v v="$2" -v x="$3" 'BEGIN { for (i = -4; i < n; i++) { x = (x * 48271) % 2147483647; if (i < 0) continue; printf "%s%d", i ? "," : "", int(x / 2147483647 * v) } }'
 }
+
+# vocab_of FX: the columns of FX's reference logits (64 rows)
 vocab_of() { echo $(($(stat -c %s "$F/$1/ref_logits.bin") / 4 / $(tr ',' '\n' <"$F/$1/prompt_ids.txt" | wc -l))); }
 
 # logits_of FX MODEL OUT: the logits of FX's prompt through MODEL, into OUT
